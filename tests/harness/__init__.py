@@ -1,0 +1,1 @@
+"""Test harness: real docker-registry processes and an OCI image factory."""
