@@ -2,16 +2,34 @@
 
 Subcommands are grouped as podman users expect (``pull``, ``images``, ``inspect``, ``rmi``,
 ``check``, ``bound ...``, ``mirror ...``); common options are spelled as podman/skopeo spell them.
-Each subcommand module registers itself through :func:`build_parser`.
+Each command module in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` and sets
+``func`` on its subparsers.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from engine import __version__
+from registry.errors import RegistryError
+from store.errors import StoreError
+
+COMMAND_MODULES = (
+    "engine.cmd_pull",  # pull
+    "engine.cmd_inspect",  # inspect
+    "engine.cmd_store",  # images, rmi, check
+    "engine.cmd_bound",  # bound list/sync/status/gc/install
+    "engine.cmd_mirror",  # mirror sync/prune
+)
+
+
+class EngineError(Exception):
+    """Base of the engine's own errors; the message is the one line the CLI prints."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pull the images a bootc host binds into containers-storage, fast and never half-done.",
     )
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # pragma: no cover - only while a module is being written
+            if exc.name != name:
+                raise
+            continue
+        module.register(subparsers)
     return parser
 
 
@@ -29,10 +55,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tether`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
         return 2
-    return 0
+    level = getattr(args, "log_level", None) or "warning"
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return cast(Callable[[argparse.Namespace], int], func)(args)
+    except (RegistryError, StoreError, EngineError) as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tether: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
