@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from engine import __version__
+from engine.errors import EngineError
 from registry.errors import RegistryError
 from store.errors import StoreError
 
@@ -26,10 +27,6 @@ COMMAND_MODULES = (
     "engine.cmd_bound",  # bound list/sync/status/gc/install
     "engine.cmd_mirror",  # mirror sync/prune
 )
-
-
-class EngineError(Exception):
-    """Base of the engine's own errors; the message is the one line the CLI prints."""
 
 
 def build_parser() -> argparse.ArgumentParser:
