@@ -94,9 +94,9 @@ def add_common_options(parser: argparse.ArgumentParser, *, store: bool = True) -
         group.add_argument("--storage-driver", choices=("overlay", "vfs"), default=None,
                            help="storage driver (default: the store's, else overlay)")
     group.add_argument("--authfile", type=Path, default=None,
-                       help="credentials file (default: $REGISTRY_AUTH_FILE, else bootc's /etc/ostree/auth.json lookup)")
+                       help="credentials file (default: $REGISTRY_AUTH_FILE, else bootc's ostree auth.json lookup)")
     group.add_argument("--registries-conf", type=Path, default=None,
-                       help="registries.conf (default: $CONTAINERS_REGISTRIES_CONF, else /etc/containers/registries.conf)")
+                       help="registries.conf (default: $CONTAINERS_REGISTRIES_CONF, else the system file)")
     group.add_argument("--cert-dir", type=Path, default=None, help="directory of *.crt, *.cert and *.key files")
     group.add_argument("--tls-verify", type=parse_bool, nargs="?", const=True, default=None, metavar="BOOL",
                        help="require HTTPS and verify certificates (default: as registries.conf says)")
