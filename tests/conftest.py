@@ -1,0 +1,52 @@
+"""Shared fixtures: real docker-registry processes and throwaway podman stores."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.podman import Podman, podman_for
+from tests.harness.registry import RunningRegistry, start_registry
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """One anonymous plain-HTTP registry for the whole session; use unique repository names per test."""
+    running = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningRegistry]]:
+    """Start more registries (``start_registry`` keyword arguments); all stopped after the test."""
+    started: list[RunningRegistry] = []
+
+    def make(**kwargs: Any) -> RunningRegistry:
+        running = start_registry(tmp_path_factory.mktemp("registry"), **kwargs)
+        started.append(running)
+        return running
+
+    try:
+        yield make
+    finally:
+        for running in started:
+            running.stop()
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Podman]:
+    """podman on a throwaway overlay store under the test's tmp dir (short run root under /tmp)."""
+    instance = podman_for(tmp_path / "podman")
+    try:
+        yield instance
+    finally:
+        subprocess.run(["umount", "-R", str(instance.runroot)], capture_output=True)
+        shutil.rmtree(instance.runroot, ignore_errors=True)
