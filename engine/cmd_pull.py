@@ -1,0 +1,80 @@
+"""``tether pull``: pull every image given, all at once, into containers-storage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from engine.errors import UsageError
+from engine.options import add_common_options, common_options_from_args
+
+
+def register(subparsers: Any) -> None:
+    """Add ``pull`` to the CLI."""
+    parser = subparsers.add_parser(
+        "pull",
+        help="pull images into containers-storage, all at once",
+        description="Pull every IMAGE (docker://, oci:DIR[:REF], oci-archive:FILE[:REF], or a registry "
+                    "reference; short names resolved by registries.conf) into the store, concurrently, streamed "
+                    "once. Exit status 1 if any image failed; the summary says which and why.",
+    )
+    add_common_options(parser)
+    parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                        help="layers fetched and extracted at once, across all images (default: sized for the "
+                             "machine)")
+    parser.add_argument("--pull", dest="pull_policy", choices=("always", "missing", "newer"), default="newer",
+                        help="missing: nothing is requested for an image the store has by name; newer/always: "
+                             "one manifest request, nothing more if the digest is the stored one (default: newer)")
+    parser.add_argument("--progress", choices=("auto", "bar", "plain", "json", "none"), default="auto",
+                        help="progress display: a live display on a TTY (auto), plain lines, bootc JSON lines, "
+                             "none")
+    parser.add_argument("--progress-fd", type=int, default=None, metavar="FD",
+                        help="write progress as bootc's JSON lines (progress-v0 schema) to this file descriptor")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only the image ids")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tether pull``; returns the exit status."""
+    import trio
+    from store.containers_storage import Store
+
+    from engine.progress import make_progress
+    from engine.pull import PullRequest, pull
+
+    options = common_options_from_args(args)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if args.progress_fd is not None:
+        try:
+            os.fstat(args.progress_fd)
+        except OSError as exc:
+            raise UsageError(f"--progress-fd {args.progress_fd}: {exc.strerror}") from None
+    mode = "none" if args.quiet else args.progress
+    progress = make_progress(mode, progress_fd=args.progress_fd)
+    store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
+    requests = [PullRequest(name=name) for name in args.images]
+    report = trio.run(lambda: pull(requests, store=store, options=options, jobs=args.jobs,
+                                   policy=args.pull_policy, progress=progress))
+    if options.format == "json":
+        out = [
+            {"name": r.request.name, "reference": r.reference, "id": r.image_id, "digest": r.manifest_digest,
+             "error": r.error, "layersPulled": r.layers_pulled, "layersReused": r.layers_reused}
+            for r in report.results
+        ]
+        print(json.dumps(out, indent=2))
+    else:
+        for r in report.results:
+            if r.ok and r.image_id:
+                print(r.image_id)
+    if not report.ok:
+        failed = report.failed
+        print(f"tether: {len(failed)} of {len(report.results)} images failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.request.name}: {r.error}", file=sys.stderr)
+        return 1
+    return 0
