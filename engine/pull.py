@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from engine.options import CommonOptions
     from registry.manifest import Descriptor, Platform
+    from registry.reference import Reference
 
 log = logging.getLogger(__name__)
 
@@ -403,22 +404,19 @@ class _Clients:
 async def open_source(request: PullRequest, *, clients: _Clients, stack: AsyncExitStack,
                       options: CommonOptions) -> ImageSource:
     """Turn a request's name into an :class:`ImageSource` (transport dispatch, short names)."""
-    name = request.name
-    if name.startswith(("oci:", "oci-archive:")):
-        from registry.reference import parse_image_name
-
-        parsed = parse_image_name(name)
-        source: ImageSource = await stack.enter_async_context(open_layout_source(parsed, options=options))  # type: ignore[arg-type]
-        return source
-    if name.startswith("docker://"):
-        name = name[len("docker://"):]
+    from registry.reference import DockerName, parse_image_name
     from registry.registries_conf import pull_sources, resolve_short_name
 
-    from registry.reference import is_short_name, parse_reference
-
+    parsed = parse_image_name(request.name)
+    if not isinstance(parsed, DockerName):
+        source: ImageSource = await stack.enter_async_context(open_layout_source(parsed, options=options))
+        return source
     conf = clients.registries()
-    candidates = (tuple(resolve_short_name(conf, name, tty=False)) if is_short_name(name)
-                  else (parse_reference(name),))
+    if parsed.reference is not None:
+        # podman pulls ":latest" for a name without tag or digest (reference.TagNameOnly).
+        candidates: tuple[Reference, ...] = (parsed.reference.tag_name_only(),)
+    else:
+        candidates = tuple(resolve_short_name(conf, parsed.name, tty=False))
     client = await clients.get(request)
     return RegistrySource(client=client, candidates=candidates, name=request.name,
                           pull_sources=lambda ref: pull_sources(conf, ref))

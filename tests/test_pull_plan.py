@@ -1,0 +1,137 @@
+"""The pure half of the pull: layer ids, the frozen plan, the up-to-date check."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import pytest
+
+from engine.pull import PlanError, image_up_to_date, layer_ids, plan_pull
+from engine.sources import SourceImage
+from registry.manifest import ImageManifest, parse_image_config, parse_manifest
+from tests.harness import images as factory
+
+
+@dataclass(frozen=True)
+class FakeLayerRecord:
+    id: str
+    diff_digest: str | None
+    compressed_digest: str | None
+    incomplete: bool = False
+
+
+@dataclass(frozen=True)
+class FakeImageRecord:
+    id: str
+    names: tuple[str, ...]
+    digest: str
+    digests: tuple[str, ...]
+
+
+def source_image(built: factory.BuiltImage, name: str = "127.0.0.1:5000/x:1") -> SourceImage:
+    parsed = parse_manifest(built.manifest, built.media_type)
+    assert isinstance(parsed, ImageManifest)
+    return SourceImage(transport="docker", names=(name,), reference=None, manifest_raw=built.manifest,
+                       manifest_media_type=built.media_type, manifest_digest=built.manifest_digest, manifest=parsed,
+                       index_raw=None, index_digest=None, config_raw=built.config,
+                       config=parse_image_config(built.config))
+
+
+def layer(seed: int) -> factory.BuiltLayer:
+    return factory.build_layer([factory.file(f"f{seed}", f"content {seed}\n")])
+
+
+def test_layer_ids_follow_containers_image() -> None:
+    d1 = "sha256:" + "a" * 64
+    d2 = "sha256:" + "b" * 64
+    ids = layer_ids([d1, d2])
+    assert ids[0] == "a" * 64
+    assert ids[1] == hashlib.sha256(("a" * 64 + "+" + "b" * 64).encode()).hexdigest()
+
+
+def test_shared_base_is_fetched_once_across_images() -> None:
+    base, mid = layer(1), layer(2)
+    images = [factory.build_image([base, mid, layer(10 + n)]) for n in range(5)]
+    plan = plan_pull([(n, source_image(img)) for n, img in enumerate(images)], existing_layers=[])
+    fetched = [job for job in plan.jobs if job.copy_from is None]
+    assert len(fetched) == 2 + 5
+    base_id = layer_ids([base.diff_id])[0]
+    base_job = plan.job(base_id)
+    assert base_job is not None and base_job.needed_by == frozenset(range(5))
+    assert base_job.source_key == 0
+    # only image 0 owns the shared layers; the others see them as shared
+    assert [s.owner for s in plan.images[1].steps] == [False, False, True]
+    assert all(job.after == () for job in plan.jobs)
+
+
+def test_present_layers_are_not_planned_and_vfs_waits_for_parents() -> None:
+    base, top = layer(1), layer(2)
+    img = factory.build_image([base, top])
+    ids = layer_ids([base.diff_id, top.diff_id])
+    existing = [FakeLayerRecord(ids[0], base.diff_id, base.digest)]
+    plan = plan_pull([(0, source_image(img))], existing_layers=existing, sequential=True)  # type: ignore[list-item]
+    assert [s.action for s in plan.images[0].steps] == ["present", "fetch"]
+    assert len(plan.jobs) == 1 and plan.jobs[0].after == ()  # the parent is already there
+    plan = plan_pull([(0, source_image(img))], existing_layers=[], sequential=True)
+    assert [job.after for job in plan.jobs] == [(), (ids[0],)]
+
+
+def test_incomplete_layers_count_as_missing() -> None:
+    base = layer(1)
+    img = factory.build_image([base])
+    existing = [FakeLayerRecord(base.diff_id.split(":")[1], base.diff_id, base.digest, incomplete=True)]
+    plan = plan_pull([(0, source_image(img))], existing_layers=existing)  # type: ignore[list-item]
+    assert [s.action for s in plan.images[0].steps] == ["fetch"]
+
+
+def test_same_diff_id_elsewhere_is_copied_not_fetched() -> None:
+    base, shared = layer(1), layer(2)
+    other_base = layer(3)
+    # the store has `shared` on top of another base: same diffID, different layer id
+    stored_ids = layer_ids([other_base.diff_id, shared.diff_id])
+    existing = [FakeLayerRecord(stored_ids[0], other_base.diff_id, other_base.digest),
+                FakeLayerRecord(stored_ids[1], shared.diff_id, shared.digest)]
+    img = factory.build_image([base, shared])
+    plan = plan_pull([(0, source_image(img))], existing_layers=existing)  # type: ignore[list-item]
+    actions = {job.layer_id: (job.copy_from, job.after) for job in plan.jobs}
+    new_ids = layer_ids([base.diff_id, shared.diff_id])
+    assert actions[new_ids[0]] == (None, ())
+    assert actions[new_ids[1]] == (stored_ids[1], ())
+
+
+def test_repeated_diff_id_within_a_pull_is_fetched_once_then_copied() -> None:
+    empty = factory.build_layer([])
+    img = factory.build_image([layer(1), empty, layer(2), empty])
+    plan = plan_pull([(0, source_image(img))], existing_layers=[])
+    fetches = [job for job in plan.jobs if job.copy_from is None]
+    copies = [job for job in plan.jobs if job.copy_from is not None]
+    assert len(fetches) == 3 and len(copies) == 1
+    first_empty = next(job for job in fetches if job.diff_id == empty.diff_id)
+    assert copies[0].copy_from == first_empty.layer_id and copies[0].after == (first_empty.layer_id,)
+
+
+def test_manifest_and_config_disagreeing_is_a_plan_error() -> None:
+    img = factory.build_image([layer(1), layer(2)])
+    liar = factory.build_image([layer(1)])
+    src = source_image(img)
+    bad = SourceImage(**{**src.__dict__, "config_raw": liar.config, "config": parse_image_config(liar.config)})
+    with pytest.raises(PlanError, match=r"2 layers but the config.s rootfs\.diff_ids 1"):
+        plan_pull([(0, bad)], existing_layers=[])
+
+
+def test_up_to_date_by_name_and_digest() -> None:
+    rec = FakeImageRecord("abc", ("127.0.0.1:5000/x:1",), "sha256:" + "1" * 64, ("sha256:" + "1" * 64,))
+    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:1",), digest=None) is rec  # type: ignore[list-item]
+    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:1",), digest=rec.digest) is rec  # type: ignore[list-item]
+    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:1",), digest="sha256:" + "2" * 64) is None  # type: ignore[list-item]
+    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:2",), digest=None) is None  # type: ignore[list-item]
+
+
+def test_source_image_ids_and_digests() -> None:
+    img = factory.build_image([layer(1)])
+    src = source_image(img)
+    assert src.image_id == img.image_id
+    assert src.digests == (img.manifest_digest,)
+    assert isinstance(src.config.created, datetime)
