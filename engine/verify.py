@@ -1,0 +1,123 @@
+"""Signature policy enforcement for one resolved image (issue 8): the pull calls :func:`enforce_policy`
+after resolving an image and before any of its layers is fetched or published.
+
+As containers/image's ``copy.Image``: the policy is evaluated on the image *as named* (the logical
+reference chooses the policy scope and is what ``signedIdentity`` rules compare signatures with) and
+on the per-platform manifest actually pulled (signatures must sign that manifest's digest, and are
+looked up by it). Signatures are read from the physical repository that served the manifest
+(a mirror's lookaside/attachments when a mirror served it), as ``docker_image_src.go`` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from registry.errors import ConfigError, PolicyError
+from registry.policy import (
+    DockerReference,
+    Policy,
+    PolicyImage,
+    PolicyScope,
+    docker_scope,
+    evaluate_policy,
+    layout_scope,
+    needs_signatures,
+    needs_sigstore_signatures,
+    requirements_for,
+)
+from registry.registries_d import RegistriesD, load_registries_d
+from registry.signatures import Signature, fetch_signatures
+
+if TYPE_CHECKING:
+    import httpx
+    from registry.client import RegistryClient
+
+    from engine.sources import SourceImage
+    from registry.reference import Reference
+
+
+def _docker_reference(ref: Reference) -> DockerReference:
+    # c/image docker references never carry both a tag and a digest; podman drops the tag then.
+    if ref.tag is not None and ref.digest is not None:
+        return DockerReference(name=ref.name, tag=None, digest=ref.digest)
+    if ref.is_name_only:
+        return DockerReference(name=ref.name, tag="latest")
+    return DockerReference(name=ref.name, tag=ref.tag, digest=ref.digest)
+
+
+def _layout_path(name: str, transport: str) -> str:
+    """The path part of ``oci:DIR[:REF]`` / ``oci-archive:FILE[:REF]`` (split at the first colon)."""
+    rest = name[len(transport) + 1:] if name.startswith(transport + ":") else name
+    return rest.split(":", 1)[0]
+
+
+def policy_image_for(*, image: SourceImage, name: str, transport: str) -> PolicyImage:
+    """The :class:`PolicyImage` of a resolved image: scope and identity from the name, the manifest pulled."""
+    scope: PolicyScope
+    docker_ref: DockerReference | None = None
+    if transport == "docker":
+        if image.reference is None:
+            raise PolicyError(f"{name}: no registry reference to evaluate the signature policy on")
+        docker_ref = _docker_reference(image.reference)
+        scope = docker_scope(docker_ref)
+        description = f"docker://{docker_ref}"
+    elif transport in ("oci", "oci-archive"):
+        path = _layout_path(name, transport)
+        scope = layout_scope(transport, path)
+        description = name if name.startswith(transport + ":") else f"{transport}:{name}"
+    else:
+        raise PolicyError(f"{name}: signature policy for transport {transport!r} is not supported")
+    return PolicyImage(description=description, scope=scope, docker_reference=docker_ref,
+                       manifest=image.manifest_raw, manifest_digest=image.manifest_digest)
+
+
+def _physical_repository(image: SourceImage) -> Reference:
+    sources = image.extra.get("sources") or ()
+    if sources:
+        physical: Reference = sources[0].reference
+        return physical
+    assert image.reference is not None
+    return image.reference
+
+
+async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, transport: str,
+                         client: RegistryClient | None, registries_d: RegistriesD | None = None,
+                         http: httpx.AsyncClient | None = None) -> None:
+    """Raise :class:`PolicyError` unless ``policy`` allows ``image`` (resolved from ``name``).
+
+    ``registries_d`` defaults to the host's registries.d (``$HOME/.config/containers/registries.d`` if it
+    exists, else ``/etc/containers/registries.d``). Signatures are fetched only when a requirement
+    that reads them applies. The error names the image, the policy file, the rule (scope and
+    requirement index) and the reason.
+    """
+    pimage = policy_image_for(image=image, name=name, transport=transport)
+    match = requirements_for(policy, pimage.scope)
+    signatures: tuple[Signature, ...] | None = None
+    if needs_signatures(match.requirements):
+        if transport == "docker":
+            if registries_d is None:
+                try:
+                    registries_d = await trio.to_thread.run_sync(load_registries_d)
+                except ConfigError as exc:
+                    raise PolicyError(f"{pimage.description}: {exc}") from None
+            try:
+                signatures = await fetch_signatures(
+                    client=client, repository=_physical_repository(image), manifest_digest=image.manifest_digest,
+                    registries_d=registries_d, sigstore=needs_sigstore_signatures(match.requirements), http=http)
+            except PolicyError as exc:
+                raise PolicyError(f"{pimage.description}: reading signatures: {exc}") from None
+        else:
+            # containers/image's oci layout source has no signatures.
+            signatures = ()
+    decision = await trio.to_thread.run_sync(_evaluate, policy, pimage, signatures)
+    if not decision.allowed:
+        raise PolicyError(decision.message(pimage, policy.source))
+
+
+def _evaluate(policy: Policy, image: PolicyImage, signatures: tuple[Signature, ...] | None) -> Any:
+    return evaluate_policy(policy, image, signatures)
+
+
+__all__ = ["enforce_policy", "policy_image_for"]
