@@ -75,9 +75,7 @@ _PATH_COMPONENT = _ALPHANUMERIC + r"(?:" + _SEPARATOR + _ALPHANUMERIC + r")*"
 _REMOTE_NAME = _PATH_COMPONENT + r"(?:/" + _PATH_COMPONENT + r")*"
 _NAME = r"(?:" + _DOMAIN_AND_PORT + r"/)?" + _REMOTE_NAME
 
-REFERENCE_RE: Final = re.compile(
-    r"^(" + _NAME + r")(?::(" + _TAG + r"))?(?:@(" + _DIGEST + r"))?$", re.ASCII
-)
+REFERENCE_RE: Final = re.compile(r"^(" + _NAME + r")(?::(" + _TAG + r"))?(?:@(" + _DIGEST + r"))?$", re.ASCII)
 ANCHORED_NAME_RE: Final = re.compile(r"^(?:(" + _DOMAIN_AND_PORT + r")/)?(" + _REMOTE_NAME + r")$", re.ASCII)
 ANCHORED_DOMAIN_RE: Final = re.compile(r"^" + _DOMAIN_AND_PORT + r"$", re.ASCII)
 ANCHORED_TAG_RE: Final = re.compile(r"^" + _TAG + r"$", re.ASCII)
@@ -293,9 +291,7 @@ def parse_reference(text: str) -> Reference:
     resolved with registries.conf (:func:`registry.registries_conf.resolve_short_name`).
     """
     if _IDENTIFIER_RE.match(text):
-        raise InvalidReferenceError(
-            f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings"
-        )
+        raise InvalidReferenceError(f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
     raw_domain, _path, _tag, _digest = _match(text)
     if raw_domain is None or not _is_domain(raw_domain):
         raise InvalidReferenceError(
