@@ -1,0 +1,297 @@
+"""Run the benchmark cases: tether vs podman pull vs skopeo copy vs the GNU tar extraction floor.
+
+Every timed run starts from a cold store (except the warm and new-tag cases, whose stores are prepared
+untimed by the same tool), after ``sync; echo 3 > /proc/sys/vm/drop_caches`` (root; see the README: on these
+VMs file creation right after a mass delete is several times slower until the cache is dropped), and the
+tools alternate run by run. Wall time and the peak RSS of the whole process tree (sampled from /proc every
+20 ms) are recorded; medians, min/max and ratios go to ``benchmarks/results/<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import corpus
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+
+
+def drop_caches() -> bool:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches`` (root only); False when not allowed."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _tree_rss(pid: int) -> int:
+    """Summed RSS (bytes) of ``pid`` and all its descendants."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(b")") + 2:].split()
+        parents[int(entry)] = int(rest[1])
+        rss[int(entry)] = int(rest[21]) * os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    wanted = {pid}
+    changed = True
+    while changed:
+        changed = False
+        for child, parent in parents.items():
+            if parent in wanted and child not in wanted:
+                wanted.add(child)
+                changed = True
+    for p in wanted:
+        total += rss.get(p, 0)
+    return total
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_rss: int
+    returncode: int
+
+
+def run_measured(argv: Sequence[str], *, env: dict[str, str] | None = None, shell: bool = False) -> Measurement:
+    """Run a command, timing it and sampling its process tree's RSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv if not shell else argv[0], shell=shell, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            with contextlib.suppress(Exception):
+                peak = max(peak, _tree_rss(proc.pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        print(f"  ! {' '.join(argv)[:200]} exited {proc.returncode}: {stderr.decode(errors='replace')[-800:]}",
+              file=sys.stderr)
+    return Measurement(seconds, peak, proc.returncode)
+
+
+@dataclass
+class Env:
+    work: Path
+    host: str
+    layout: Path
+    registries_conf: Path
+    env: dict[str, str]
+    driver: str = "overlay"
+    tether: list[str] = field(default_factory=lambda: [sys.executable, "-m", "engine"])
+
+    def fresh(self, name: str) -> tuple[Path, Path]:
+        """An empty store root + run root for one run (old ones removed first)."""
+        root = self.work / "stores" / name
+        runroot = Path("/tmp") / f"tbr-{name}"
+        for path in (root, runroot):
+            if path.exists():
+                subprocess.run(["rm", "-rf", str(path)], check=True)
+        root.mkdir(parents=True)
+        runroot.mkdir(parents=True)
+        return root, runroot
+
+    def tether_pull(self, root: Path, runroot: Path, refs: Sequence[str], *extra: str) -> list[str]:
+        return [*self.tether, "pull", "--root", str(root), "--runroot", str(runroot), "--storage-driver",
+                self.driver, "--registries-conf", str(self.registries_conf), "--tls-verify=false",
+                "--progress", "none", "--quiet", *extra, *[f"{self.host}/{r}" for r in refs]]
+
+    def podman(self, root: Path, runroot: Path) -> list[str]:
+        return ["podman", "--root", str(root), "--runroot", str(runroot), "--storage-driver", self.driver]
+
+    def podman_pulls(self, root: Path, runroot: Path, refs: Sequence[str]) -> str:
+        base = " ".join(self.podman(root, runroot))
+        return " && ".join(f"{base} pull -q --tls-verify=false {self.host}/{r}" for r in refs)
+
+
+Runner = Callable[[Env, int], Measurement]
+
+
+def case_cold(refs: Sequence[str]) -> dict[str, Runner]:
+    """Cold store: tether (all at once), podman (one after another), skopeo, extraction floor."""
+
+    def tether(env: Env, rep: int) -> Measurement:
+        root, runroot = env.fresh("tether")
+        drop_caches()
+        return run_measured(env.tether_pull(root, runroot, refs), env=env.env)
+
+    def podman(env: Env, rep: int) -> Measurement:
+        root, runroot = env.fresh("podman")
+        drop_caches()
+        return run_measured([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
+
+    def skopeo(env: Env, rep: int) -> Measurement:
+        root, _ = env.fresh("skopeo")
+        drop_caches()
+        cmds = " && ".join(
+            f"skopeo copy -q --src-tls-verify=false docker://{env.host}/{r} oci:{root}/layout:{n}"
+            for n, r in enumerate(refs))
+        return run_measured([cmds], env=env.env, shell=True)
+
+    def floor(env: Env, rep: int) -> Measurement:
+        root, _ = env.fresh("floor")
+        blobs: list[Path] = []
+        for ref in refs:
+            for blob in corpus.layer_blobs(env.layout, ref):
+                if blob not in blobs:
+                    blobs.append(blob)
+        script = []
+        for n, blob in enumerate(blobs):
+            target = root / f"l{n}"
+            target.mkdir()
+            script.append(f"({sys.executable} -m isal.igzip -d -c {blob} | tar -x --numeric-owner -C {target}) &")
+        script.append("wait")
+        drop_caches()
+        return run_measured(["\n".join(script)], env=env.env, shell=True)
+
+    return {"tether": tether, "podman": podman, "skopeo": skopeo, "floor": floor}
+
+
+def case_prepared(prepare_refs: Sequence[str], refs: Sequence[str], *, tether_extra: Sequence[str] = ()
+                  ) -> dict[str, Runner]:
+    """The store already holds ``prepare_refs`` (pulled untimed by the same tool); time pulling ``refs``."""
+
+    def tether(env: Env, rep: int) -> Measurement:
+        root, runroot = env.fresh("tether")
+        prep = run_measured(env.tether_pull(root, runroot, prepare_refs), env=env.env)
+        assert prep.returncode == 0, "preparing the tether store failed"
+        drop_caches()
+        return run_measured(env.tether_pull(root, runroot, refs, *tether_extra), env=env.env)
+
+    def podman(env: Env, rep: int) -> Measurement:
+        root, runroot = env.fresh("podman")
+        run_measured([env.podman_pulls(root, runroot, prepare_refs)], env=env.env, shell=True)
+        drop_caches()
+        return run_measured([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
+
+    return {"tether": tether, "podman": podman}
+
+
+CASES: dict[str, Callable[[], dict[str, Runner]]] = {
+    "cold-single": lambda: case_cold(["bench/big:v1"]),
+    "cold-five": lambda: case_cold([f"bench/five-{n}:v1" for n in range(5)]),
+    "warm-ten": lambda: case_prepared(list(corpus.TEN), list(corpus.TEN)),
+    "new-tag": lambda: case_prepared(["bench/big:v1"], ["bench/big:v2"]),
+}
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for case in cases:
+        tools = CASES[case]()
+        runs: dict[str, list[Measurement]] = {tool: [] for tool in tools}
+        print(f"== {case}", file=sys.stderr)
+        for rep in range(reps):
+            order = list(tools) if rep % 2 == 0 else list(reversed(tools))
+            for tool in order:
+                m = tools[tool](env, rep)
+                runs[tool].append(m)
+                print(f"  {tool:7s} run {rep + 1}: {m.seconds:7.2f} s  peak RSS {m.peak_rss / 1e6:7.1f} MB"
+                      f"{'' if m.returncode == 0 else '  FAILED'}", file=sys.stderr)
+        summary: dict[str, Any] = {}
+        for tool, ms in runs.items():
+            ok = [m for m in ms if m.returncode == 0]
+            summary[tool] = {
+                "runs_s": [round(m.seconds, 3) for m in ms],
+                "failed_runs": len(ms) - len(ok),
+                **{k: round(v, 3) for k, v in summarize([m.seconds for m in (ok or ms)]).items()},
+                "peak_rss_mb": round(max(m.peak_rss for m in ms) / 1e6, 1),
+            }
+        ratios = {}
+        t = summary["tether"]["median"]
+        for other in ("podman", "skopeo", "floor"):
+            if other in summary and summary[other]["median"] > 0:
+                ratios[f"tether/{other}"] = round(t / summary[other]["median"], 3)
+        results[case] = {"tools": summary, "ratios": ratios}
+        print(f"  -> {json.dumps(ratios)}", file=sys.stderr)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description="tether vs podman pull vs skopeo on a local docker-registry")
+    parser.add_argument("cases", nargs="*", default=list(CASES), choices=[*CASES, []],
+                        help=f"cases to run (default: all of {', '.join(CASES)})")
+    parser.add_argument("--reps", type=int, default=3, help="runs per tool and case (default 3)")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/tether-bench"),
+                        help="corpus, registry data and stores (default /var/tmp/tether-bench)")
+    parser.add_argument("--driver", choices=("overlay", "vfs"), default="overlay")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results file (default benchmarks/results/<time>.json)")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.harness.registry import start_registry
+
+    work = corpus.ensure_dir(args.work)
+    if not drop_caches():
+        print("warning: cannot drop the page cache (not root): figures will be noisy", file=sys.stderr)
+    print("building the corpus (cached after the first run)...", file=sys.stderr)
+    layout = corpus.build_layout(work)
+    registry = start_registry(work / "registry")
+    try:
+        conf = work / "registries.conf"
+        conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+        env_vars = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf),
+                    "REGISTRY_AUTH_FILE": str(work / "auth.json"), "PYTHONPATH": str(REPO_ROOT)}
+        (work / "auth.json").write_text('{"auths": {}}')
+        corpus.push_corpus(layout, registry.host, env=env_vars)
+        env = Env(work=work, host=registry.host, layout=layout, registries_conf=conf, env=env_vars,
+                  driver=args.driver)
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        results = run_cases(env, args.cases, args.reps)
+    finally:
+        registry.stop()
+    doc = {
+        "started": started,
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                    "mem_gb": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)},
+        "driver": args.driver,
+        "reps": args.reps,
+        "corpus": corpus.corpus_summary(layout),
+        "cases": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = args.output or RESULTS / f"{started.replace(':', '')}.json"
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"results written to {out}", file=sys.stderr)
+    print(json.dumps({case: r["ratios"] for case, r in results.items()}, indent=2))
+    return 0
+
