@@ -37,11 +37,11 @@ from engine.sources import ImageSource, RegistrySource, SourceError, SourceImage
 
 if TYPE_CHECKING:
     from registry.client import RegistryClient
-    from store.containers_storage import ImageRecord, LayerRecord, Store
 
     from engine.options import CommonOptions
     from registry.manifest import Descriptor, Platform
     from registry.reference import Reference
+    from store.containers_storage import ImageRecord, LayerRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -654,7 +654,8 @@ async def _execute(plan: PullPlan, *, runs: list[_ImageRun], store: Store, limit
             rec = await trio.to_thread.run_sync(lambda: store.commit_image(
                 image_id=image.image_id, top_layer=top, names=image.names, manifest=image.manifest_raw,
                 manifest_digest=image.manifest_digest, config=image.config_raw,
-                created=_created(image.config.created)))
+                created=_created(image.config.created), index_manifest=image.index_raw,
+                index_digest=image.index_digest))
         except _ImageFailed as exc:
             image_failed(p.key, str(exc))
             return
@@ -708,11 +709,8 @@ async def _stage(job: LayerJob, source: ImageSource | None, store: Store, jr: _J
 
 async def _discard_staged(store: Store, staged: Any) -> None:
     """Remove a staged layer that will not be published (cancelled or failed after staging)."""
-    discard = getattr(store, "discard_staged", None)
-    if discard is None:
-        return
     with trio.CancelScope(shield=True):
-        await trio.to_thread.run_sync(discard, staged)
+        await trio.to_thread.run_sync(store.discard_staged, staged)
 
 
 __all__ = [
