@@ -65,3 +65,11 @@ class DigestMismatchError(RegistryError):
 
 class PolicyError(RegistryError):
     """The signature policy rejects an image, or a requirement cannot be evaluated (fails closed)."""
+
+
+class ConnectionFailedError(TransportError):
+    """The endpoint could not be reached at all (refused, unreachable, connect timeout)."""
+
+
+class TLSError(TransportError):
+    """The TLS handshake or certificate verification failed; never retried."""

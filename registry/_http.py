@@ -1,0 +1,195 @@
+"""The one boundary between httpx and the registry package.
+
+Every request is sent, and every body read, through these functions: httpx exceptions become
+:mod:`registry.errors` exceptions here and nowhere else, error bodies are read with a cap, and the
+``registry.http`` logger records each exchange at DEBUG with credentials redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+
+import httpx
+
+from registry.errors import (
+    AuthenticationError,
+    ConnectionFailedError,
+    HTTPStatusError,
+    RegistryError,
+    TLSError,
+    TransportError,
+)
+
+__all__ = [
+    "MAX_ERROR_BODY",
+    "aiter_raw",
+    "display_url",
+    "log",
+    "read_capped",
+    "send",
+    "status_error",
+]
+
+log = logging.getLogger("registry.http")
+
+#: Error bodies are read up to this many bytes (a hostile server cannot make us buffer more).
+MAX_ERROR_BODY = 64 * 1024
+_MAX_DETAIL = 300
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+def display_url(url: httpx.URL | str) -> str:
+    """``host[:port]/path`` for messages: no scheme, no query (upload state, token parameters)."""
+    u = httpx.URL(url) if isinstance(url, str) else url
+    host = u.host if u.port is None else f"{u.host}:{u.port}"
+    if ":" in u.host and not u.host.startswith("["):
+        host = f"[{u.host}]" if u.port is None else f"[{u.host}]:{u.port}"
+    return f"{host}{u.path}"
+
+
+def _redacted(headers: httpx.Headers) -> str:
+    return ", ".join(
+        f"{k}: {'<redacted>' if k.lower() in _SECRET_HEADERS else v}" for k, v in headers.multi_items()
+    )
+
+
+def _describe_exception(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def map_exception(method: str, url: httpx.URL, exc: httpx.HTTPError) -> RegistryError:
+    """The :mod:`registry.errors` exception for an httpx exception raised by ``method url``."""
+    where = f"{method} {display_url(url)}"
+    ssl_error = _ssl_cause(exc)
+    if ssl_error is not None and isinstance(exc, httpx.ConnectError):
+        reason = getattr(ssl_error, "verify_message", None) or getattr(ssl_error, "reason", None) or ssl_error
+        return TLSError(f"{where}: TLS handshake failed: {reason}")
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ConnectionFailedError(f"{where}: cannot connect: {_describe_exception(exc)}")
+    if isinstance(exc, httpx.TransportError):
+        return TransportError(f"{where}: {_describe_exception(exc)}")
+    return RegistryError(f"{where}: {_describe_exception(exc)}")
+
+
+async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """Send ``request`` and return the streaming response (headers read, body not yet)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("> %s %s [%s]", request.method, request.url.copy_with(query=None), _redacted(request.headers))
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        mapped = map_exception(request.method, request.url, exc)
+        log.debug("! %s", mapped)
+        raise mapped from None
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "< %s %s %s %s [%s]",
+            request.method,
+            request.url.copy_with(query=None),
+            response.http_version,
+            response.status_code,
+            _redacted(response.headers),
+        )
+    return response
+
+
+async def aiter_raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The raw (not content-decoded) body chunks, with transport errors mapped."""
+    request = response.request
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise map_exception(request.method, request.url, exc) from None
+
+
+async def read_capped(response: httpx.Response, limit: int, *, what: str) -> tuple[bytes, bool]:
+    """Read the (content-decoded) body up to ``limit`` bytes: ``(body, truncated)``; closes the response."""
+    request = response.request
+    parts: list[bytes] = []
+    total = 0
+    truncated = False
+    try:
+        async for chunk in response.aiter_bytes():
+            if total + len(chunk) > limit:
+                parts.append(chunk[: limit - total])
+                truncated = True
+                break
+            parts.append(chunk)
+            total += len(chunk)
+    except httpx.HTTPError as exc:
+        raise map_exception(request.method, request.url, exc) from None
+    finally:
+        await response.aclose()
+    return b"".join(parts), truncated
+
+
+def _error_code_and_detail(body: bytes) -> tuple[str | None, str | None]:
+    # distribution spec "Error Codes": {"errors": [{"code": ..., "message": ..., "detail": ...}]}
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        text = body.decode("utf-8", "replace").strip()
+        return None, (text[:_MAX_DETAIL] or None) if text and not text.startswith("<") else None
+    if isinstance(obj, dict):
+        errors = obj.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            code = errors[0].get("code")
+            message = errors[0].get("message")
+            return (
+                code if isinstance(code, str) else None,
+                message[:_MAX_DETAIL] if isinstance(message, str) and message else None,
+            )
+        # token servers: {"details": "..."} / {"error": "...", "error_description": "..."}
+        for key in ("error_description", "details", "error", "message"):
+            value = obj.get(key)
+            if isinstance(value, str) and value:
+                return None, value[:_MAX_DETAIL]
+    return None, None
+
+
+async def status_error(
+    response: httpx.Response, *, what: str | None = None, cls: type[HTTPStatusError] = HTTPStatusError
+) -> HTTPStatusError:
+    """An error for an unexpected status: ``GET host/v2/app/manifests/1.0: 404 MANIFEST_UNKNOWN``.
+
+    Reads (at most :data:`MAX_ERROR_BODY` of) the body and closes the response. ``what`` prefixes
+    the message (``requesting a token for ...``).
+    """
+    request = response.request
+    body = b""
+    if request.method != "HEAD":
+        try:
+            body, _ = await read_capped(response, MAX_ERROR_BODY, what="error body")
+        except RegistryError:
+            body = b""
+    else:
+        await response.aclose()
+    code, detail = _error_code_and_detail(body)
+    message = f"{request.method} {display_url(request.url)}: {response.status_code} {code or response.reason_phrase}"
+    if detail and detail.lower().replace(" ", "_") != (code or "").lower():
+        message += f" ({detail})"
+    if what:
+        message = f"{what}: {message}"
+    return cls(message, status=response.status_code, code=code)
+
+
+async def authentication_error(response: httpx.Response, *, hint: str) -> AuthenticationError:
+    """An :class:`AuthenticationError` for a 401/403 that re-authentication did not cure."""
+    error = await status_error(response)
+    return AuthenticationError(f"{error} ({hint})" if hint else str(error))
