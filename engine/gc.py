@@ -1,0 +1,193 @@
+"""``tether bound gc``: remove from the bootc store every image no present deployment binds.
+
+bootc (crates/lib/src/boundimage.rs + podstorage.rs ``prune``) keeps the images whose *names* equal, as
+strings, the bound images of the deployments ostree lists, and removes the rest: a short name, a tag
+written differently (``docker.io/library/x`` vs ``x``) or an ``@sha256:`` reference can make it remove an
+image that is still bound. Here an image is kept when any present deployment binds it by:
+
+- the exact image id its readiness record pins (``engine/reconcile.py``), even if its tag has moved since;
+- a name equal after normalisation (``docker.io/library/``, ``:latest``);
+- a digest: a bound ``NAME@sha256:...`` keeps every image with that manifest digest;
+- a short name (``alpine``, ``app:1``): any image with a name ending in ``/alpine:latest`` / ``/app:1``
+  (conservative: short-name resolution may pick any search registry).
+
+If discovery fails for any present deployment nothing is removed (its bound set is unknown). Images go
+with :meth:`store.containers_storage.Store.delete_image`, which also removes the layers no other image
+(or container) uses. Records of deployments that no longer exist are removed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.bound import BoundImage, normalize_image_name
+from engine.deployments import Deployment
+from engine.errors import EngineError
+from engine.reconcile import (
+    deployment_status,
+    hold_store,
+    list_record_files,
+    load_record,
+)
+
+if TYPE_CHECKING:
+    from store.containers_storage import ImageRecord, LayerRecord, Store
+
+
+class GCError(EngineError):
+    """Garbage collection refused (unknown bound set) or failed."""
+
+
+@dataclass(frozen=True)
+class GCPlan:
+    """What a collection keeps and removes (``--dry-run`` prints it)."""
+
+    keep: tuple[tuple[ImageRecord, tuple[str, ...]], ...]  # image, why (deployment: binding)
+    remove: tuple[ImageRecord, ...]
+    layers: tuple[str, ...]  # layer ids that go with the removed images
+    stale_records: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class GCResult:
+    """What a collection did (or would do, with ``dry_run``)."""
+
+    plan: GCPlan
+    removed_image_ids: tuple[str, ...]
+    removed_layer_ids: tuple[str, ...]
+    dry_run: bool
+
+
+def _is_short(name: str) -> bool:
+    try:
+        from registry.reference import is_short_name
+    except ImportError:  # pragma: no cover
+        return "/" not in name
+    try:
+        return bool(is_short_name(name))
+    except Exception:
+        return False
+
+
+def _split_digest(name: str) -> tuple[str, str | None]:
+    base, at, digest = name.partition("@")
+    return (base, digest) if at else (name, None)
+
+
+def image_matches(record: ImageRecord, bound: str) -> bool:
+    """Whether a store image is (one of) the images ``bound`` designates; see the module docstring."""
+    base, digest = _split_digest(bound)
+    if digest is not None and (digest == record.digest or digest in record.digests):
+        return True
+    normalized = normalize_image_name(bound)
+    names = set(record.names) | {normalize_image_name(n) for n in record.names}
+    if bound in names or normalized in names:
+        return True
+    if digest is None and _is_short(bound):
+        last = base.rsplit("/", 1)[-1]
+        suffix = "/" + base if ":" in last else "/" + base + ":latest"
+        return any(n.endswith(suffix) for n in names)
+    return False
+
+
+def _layer_chain(layer_id: str | None, layers: dict[str, LayerRecord]) -> set[str]:
+    chain: set[str] = set()
+    current = layer_id
+    while current and current not in chain:
+        chain.add(current)
+        parent = layers.get(current)
+        current = parent.parent if parent is not None else None
+    return chain
+
+
+def plan_gc(deployments: Sequence[Deployment], store: Store) -> GCPlan:
+    """Decide what to keep and remove (blocking: reads roots, records and the store)."""
+    images = [i for i in store.list_images() if not i.read_only]
+    keep_why: dict[str, list[str]] = {}
+    problems: list[str] = []
+    bound_by: list[tuple[str, BoundImage]] = []
+    for deployment in deployments:
+        status = deployment_status(deployment, images, store.root)
+        if status.error is not None:
+            problems.append(f"{deployment.name}: {status.error}")
+            continue
+        record = load_record(store.root, deployment)
+        for state in record.images if record else ():
+            if state.id is not None:
+                keep_why.setdefault(state.id, []).append(f"{deployment.name}: {state.image} (recorded)")
+        bound_by.extend((deployment.name, image) for image in status.bound)
+    if problems:
+        raise GCError(
+            "refusing to collect garbage: the bound images of a deployment are unknown:\n  " + "\n  ".join(problems)
+        )
+    for stored in images:
+        for name, bound in bound_by:
+            if image_matches(stored, bound.image):
+                keep_why.setdefault(stored.id, []).append(f"{name}: {bound.image}")
+    keep = tuple((i, tuple(keep_why[i.id])) for i in images if i.id in keep_why)
+    remove = tuple(i for i in images if i.id not in keep_why)
+    layers = {layer.id: layer for layer in store.list_layers()}
+    kept_layers: set[str] = set()
+    for kept, _ in keep:
+        kept_layers |= _layer_chain(kept.top_layer, layers)
+    # Layers of the removed images that no kept image (nor a container) uses.
+    containers_layers = _container_layers(store)
+    gone: set[str] = set()
+    for removed in remove:
+        gone |= _layer_chain(removed.top_layer, layers)
+    gone -= kept_layers
+    gone -= containers_layers
+    present = {d.record_name for d in deployments}
+    stale = tuple(p for p in list_record_files(store.root) if p.stem not in present)
+    return GCPlan(keep=keep, remove=remove, layers=tuple(sorted(gone)), stale_records=stale)
+
+
+def _container_layers(store: Store) -> set[str]:
+    import json
+
+    path = store.root / f"{store.driver}-containers" / "containers.json"
+    try:
+        raw = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return set()
+    out: set[str] = set()
+    layers = {layer.id: layer for layer in store.list_layers()}
+    for c in raw if isinstance(raw, list) else ():
+        if isinstance(c, dict) and c.get("layer"):
+            out |= _layer_chain(str(c["layer"]), layers)
+    return out
+
+
+def collect_garbage(
+    deployments: Sequence[Deployment], store: Store, *, dry_run: bool = False, locked: bool = False
+) -> GCResult:
+    """Remove every image no present deployment binds, and the layers that go with them.
+
+    Takes the tether store lock (:class:`engine.reconcile.StoreBusyError` if another tether holds it)
+    unless ``locked`` says the caller holds it already.
+    """
+    with contextlib.ExitStack() as stack:
+        if not locked:
+            stack.enter_context(hold_store(store.root))
+        plan = plan_gc(deployments, store)
+        if dry_run:
+            return GCResult(plan=plan, removed_image_ids=(), removed_layer_ids=(), dry_run=True)
+        removed_images: list[str] = []
+        removed_layers: list[str] = []
+        for image in plan.remove:
+            removed_layers.extend(store.delete_image(image.id))
+            removed_images.append(image.id)
+        for path in plan.stale_records:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return GCResult(
+            plan=plan,
+            removed_image_ids=tuple(removed_images),
+            removed_layer_ids=tuple(removed_layers),
+            dry_run=False,
+        )
