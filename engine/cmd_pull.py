@@ -41,10 +41,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``tether pull``; returns the exit status."""
     import trio
-    from store.containers_storage import Store
 
-    from engine.progress import make_progress
+    from engine.progress import ProgressMode, make_progress
     from engine.pull import PullRequest, pull
+    from store.containers_storage import Store
 
     options = common_options_from_args(args)
     if args.jobs is not None and args.jobs < 1:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             os.fstat(args.progress_fd)
         except OSError as exc:
             raise UsageError(f"--progress-fd {args.progress_fd}: {exc.strerror}") from None
-    mode = "none" if args.quiet else args.progress
+    mode: ProgressMode = "none" if args.quiet else args.progress
     progress = make_progress(mode, progress_fd=args.progress_fd)
     store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
     requests = [PullRequest(name=name) for name in args.images]

@@ -36,9 +36,8 @@ from engine.progress import LayerInfo, Progress
 from engine.sources import ImageSource, RegistrySource, SourceError, SourceImage, open_layout_source
 
 if TYPE_CHECKING:
-    from registry.client import RegistryClient
-
     from engine.options import CommonOptions
+    from registry.client import RegistryClient
     from registry.manifest import Descriptor, Platform
     from registry.reference import Reference
     from store.containers_storage import ImageRecord, LayerRecord, Store
@@ -373,6 +372,7 @@ class _Clients:
 
     async def get(self, request: PullRequest) -> RegistryClient:
         from registry.auth import load_auth_file
+
         from registry.client import open_registry_client
 
         authfile = request.authfile if request.authfile is not None else self.options.auth_file_path()
@@ -390,12 +390,11 @@ class _Clients:
                     "max_connections_per_host": self.connections,
                 }
                 if request.retries is not None:
-                    kwargs["retries"] = request.retries
-                try:
-                    cm = open_registry_client(**kwargs)
-                except TypeError:  # a client without per-request retries
-                    kwargs.pop("retries", None)
-                    cm = open_registry_client(**kwargs)
+                    from registry._retry import RetryPolicy
+
+                    tries = max(1, request.retries + 1)
+                    kwargs["retry_policy"] = RetryPolicy(attempts=tries, connect_attempts=min(2, tries))
+                cm = open_registry_client(**kwargs)
                 client = await self.stack.enter_async_context(cm)
                 self._clients[key] = client
             return client
@@ -491,10 +490,13 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
                 for run in runs:
                     nursery.start_soon(resolve_one, run)
 
-            pending = [(run.key, run.image) for run in runs if run.image is not None and run.result is None]
+            pending: list[tuple[int, SourceImage]] = []
+            for run in runs:
+                if run.image is not None and run.result is None:
+                    pending.append((run.key, run.image))
             if pending:
                 try:
-                    plan = plan_pull(pending, existing_layers=layers,  # type: ignore[arg-type]
+                    plan = plan_pull(pending, existing_layers=layers,
                                      sequential=not store.concurrent_layers)
                 except PlanError:
                     plan = None
@@ -502,8 +504,8 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
                     good: list[tuple[int, SourceImage]] = []
                     for key, image in pending:
                         try:
-                            plan_pull([(key, image)], existing_layers=layers)  # type: ignore[list-item]
-                            good.append((key, image))  # type: ignore[arg-type]
+                            plan_pull([(key, image)], existing_layers=layers)
+                            good.append((key, image))
                         except PlanError as exc:
                             _fail(runs[key], exc, progress)
                     plan = plan_pull(good, existing_layers=layers, sequential=not store.concurrent_layers)
