@@ -27,7 +27,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaita
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import trio
@@ -35,6 +35,7 @@ import trio
 from registry import _http
 from registry._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from registry._tokens import BearerToken, TokenCache, parse_token_response
+from registry.auth import AuthFile, Credentials, lookup_credentials
 from registry.challenge import Challenge, parse_www_authenticate
 from registry.errors import (
     AuthenticationError,
@@ -60,7 +61,7 @@ from registry.manifest import (
     parse_manifest,
 )
 from registry.reference import Reference
-from registry.registries_conf import PullSource, RegistriesConf, pull_sources
+from registry.registries_conf import AUTHENTICATION_FILE_HELPER, PullSource, RegistriesConf, pull_sources
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
@@ -130,27 +131,6 @@ class _Credentials:
         return (self.username, hashlib.sha256(secret.encode()).hexdigest())
 
 
-class _CredentialLookup(Protocol):
-    def __call__(self, name: str) -> _Credentials | None: ...
-
-
-def _credential_lookup(auth: Any) -> _CredentialLookup:
-    from registry import auth as auth_module
-
-    def lookup(name: str) -> _Credentials | None:
-        found = auth_module.lookup_credentials(auth, name)
-        if found is None:
-            return None
-        username = getattr(found, "username", None) or None
-        password = getattr(found, "password", None) or None
-        identity_token = getattr(found, "identity_token", None) or None
-        if not (username or password or identity_token):
-            return None
-        return _Credentials(username, password, identity_token)
-
-    return lookup
-
-
 # ---------------------------------------------------------------------------------------------
 # endpoints
 
@@ -180,7 +160,7 @@ class RegistryClient:
         self,
         *,
         registries: RegistriesConf,
-        credentials: _CredentialLookup,
+        auth: AuthFile,
         cert_dir: Path | None,
         tls_verify: bool | None,
         max_connections_per_host: int,
@@ -188,7 +168,8 @@ class RegistryClient:
         exit_stack: AsyncExitStack,
     ) -> None:
         self._registries = registries
-        self._credentials = credentials
+        self._auth = auth
+        self._credentials_cache: dict[str, _Credentials | None] = {}
         self._cert_dir = cert_dir
         self._tls_verify = tls_verify
         self._max_connections = max_connections_per_host
@@ -203,6 +184,25 @@ class RegistryClient:
 
     # ---- plumbing
 
+    async def _credentials(self, name: str) -> _Credentials | None:
+        """Credentials for the repository ``name`` at an endpoint (cached; helpers run in a thread)."""
+        if name in self._credentials_cache:
+            return self._credentials_cache[name]
+        helpers = tuple(self._registries.credential_helpers)
+
+        def lookup() -> Credentials | None:
+            return lookup_credentials(self._auth, name, helpers=helpers)
+
+        if helpers == (AUTHENTICATION_FILE_HELPER,) and not self._auth.cred_helpers:
+            found = lookup()
+        else:  # credential helpers are processes
+            found = await trio.to_thread.run_sync(lookup)
+        creds = None
+        if found is not None and not found.is_empty:
+            creds = _Credentials(found.username or None, found.password or None, found.identity_token or None)
+        self._credentials_cache[name] = creds
+        return creds
+
     def _insecure(self, insecure: bool) -> bool:
         # --tls-verify overrides registries.conf's `insecure` either way (c/image
         # DockerInsecureSkipTLSVerify); unset, the registries.conf value applies.
@@ -214,7 +214,17 @@ class RegistryClient:
         key = (host, insecure)
         client = self._clients.get(key)
         if client is None:
-            from registry.certs import ssl_context_for
+            try:
+                from registry.certs import ssl_context_for
+            except ImportError:  # TEMPORARY until registry/certs.py lands
+                import ssl
+
+                def ssl_context_for(host: str, *, cert_dir: Path | None, verify: bool) -> ssl.SSLContext:
+                    ctx = ssl.create_default_context()
+                    if not verify:
+                        ctx.check_hostname = False
+                        ctx.verify_mode = ssl.CERT_NONE
+                    return ctx
 
             context = ssl_context_for(host, cert_dir=self._cert_dir, verify=not insecure)
             policy = self.retry_policy
@@ -457,7 +467,7 @@ class RegistryClient:
 
     async def _fetch_manifest_at(self, source: PullSource, ref: Reference) -> FetchedManifest:
         endpoint = self._endpoint(ref.registry_host, source.insecure)
-        creds = self._credentials(ref.name)
+        creds = await self._credentials(ref.name)
         response = await self._call(
             endpoint,
             "GET",
@@ -605,7 +615,7 @@ class RegistryClient:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        creds = self._credentials(ref.name)
+        creds = await self._credentials(ref.name)
         scopes = (_repository_scope(ref.path, "pull"),)
         # retry=False: the blob reader counts failures itself (and resumes where it stopped)
         response = await self._call(
@@ -651,7 +661,7 @@ class RegistryClient:
             "HEAD",
             f"/v2/{ref.path}/blobs/{digest}",
             scopes=(_repository_scope(ref.path, "pull,push"),),
-            creds=self._credentials(ref.name),
+            creds=await self._credentials(ref.name),
         )
         if response.status_code == 200:
             await response.aclose()
@@ -670,7 +680,7 @@ class RegistryClient:
         url = httpx.URL(await self._ping(endpoint) + f"/v2/{ref.path}/blobs/uploads/").copy_merge_params(
             {"mount": digest, "from": from_repository}
         )
-        creds = self._credentials(ref.name)
+        creds = await self._credentials(ref.name)
         scopes = (_repository_scope(ref.path, "pull,push"), _repository_scope(from_repository, "pull"))
         response = await self._call(endpoint, "POST", url, scopes=scopes, creds=creds)
         if response.status_code == 201:
@@ -696,7 +706,7 @@ class RegistryClient:
         The bytes are checked against ``descriptor`` (size and digest) before the final ``PUT``.
         """
         endpoint = self._push_endpoint(ref)
-        creds = self._credentials(ref.name)
+        creds = await self._credentials(ref.name)
         scopes = (_repository_scope(ref.path, "pull,push"),)
         response = await self._call(endpoint, "POST", f"/v2/{ref.path}/blobs/uploads/", scopes=scopes, creds=creds)
         if response.status_code != 202:
@@ -765,7 +775,7 @@ class RegistryClient:
             "PUT",
             f"/v2/{ref.path}/manifests/{identifier}",
             scopes=(_repository_scope(ref.path, "pull,push"),),
-            creds=self._credentials(ref.name),
+            creds=await self._credentials(ref.name),
             headers={"Content-Type": media_type},
             content=raw,
         )
@@ -999,7 +1009,7 @@ class _BlobReader:
 async def open_registry_client(
     *,
     registries: RegistriesConf,
-    auth: Any,
+    auth: AuthFile,
     cert_dir: Path | None = None,
     tls_verify: bool | None = None,
     max_connections_per_host: int = 8,
@@ -1014,7 +1024,7 @@ async def open_registry_client(
     async with AsyncExitStack() as stack:
         yield RegistryClient(
             registries=registries,
-            credentials=_credential_lookup(auth),
+            auth=auth,
             cert_dir=cert_dir,
             tls_verify=tls_verify,
             max_connections_per_host=max_connections_per_host,
