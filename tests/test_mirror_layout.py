@@ -1,0 +1,176 @@
+"""tether mirror sync into oci:DIR and oci-archive:FILE (from layouts), read back by skopeo; mirror prune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main as tether
+from engine.errors import UsageError
+from engine.mirror import SyncRequest, sync
+from engine.options import CommonOptions
+from registry.manifest import Platform
+from store.oci_layout import OCIArchive, OCILayout
+from tests.harness.images import BuiltImage, build_index, simple_image, write_oci_layout
+from tests.harness.podman import skopeo
+
+AMD = simple_image(21, files=2, architecture="amd64")
+ARM = simple_image(22, files=2, architecture="arm64", variant="v8")
+MULTI = build_index([AMD, ARM])
+SINGLE = simple_image(23, files=2)
+
+
+@pytest.fixture
+def options(tmp_path: Path) -> CommonOptions:
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    return CommonOptions(registries_conf=conf, environ={}, tls_verify=False)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    write_oci_layout(tmp_path / "src", {"quay.io/org/multi:1": MULTI, "registry.example:5000/app:2": SINGLE})
+    return tmp_path / "src"
+
+
+def blob_files(layout: Path) -> set[str]:
+    return {p.name for p in (layout / "blobs" / "sha256").iterdir()}
+
+
+async def test_sync_to_layout_filters_platforms_shares_blobs_and_skopeo_reads_it(
+    source: Path, tmp_path: Path, options: CommonOptions
+) -> None:
+    dest = tmp_path / "mirror"
+    report = await sync([f"oci:{source}"], to=f"oci:{dest}", options=options,
+                        platforms=[Platform("linux", "arm64", "v8")])
+    assert report.ok, report.summary()
+    by_source = {r.source: r for r in report.images}
+    multi = by_source["quay.io/org/multi:1"]
+    assert multi.platforms == ("linux/arm64/v8",)
+    assert multi.digest != MULTI.manifest_digest  # a new index with the arm64 entry only
+    layout = OCILayout.open(dest)
+    index = json.loads(layout.read_blob(multi.digest))
+    assert [m["digest"] for m in index["manifests"]] == [ARM.manifest_digest]
+    assert not layout.has_blob(AMD.config_digest)
+    assert by_source["registry.example:5000/app:2"].digest == SINGLE.manifest_digest
+    assert {e.ref_name for e in layout.entries()} == {"quay.io/org/multi:1", "registry.example:5000/app:2"}
+    # skopeo reads both by their full source reference; the bytes are the source's.
+    raw = skopeo("inspect", "--raw", f"oci:{dest}:registry.example:5000/app:2").stdout.encode()
+    assert raw == SINGLE.manifest
+    inspected = json.loads(skopeo("inspect", "--override-arch", "arm64", "--override-variant", "v8",
+                                  f"oci:{dest}:quay.io/org/multi:1").stdout)
+    assert inspected["Architecture"] == "arm64"
+    copied = tmp_path / "copied"
+    skopeo("copy", "--override-arch", "arm64", f"oci:{dest}:quay.io/org/multi:1", f"dir:{copied}")
+    assert (copied / ARM.layers[0].digest.split(":")[1]).read_bytes() == ARM.layers[0].blob
+
+    # Re-sync with every platform: the index keeps its digest, the arm64 blobs are not copied again.
+    again = await sync(["oci:" + str(source) + ":quay.io/org/multi:1"], to=f"oci:{dest}", options=options,
+                       all_platforms=True)
+    assert again.ok, again.summary()
+    (result,) = again.images
+    assert result.digest == MULTI.manifest_digest
+    assert result.blobs_present == len(ARM.blobs())
+    assert result.blobs_copied == len(AMD.blobs())
+    assert layout.resolve("quay.io/org/multi:1").digest == MULTI.manifest_digest
+    assert len([e for e in layout.entries() if e.ref_name == "quay.io/org/multi:1"]) == 1
+
+    # The filtered index is unreferenced now: prune drops it, and only it.
+    before = blob_files(dest)
+    assert tether(["mirror", "prune", f"oci:{dest}"]) == 0
+    assert before - blob_files(dest) == {multi.digest.split(":")[1]}
+    assert layout.verify() == []
+    # --remove drops a reference and what only it used.
+    assert tether(["mirror", "prune", f"oci:{dest}", "--remove", "registry.example:5000/app:2"]) == 0
+    assert not layout.has_blob(SINGLE.config_digest)
+    assert layout.has_blob(ARM.config_digest)
+
+
+async def test_sync_to_archive_adds_to_it_and_resumes(source: Path, tmp_path: Path, options: CommonOptions) -> None:
+    archive = tmp_path / "usb" / "mirror.tar"
+
+    class Interrupt(Exception):
+        pass
+
+    class StopAfterFirstBlob:
+        def blob_bytes(self, digest: str, done: int) -> None:
+            pass
+
+        def blob_done(self, digest: str, how: str) -> None:
+            raise Interrupt(digest)
+
+    with pytest.raises(Interrupt):
+        await sync([f"oci:{source}:quay.io/org/multi:1"], to=f"oci-archive:{archive}", options=options,
+                   all_platforms=True, jobs=1, observer=StopAfterFirstBlob())
+    assert not archive.exists()
+    staging = archive.with_name(".mirror.tar.tether-staging")
+    assert len(list((staging / "blobs" / "sha256").iterdir())) == 1
+
+    report = await sync([f"oci:{source}:quay.io/org/multi:1"], to=f"oci-archive:{archive}", options=options,
+                        all_platforms=True)
+    assert report.ok, report.summary()
+    (result,) = report.images
+    assert result.blobs_present == 1  # what arrived before the interruption was not copied again
+    assert result.blobs_copied == len(AMD.blobs()) + len(ARM.blobs()) - 1
+    assert not staging.exists()
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["mirror.tar"]
+
+    # A second sync adds to the archive.
+    report = await sync([f"oci:{source}:registry.example:5000/app:2"], to=f"oci-archive:{archive}", options=options)
+    assert report.ok, report.summary()
+    with OCIArchive.open(archive) as arc:
+        assert {e.ref_name for e in arc.entries()} == {"quay.io/org/multi:1", "registry.example:5000/app:2"}
+    raw = skopeo("inspect", "--raw", f"oci-archive:{archive}:quay.io/org/multi:1").stdout.encode()
+    assert raw == MULTI.manifest
+    out = tmp_path / "out"
+    skopeo("copy", f"oci-archive:{archive}:registry.example:5000/app:2", f"dir:{out}")
+    assert (out / SINGLE.layers[1].digest.split(":")[1]).read_bytes() == SINGLE.layers[1].blob
+
+
+async def test_corrupt_source_blob_fails_that_image_only(source: Path, tmp_path: Path,
+                                                         options: CommonOptions) -> None:
+    victim: BuiltImage = SINGLE
+    (source / "blobs" / "sha256" / victim.layers[0].digest.split(":")[1]).write_bytes(b"\0" * victim.layers[0].size)
+    dest = tmp_path / "mirror"
+    report = await sync([f"oci:{source}"], to=f"oci:{dest}", options=options, all_platforms=True)
+    assert not report.ok
+    failed = {r.source: r.error for r in report.images}
+    assert failed["quay.io/org/multi:1"] is None
+    assert "corrupt" in (failed["registry.example:5000/app:2"] or "")
+    layout = OCILayout.open(dest)
+    assert [e.ref_name for e in layout.entries()] == ["quay.io/org/multi:1"]
+    assert not layout.has_blob(victim.layers[0].digest)
+
+
+async def test_usage_errors(source: Path, tmp_path: Path, options: CommonOptions) -> None:
+    with pytest.raises(UsageError, match="registries-conf-out"):
+        await sync([f"oci:{source}"], to=f"oci:{tmp_path}/m", options=options,
+                   registries_conf_out=tmp_path / "x.conf")
+    unnamed = tmp_path / "unnamed"
+    write_oci_layout(unnamed, {"app:1": SINGLE})
+    with pytest.raises(UsageError, match="not a full image reference"):
+        await sync([f"oci:{unnamed}"], to=f"oci:{tmp_path}/m", options=options)
+    with pytest.raises(UsageError, match="no images"):
+        await sync([], to=f"oci:{tmp_path}/m", options=options)
+    with pytest.raises(UsageError):
+        await sync([SyncRequest(name=f"oci:{source}")], to="oci:/x:ref", options=options)
+
+
+def test_cli_sync_from_a_bound_root(source: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    units = root / "usr/share/containers/systemd"
+    units.mkdir(parents=True)
+    (units / "app.image").write_text("[Image]\nImage=registry.example:5000/app:2\n")
+    bound = root / "usr/lib/bootc/bound-images.d"
+    bound.mkdir(parents=True)
+    (bound / "app.image").symlink_to("/usr/share/containers/systemd/app.image")
+    conf = tmp_path / "registries.conf"
+    conf.write_text('[[registry]]\nprefix = "registry.example:5000"\nlocation = "registry.example:5000"\n'
+                    "blocked = true\n")
+    # The source is blocked: --root finds the image, and the sync fails (nothing is fetched) with status 1.
+    status = tether(["mirror", "sync", "--root", str(root), "--to", f"oci:{tmp_path}/m",
+                     "--registries-conf", str(conf), "--format", "json"])
+    assert status == 1
+    assert not (tmp_path / "m" / "index.json").exists() or OCILayout.open(tmp_path / "m").entries() == ()

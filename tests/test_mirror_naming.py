@@ -1,0 +1,106 @@
+"""engine/mirror.py pure parts: destinations, skopeo-sync naming, index filtering, the registries.conf drop-in."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UsageError
+from engine.mirror import (
+    Destination,
+    MirrorMapping,
+    destination_reference,
+    filter_index,
+    mirror_repository,
+    parse_destination,
+    render_registries_conf,
+    scoped_host_component,
+)
+from registry.reference import Reference, parse_reference
+from registry.registries_conf import load_registries_conf, pull_sources
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("oci:/srv/mirror", Destination(kind="oci", path=Path("/srv/mirror"))),
+        ("oci-archive:/media/usb/m.tar", Destination(kind="oci-archive", path=Path("/media/usb/m.tar"))),
+        ("docker://127.0.0.1:5000", Destination(kind="docker", host="127.0.0.1:5000")),
+        ("docker://mirror.lan/ns/sub/", Destination(kind="docker", host="mirror.lan", namespace="ns/sub")),
+    ],
+)
+def test_parse_destination(text: str, expected: Destination) -> None:
+    assert parse_destination(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["oci:", "oci:/d:ref", "docker://", "docker://Bad_Host", "docker://h/UPPER", "dir:/x", "/plain"]
+)
+def test_parse_destination_refuses(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_destination(text)
+
+
+def test_naming_as_skopeo_sync() -> None:
+    ref = parse_reference("quay.io/org/team/app:1.0")
+    # cmd/skopeo/sync.go: destSuffix = path.Base(ref.DockerReference().String()) unless --scoped.
+    assert mirror_repository(ref) == "app"
+    assert mirror_repository(ref, namespace="mirror") == "mirror/app"
+    assert mirror_repository(ref, namespace="mirror", scoped=True) == "mirror/quay.io/org/team/app"
+    ported = parse_reference("127.0.0.1:5000/org/app@sha256:" + "a" * 64)
+    assert mirror_repository(ported, scoped=True) == "127.0.0.1_5000/org/app"
+    dest = parse_destination("docker://mirror.lan:5001/ns")
+    assert str(destination_reference(dest, ref)) == "mirror.lan:5001/ns/app:1.0"
+    assert str(destination_reference(dest, ported, scoped=True)) == (
+        "mirror.lan:5001/ns/127.0.0.1_5000/org/app@sha256:" + "a" * 64
+    )
+    assert scoped_host_component("Registry.Example.COM") == "registry.example.com"
+    assert scoped_host_component("[fe80::1]:5000") == "fe80--1_5000"  # IPv6 literal: dashes, never a colon
+    with pytest.raises(UsageError):
+        scoped_host_component("[::1]:5000")
+
+
+def test_filter_index_keeps_entries_verbatim() -> None:
+    entries = [{"mediaType": "m", "digest": f"sha256:{c * 64}", "size": 1, "platform": {"os": "linux",
+                "architecture": a}, "annotations": {"x": a}} for c, a in (("a", "amd64"), ("b", "arm64"))]
+    raw = json.dumps({"schemaVersion": 2, "mediaType": "i", "annotations": {"top": "1"}, "manifests": entries}).encode()
+    assert filter_index(raw, [e["digest"] for e in entries]) is raw
+    narrowed = json.loads(filter_index(raw, ["sha256:" + "b" * 64]))
+    assert narrowed["manifests"] == [entries[1]]
+    assert narrowed["annotations"] == {"top": "1"}
+
+
+def test_registries_conf_dropin_routes_exactly_the_synced_repositories(tmp_path: Path) -> None:
+    main = tmp_path / "registries.conf"
+    main.write_text('[[registry]]\nlocation = "src.example:5000"\ninsecure = true\n')
+    conf = load_registries_conf(path=main, environ={})
+    text = render_registries_conf(
+        [
+            MirrorMapping(Reference("src.example:5000", "org/app"), "mirror.lan:5001/ns/app", by_tag=True,
+                          by_digest=False),
+            MirrorMapping(Reference("quay.io", "org/pinned"), "mirror.lan:5001/ns/pinned", by_tag=False,
+                          by_digest=True),
+        ],
+        mirror_insecure=True,
+        conf=conf,
+    )
+    parsed = tomllib.loads(text)
+    assert [r["prefix"] for r in parsed["registry"]] == ["quay.io/org/pinned", "src.example:5000/org/app"]
+    app = parsed["registry"][1]
+    assert app["insecure"] is True  # carried over from the table the longer prefix replaces
+    assert app["mirror"] == [{"location": "mirror.lan:5001/ns/app", "insecure": True, "pull-from-mirror": "all"}]
+    assert parsed["registry"][0]["mirror"][0]["pull-from-mirror"] == "digest-only"
+    # containers/image semantics, through tether's own registries.conf reader: mirror first, primary last.
+    alone = tmp_path / "alone.conf"
+    alone.write_text(text)
+    conf2 = load_registries_conf(path=alone, environ={})
+    sources = pull_sources(conf2, parse_reference("src.example:5000/org/app:1"))
+    assert [str(s.reference) for s in sources] == ["mirror.lan:5001/ns/app:1", "src.example:5000/org/app:1"]
+    assert [s.mirror for s in sources] == [True, False]
+    other = pull_sources(conf2, parse_reference("src.example:5000/org/other:1"))
+    assert [str(s.reference) for s in other] == ["src.example:5000/org/other:1"]
+    tag_pull = pull_sources(conf2, parse_reference("quay.io/org/pinned:1"))
+    assert [s.mirror for s in tag_pull] == [False]
