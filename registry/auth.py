@@ -189,7 +189,9 @@ def load_auth_file(path: Path | None) -> AuthFile:
         raise ConfigError(f"{path}: invalid JSON: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
-    auths_raw = data.get("auths") or {}
+    auths_raw = data.get("auths")
+    if auths_raw is None:
+        auths_raw = {}
     if not isinstance(auths_raw, dict):
         raise ConfigError(f"{path}: auths: expected an object")
     entries: list[AuthEntry] = []
@@ -197,7 +199,9 @@ def load_auth_file(path: Path | None) -> AuthFile:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: auths[{key!r}]: expected an object")
         entries.append(AuthEntry(key, _decode_auth(path, key, value.get("auth", ""), value.get("identitytoken"))))
-    helpers_raw = data.get("credHelpers") or {}
+    helpers_raw = data.get("credHelpers")
+    if helpers_raw is None:
+        helpers_raw = {}
     if not isinstance(helpers_raw, dict) or not all(isinstance(v, str) for v in helpers_raw.values()):
         raise ConfigError(f"{path}: credHelpers: expected an object of strings")
     return AuthFile(path, tuple(entries), dict(helpers_raw))
