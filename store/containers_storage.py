@@ -5,7 +5,7 @@ Layout and formats: containers/storage ``layers.go``, ``images.go``, ``store.go`
 containers/image 5.23 ``storage/storage_dest.go`` for what a pull records. See
 ``shared/reference/containers-storage.md``.
 
-Crash safety: layers are extracted into ``R/tether/staging/<random>/`` (held with an ``flock`` by
+Crash safety: layers are extracted into ``R/<driver>/tether-staging/<random>/`` (held with an ``flock`` by
 the writer so that a later run can tell a live staging dir from an orphan). Publishing happens
 under ``layers.lock``: the record is saved with ``flags.incomplete`` (as c/storage ``Put`` does),
 the staged tree is renamed into the driver's home, the tar-split moved beside layers.json, then the
@@ -19,12 +19,14 @@ Lock order is c/storage's: ``layers.lock`` before ``images.lock`` before ``conta
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -84,7 +86,12 @@ __all__ = [
 ]
 
 DRIVERS = ("overlay", "vfs")
-STAGING_SUBDIR = Path("tether") / "staging"
+#: Staging lives inside the driver's home: podman bind-mounts ``R/overlay`` onto itself
+#: (overlay.go ``Init``, ``mount.MakePrivate``), so a rename from outside it fails with EXDEV.
+#: Not ``R/overlay/staging``: podman's overlay ``Cleanup`` removes that one at every shutdown.
+STAGING_NAME = "tether-staging"
+#: The overlay staging base relative to the graph root (prefer :attr:`Store.staging_base`).
+STAGING_SUBDIR = Path("overlay") / STAGING_NAME
 TAR_SPLIT_SUFFIX = ".tar-split.gz"  # layers.go tarSplitSuffix
 
 #: Test hook: ``TETHER_STORE_CRASH_AT=<point>`` makes the process SIGKILL itself at that point
@@ -143,6 +150,30 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
+def _move_file(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` (0600); across mounts (EXDEV) copy to a temp beside ``dst`` first."""
+    os.chmod(src, 0o600)
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dst.name}", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as source:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+            out.flush()
+            os.fdatasync(out.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    src.unlink(missing_ok=True)
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -179,7 +210,7 @@ def _digest_hex(digest: str) -> str:
 
 
 class _Staging:
-    """A staging directory ``R/tether/staging/<random>/`` held with ``flock`` while alive."""
+    """A staging directory ``R/<driver>/tether-staging/<random>/`` held with ``flock`` while alive."""
 
     def __init__(self, base: Path) -> None:
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -259,7 +290,7 @@ class Store:
         self.layers_dir = root / f"{driver}-layers"
         self.images_dir = root / f"{driver}-images"
         self.containers_dir = root / f"{driver}-containers"
-        self.staging_base = root / STAGING_SUBDIR
+        self.staging_base = root / driver / STAGING_NAME
         self._layers_lock: LockFile = get_lockfile(self.layers_dir / "layers.lock")
         self._images_lock: LockFile = get_lockfile(self.images_dir / "images.lock")
         self._live_staging: dict[str, _Staging] = {}
@@ -327,6 +358,8 @@ class Store:
                 for entry in self.staging_base.iterdir():
                     if str(entry) not in self._live_staging and _staging_is_orphan(entry):
                         _drivers.remove_tree(entry)
+                with contextlib.suppress(OSError):
+                    self.staging_base.rmdir()  # only when empty
             with self._images_lock.exclusive():
                 images = _read_json_array(self.images_dir / "images.json")
                 ids = {str(r["id"]) for r in images}
@@ -503,7 +536,7 @@ class Store:
         overlay: independent of the parent, so several layers of one image can be staged at once.
         vfs: the parent must already be published (its tree is copied first).
         """
-        staging = _Staging(self.root / STAGING_SUBDIR)
+        staging = _Staging(self.staging_base)
         self._live_staging[str(staging.path)] = staging
         try:
             tar_split = staging.path / "tar-split.gz"
@@ -619,8 +652,7 @@ class Store:
                 _crash_point("layer-after-install")
                 split = staging.path / "tar-split.gz"
                 if split.exists():
-                    os.chmod(split, 0o600)
-                    os.replace(split, self._tar_split_path(staged.layer_id))
+                    _move_file(split, self._tar_split_path(staged.layer_id))
                 _crash_point("layer-after-tar-split")
                 raw.pop("flags", None)
                 self._save_layers(layers)
@@ -925,6 +957,8 @@ class LayerWriter:
         """Feed bytes of the blob; blocking (decompression and extraction happen here or in a child)."""
         if self._done:
             raise StoreError(f"writing to finished layer writer for {self.layer_id}")
+        if not self._size:
+            _crash_point("layer-writing")
         self._size += len(chunk)
         self._extractor.feed(chunk)
 
@@ -932,6 +966,7 @@ class LayerWriter:
         """End of blob: returns the staged layer (diff digest, size, compression, uid/gid sets)."""
         result = self._extractor.finish()
         self._done = True
+        _crash_point("layer-staged")
         return StagedLayer(
             layer_id=self.layer_id,
             parent=self.parent,

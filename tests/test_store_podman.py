@@ -189,7 +189,7 @@ def _without_whiteout_mtimes(a: dict[str, tuple[Any, ...]], b: dict[str, tuple[A
     out = dict(a)
     for key, value in a.items():
         if stat.S_ISCHR(value[0]) and value[7] == 0 and key in b:
-            out[key] = value[:-1] + (b[key][-1],)
+            out[key] = (*value[:-1], b[key][-1])
     return out
 
 

@@ -31,12 +31,9 @@ MANIFEST_ACCEPT = ", ".join([
 
 
 def real_applier_available() -> bool:
-    try:
-        import store.tarapply  # noqa: F401
-        import store.tarsplit  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("store.tarapply", "store.tarsplit"))
 
 
 class StubExtractor:
@@ -182,7 +179,7 @@ def pull_into_store(store: Store, host: str, repo_tag: str, *, name: str | None 
             def run(index: int) -> None:
                 try:
                     stage(index)
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                except BaseException as exc:
                     errors.append(exc)
 
             threads = [threading.Thread(target=run, args=(i,)) for i in range(len(ids))]
