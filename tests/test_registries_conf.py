@@ -3,10 +3,15 @@ containers/image's pkg/sysregistriesv2 and pkg/shortnames define them; a few cas
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +30,9 @@ from registry.registries_conf import (
     resolve_short_name,
     resolve_short_name_detailed,
 )
+from tests.harness.images import push_image, simple_image
+from tests.harness.podman import Podman, podman_for
+from tests.harness.registry import RunningRegistry
 
 D = "sha256:" + "ab" * 32
 
@@ -681,3 +689,128 @@ def test_handwritten_conf_equals_loaded(tmp_path: Path) -> None:
     )
     path = tmp_path / "etc/containers/registries.conf"
     assert conf.registries == (RegistryEntry("x.com", "x.com", mirrors=(Mirror("m.com", True),), origin=path),)
+
+
+# --- podman reads the same files the same way ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: RunningRegistry) -> str:
+    """A tiny image at REGISTRY/rc-conf/app:1 in the session registry; returns the registry host."""
+    push_image(registry.host, "rc-conf/app:1", simple_image(seed=7301, files=1, layers=1))
+    push_image(registry.host, "rcshortname:latest", simple_image(seed=7302, files=1, layers=1))
+    return registry.host
+
+
+@pytest.fixture(scope="module")
+def module_podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    instance = podman_for(tmp_path_factory.mktemp("rc-podman"))
+    try:
+        yield instance
+    finally:
+        subprocess.run(["umount", "-R", str(instance.runroot)], capture_output=True, check=False)
+        shutil.rmtree(instance.runroot, ignore_errors=True)
+
+
+def podman_pull(podman: Podman, conf: Path, name: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "REGISTRY_AUTH_FILE": str(conf.parent / "none.json")}
+    (conf.parent / "none.json").write_text("{}")
+    return subprocess.run(
+        [*podman.base(), "pull", "--quiet", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def manifest_exists(ref: Reference) -> bool:
+    url = f"http://{ref.registry_host}/v2/{ref.path}/manifests/{ref.identifier}"
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    return httpx.head(url, headers={"Accept": accept}, timeout=10).status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman not installed")
+def test_podman_and_tether_rewrite_the_same_way(tmp_path: Path, pushed: str, module_podman: Podman) -> None:
+    conf_path = write(
+        tmp_path,
+        "registries.conf",
+        f"""
+        [[registry]]
+        prefix = "example.invalid/team"
+        location = "{pushed}/rc-conf"
+        insecure = true
+        """,
+    )
+    conf = load(tmp_path, path=conf_path)
+    sources = pull_sources(conf, parse_reference("example.invalid/team/app:1"))
+    assert sources == (PullSource(parse_reference(f"{pushed}/rc-conf/app:1"), True, False),)
+    assert manifest_exists(sources[0].reference)
+    proc = podman_pull(module_podman, conf_path, "example.invalid/team/app:1")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman not installed")
+def test_podman_and_tether_resolve_short_names_the_same_way(tmp_path: Path, pushed: str, module_podman: Podman) -> None:
+    closed = "127.0.0.1:9"  # discard port: nothing listens, the first candidate fails
+    text = f"""
+        unqualified-search-registries = ["{closed}", "{pushed}"]
+        short-name-mode = "{{mode}}"
+        [[registry]]
+        location = "{pushed}"
+        insecure = true
+        [[registry]]
+        location = "{closed}"
+        insecure = true
+        [aliases]
+        "rcaliased" = "{pushed}/rc-conf/app"
+        """
+    permissive = write(tmp_path, "permissive/registries.conf", text.format(mode="permissive"))
+    enforcing = write(tmp_path, "enforcing/registries.conf", text.format(mode="enforcing"))
+
+    # enforcing without a TTY: both refuse, with the same words (while nothing is local)
+    with pytest.raises(ShortNameError, match="short-name resolution enforced but cannot prompt without a TTY"):
+        resolve_short_name(load(tmp_path, path=enforcing), "rcshortname")
+    proc = podman_pull(module_podman, enforcing, "rcshortname")
+    assert proc.returncode != 0
+    assert "short-name resolution enforced but cannot prompt without a TTY" in proc.stderr
+
+    # an alias is used even in enforcing mode, with the tag carried over
+    assert [str(r) for r in resolve_short_name(load(tmp_path, path=enforcing), "rcaliased:1")] == [
+        f"{pushed}/rc-conf/app:1"
+    ]
+    proc = podman_pull(module_podman, enforcing, "rcaliased:1")
+    assert proc.returncode == 0, proc.stderr
+
+    # permissive: every search registry in order; podman skips the dead one and pulls from the next.
+    # (Last: once the image is local, podman resolves the short name to it without registries.conf.)
+    conf = load(tmp_path, path=permissive)
+    assert [str(r) for r in resolve_short_name(conf, "rcshortname")] == [
+        f"{closed}/rcshortname:latest",
+        f"{pushed}/rcshortname:latest",
+    ]
+    proc = podman_pull(module_podman, permissive, "rcshortname")
+    assert proc.returncode == 0, proc.stderr
+    names = {n for image in module_podman.images() for n in image.get("Names") or ()}
+    assert f"{pushed}/rcshortname:latest" in names
+
+
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman not installed")
+def test_podman_and_tether_refuse_blocked_registries(tmp_path: Path, pushed: str, module_podman: Podman) -> None:
+    conf_path = write(
+        tmp_path,
+        "registries.conf",
+        f"""
+        [[registry]]
+        location = "{pushed}"
+        insecure = true
+        blocked = true
+        """,
+    )
+    with pytest.raises(BlockedRegistryError, match=re.escape(f"registry {pushed} is blocked in {conf_path}")):
+        pull_sources(load(tmp_path, path=conf_path), parse_reference(f"{pushed}/rc-conf/app:1"))
+    proc = podman_pull(module_podman, conf_path, f"{pushed}/rc-conf/app:1")
+    assert proc.returncode != 0
+    assert f"registry {pushed} is blocked" in proc.stderr
