@@ -1,0 +1,152 @@
+"""``tether bound gc``: what is kept (normalised names, digests, short names, records) and what goes,
+checked against a store podman populated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.deployments import root_deployments
+from engine.errors import EngineError
+from engine.gc import collect_garbage, image_matches
+from store.containers_storage import ImageRecord, Store
+from tests.harness.bound import make_root
+from tests.harness.images import build_image, build_layer, directory, file, push_image, simple_image
+from tests.harness.podman import Podman, short_runroot
+from tests.harness.registry import RunningRegistry
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+
+
+def record(*names: str, digest: str | None = None) -> ImageRecord:
+    return ImageRecord(
+        id="f" * 64,
+        names=names,
+        digest=digest,
+        digests=(digest,) if digest else (),
+        top_layer=None,
+        created=None,
+        metadata=None,
+        big_data_names=(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("names", "digest", "bound", "kept"),
+    [
+        (("quay.io/a/b:1",), None, "quay.io/a/b:1", True),
+        (("quay.io/a/b:1",), None, "quay.io/a/b:2", False),
+        (("quay.io/a/b:latest",), None, "quay.io/a/b", True),
+        (("docker.io/library/alpine:latest",), None, "docker.io/alpine", True),
+        (("docker.io/library/alpine:latest",), None, "alpine", True),  # short name
+        (("quay.io/x/alpine:3",), None, "alpine:3", True),  # short name, any search registry
+        (("quay.io/x/alpine:3",), None, "alpine", False),
+        (("quay.io/x/notalpine:latest",), None, "alpine", False),
+        (("quay.io/a/b:1",), D1, f"quay.io/a/b@{D1}", True),  # pulled by tag, bound by digest
+        (("quay.io/a/b:1",), D1, f"quay.io/a/b:1@{D2}", False),
+        ((), D1, f"quay.io/a/b@{D1}", True),  # untagged (tag moved away) but the digest is bound
+        ((f"quay.io/a/b@{D1}",), D1, f"quay.io/a/b@{D1}", True),
+        (("localhost/x:latest",), None, "localhost/x", True),
+    ],
+)
+def test_image_matches(names: tuple[str, ...], digest: str | None, bound: str, kept: bool) -> None:
+    assert image_matches(record(*names, digest=digest), bound) is kept
+
+
+@pytest.fixture
+def podman_store(tmp_path: Path) -> Iterator[Podman]:
+    podman = Podman(root=tmp_path / "store", runroot=short_runroot())
+    try:
+        yield podman
+    finally:
+        subprocess.run(["umount", "-R", str(podman.runroot)], capture_output=True)
+        shutil.rmtree(podman.runroot, ignore_errors=True)
+
+
+def names_in(podman: Podman) -> set[str]:
+    out: set[str] = set()
+    for image in podman.images():
+        out.update(image.get("Names") or [f"<none>:{image['Id'][:12]}"])
+    return out
+
+
+def test_gc_against_podman_store(
+    tmp_path: Path, registry: RunningRegistry, podman_store: Podman, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = registry.host
+    base = build_layer([directory("usr"), file("usr/base", "shared base\n")])
+    keep_img = build_image([base, build_layer([file("keep", "keep\n")])])
+    gone_img = build_image([base, build_layer([file("gone", "gone\n")])])
+    push_image(host, "gc1/keep:1", keep_img)
+    digest_ref = push_image(host, "gc1/bydigest:1", simple_image(301, files=1, layers=1))
+    push_image(host, "gc1/gone:1", gone_img)
+    push_image(host, "gc1/other:1", simple_image(302, files=1, layers=1))
+    for ref in ("gc1/keep:1", "gc1/bydigest:1", "gc1/gone:1", "gc1/other:1"):
+        podman_store.pull(f"{host}/{ref}")
+    # Bound: by tag; by digest (podman stored it by tag: bootc's string match would prune it); by a
+    # spelling podman does not store (":latest" omitted) for an image pulled as :latest.
+    push_image(host, "gc1/latest:latest", simple_image(303, files=1, layers=1))
+    podman_store.pull(f"{host}/gc1/latest:latest")
+    root = make_root(tmp_path / "r", {
+        "keep.image": f"{host}/gc1/keep:1",
+        "bydigest.image": f"{host}/gc1/bydigest@{digest_ref}",
+        "latest.image": f"{host}/gc1/latest",
+    })
+    args = ["bound", "gc", "--root", str(root), "--store", str(podman_store.root)]
+    store = Store.open(podman_store.root)
+    layers_before = {layer.id for layer in store.list_layers()}
+
+    assert main([*args, "--dry-run", "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] is True
+    assert sorted(n for i in plan["remove"] for n in i["names"]) == [f"{host}/gc1/gone:1", f"{host}/gc1/other:1"]
+    assert sorted(n for i in plan["keep"] for n in i["names"]) == [
+        f"{host}/gc1/bydigest:1", f"{host}/gc1/keep:1", f"{host}/gc1/latest:latest",
+    ]
+    # The shared base layer is not in the list of layers to remove.
+    assert base.diff_id.split(":")[1] not in plan["layers"]
+    assert len(plan["layers"]) == 2
+    assert names_in(podman_store) >= {f"{host}/gc1/gone:1", f"{host}/gc1/other:1"}  # dry run removed nothing
+
+    assert main(args) == 0
+    assert "removed 2 image(s), 2 layer(s); kept 3 image(s)" in capsys.readouterr().out
+    assert names_in(podman_store) == {f"{host}/gc1/keep:1", f"{host}/gc1/bydigest:1", f"{host}/gc1/latest:latest"}
+    layers_after = {layer.id for layer in store.list_layers()}
+    assert base.diff_id.split(":")[1] in layers_after
+    assert len(layers_before - layers_after) == 2
+    podman_store.run("image", "inspect", f"{host}/gc1/keep:1")  # podman still reads the store
+    assert store.check() == []
+
+
+def test_gc_refuses_when_a_deployment_is_unreadable(tmp_path: Path) -> None:
+    good = make_root(tmp_path / "good", {})
+    bad = make_root(tmp_path / "bad", {})
+    (bad / "usr/lib/bootc/bound-images.d/x.image").write_text("")
+    store = Store.open(tmp_path / "store")
+    with pytest.raises(EngineError, match=r"(?s)refusing to collect garbage.*Not a symlink: x\.image"):
+        collect_garbage(root_deployments([good, bad]), store)
+
+
+def test_gc_keeps_recorded_ids_and_drops_stale_records(tmp_path: Path) -> None:
+    from engine.reconcile import ImageState, ReadinessRecord, record_path, write_record
+
+    a = make_root(tmp_path / "a", {})
+    gone = make_root(tmp_path / "gone", {})
+    store = Store.open(tmp_path / "store")
+    (da,) = root_deployments([a])
+    (dgone,) = root_deployments([gone])
+    write_record(store.root, da, ReadinessRecord(da.name, str(a), True, (ImageState("x", "k", "0" * 64, None),)))
+    write_record(store.root, dgone, ReadinessRecord(dgone.name, str(gone), True, ()))
+    result = collect_garbage([da], store, dry_run=True)
+    assert result.plan.stale_records == (record_path(store.root, dgone),)
+    assert record_path(store.root, dgone).exists()
+    collect_garbage([da], store)
+    assert not record_path(store.root, dgone).exists()
+    assert record_path(store.root, da).exists()
