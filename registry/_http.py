@@ -7,12 +7,14 @@ Every request is sent, and every body read, through these functions: httpx excep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
+import trio
 
 from registry.errors import (
     AuthenticationError,
@@ -108,14 +110,45 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Respo
     return response
 
 
-async def aiter_raw(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The raw (not content-decoded) body chunks, with transport errors mapped."""
+async def _abandon(response: httpx.Response, iterator: AsyncIterator[bytes]) -> None:
+    """Close ``response`` whose body iterator was not exhausted, leaving no generator behind.
+
+    httpx and httpcore nest async generators without ``aclosing()``: closing the outer one leaves the
+    inner ones to the garbage collector (trio then warns). Driving the chain once more on the closed
+    connection makes the innermost raise, which finishes every generator in it.
+    """
+    with trio.CancelScope(shield=True):
+        await response.aclose()
+        with contextlib.suppress(Exception):
+            await iterator.__anext__()
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+async def aiter_raw(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The raw (not content-decoded) body chunks, with transport errors mapped.
+
+    Closing this generator early closes the response.
+    """
     request = response.request
+    iterator = response.aiter_raw()
+    finished = False
     try:
-        async for chunk in response.aiter_raw():
+        while True:
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                finished = True
+                return
+            except httpx.HTTPError as exc:
+                finished = True  # the exception ended every generator of the chain
+                raise map_exception(request.method, request.url, exc) from None
             yield chunk
-    except httpx.HTTPError as exc:
-        raise map_exception(request.method, request.url, exc) from None
+    finally:
+        if not finished:
+            await _abandon(response, iterator)
 
 
 async def read_capped(response: httpx.Response, limit: int, *, what: str) -> tuple[bytes, bool]:
@@ -123,20 +156,23 @@ async def read_capped(response: httpx.Response, limit: int, *, what: str) -> tup
     request = response.request
     parts: list[bytes] = []
     total = 0
-    truncated = False
+    iterator = response.aiter_bytes()
     try:
-        async for chunk in response.aiter_bytes():
+        while True:
+            try:
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return b"".join(parts), False
+            except httpx.HTTPError as exc:
+                raise map_exception(request.method, request.url, exc) from None
             if total + len(chunk) > limit:
                 parts.append(chunk[: limit - total])
-                truncated = True
-                break
+                await _abandon(response, iterator)
+                return b"".join(parts), True
             parts.append(chunk)
             total += len(chunk)
-    except httpx.HTTPError as exc:
-        raise map_exception(request.method, request.url, exc) from None
     finally:
         await response.aclose()
-    return b"".join(parts), truncated
 
 
 def _error_code_and_detail(body: bytes) -> tuple[str | None, str | None]:

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -879,8 +879,9 @@ class _BlobReader:
             while self.offset < size:
                 before = self.offset
                 try:
-                    async for piece in self._stream_from(source):
-                        yield piece
+                    async with aclosing(self._stream_from(source)) as pieces:
+                        async for piece in pieces:
+                            yield piece
                     if self.offset < size:
                         raise TransportError(
                             f"{self._what(source)}: the connection ended at byte {self.offset} of {size}"
@@ -971,27 +972,26 @@ class _BlobReader:
         pending: list[bytes] = []
         pending_size = 0
         try:
-            async for chunk in _http.aiter_raw(response):
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk = chunk[skip:]
-                    skip = 0
-                if self.offset + len(chunk) > size:
-                    # never accept more than declared (the digest cannot match then anyway)
-                    raise DigestMismatchError(f"{what}: the registry sends more than the declared {size} bytes")
-                self.hasher.update(chunk)
-                self.offset += len(chunk)
-                served_here += len(chunk)
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= self.chunk_size:
-                    out = pending[0] if len(pending) == 1 else b"".join(pending)
-                    pending, pending_size = [], 0
-                    yield out
-                if self.offset == size:
-                    break
+            async with aclosing(_http.aiter_raw(response)) as raw_chunks:
+                async for chunk in raw_chunks:
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk = chunk[skip:]
+                        skip = 0
+                    if self.offset + len(chunk) > size:
+                        # never accept more than declared (the digest cannot match then anyway)
+                        raise DigestMismatchError(f"{what}: the registry sends more than the declared {size} bytes")
+                    self.hasher.update(chunk)
+                    self.offset += len(chunk)
+                    served_here += len(chunk)
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= self.chunk_size:
+                        out = pending[0] if len(pending) == 1 else b"".join(pending)
+                        pending, pending_size = [], 0
+                        yield out
         except TransportError:
             # what was verified-so-far is kept: hand it out before the caller resumes
             if pending:

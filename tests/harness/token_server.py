@@ -63,6 +63,7 @@ class TokenServer:
     lifetime: int = 300
     requests: list[TokenRequest] = field(default_factory=list)
     issued: int = 0
+    last_short_lived_exp: int = 0
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,10 @@ class TokenServer:
         with self._lock:
             self._short_lived.extend([valid_for] * count)
 
+    def short_lived_deadline(self) -> float:
+        """Wall-clock time after which the registry refuses the last short-lived token issued."""
+        return float(self.last_short_lived_exp + REGISTRY_LEEWAY)
+
     def scopes_requested(self) -> list[str]:
         return [s for r in self.requests for s in r.scopes]
 
@@ -118,11 +123,10 @@ class TokenServer:
             kind, name, actions = parts[0], ":".join(parts[1:-1]), parts[-1]
             access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]})
         now = int(time.time())
-        if valid_for is None:
-            exp = now + self.lifetime
-        else:
-            # the registry accepts tokens until exp + 60 s leeway
-            exp = int(now + valid_for) - REGISTRY_LEEWAY
+        # the registry accepts a token until exp + 60 s leeway (token.go); a short-lived one is made so
+        exp = now + self.lifetime if valid_for is None else int(time.time() + valid_for) - REGISTRY_LEEWAY
+        if valid_for is not None:
+            self.last_short_lived_exp = exp
         header = {
             "typ": "JWT",
             "alg": "ES256",
