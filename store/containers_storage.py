@@ -797,6 +797,27 @@ class Store:
             self._images_lock.touch()
             return image_from_raw(raw)
 
+    def remove_names(self, image_id: str, names: Sequence[str]) -> ImageRecord:
+        """Untag an image (c/storage ``RemoveNames``); the image itself stays."""
+        with self._layers_lock.exclusive(), self._images_lock.exclusive():
+            images = self._load_images()
+            image = lookup_image([image_from_raw(r) for r in images], image_id)
+            if image is None or image.read_only:
+                raise ImageUnknownError(f"image {image_id!r} not found in {self.root}")
+            raw = next(r for r in images if r["id"] == image.id)
+            raw["names"] = [n for n in raw.get("names") or [] if n not in set(names)]
+            data = go_json_dumps([ordered(r, IMAGE_FIELD_ORDER) for r in images])
+            atomic_write(self.images_dir / "images.json", data)
+            self._images_lock.touch()
+            return image_from_raw(raw)
+
+    def image_size(self, image: ImageRecord) -> int:
+        """What podman reports as ``Size``: the layers' diff sizes plus the big-data sizes."""
+        total = sum(image.big_data_sizes.values())
+        if image.top_layer:
+            total += sum(layer.diff_size or 0 for layer in self.layer_chain(image.top_layer))
+        return total
+
     # ---------------------------------------------------------------- deleting
 
     def delete_image(self, image_id: str) -> tuple[str, ...]:

@@ -1,0 +1,197 @@
+"""``tether images``, ``tether rmi`` and ``tether check``: the store as podman shows it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.options import CommonOptions, add_common_options, common_options_from_args
+
+__all__ = ["image_json", "register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``images``, ``rmi`` and ``check`` to the CLI."""
+    images = subparsers.add_parser(
+        "images",
+        help="list the images in the store",
+        description="List the images of the store (and of its additional image stores), newest first, as "
+                    "`podman images` does; --format json prints podman's JSON keys (Id, Names, Digest, Size, "
+                    "Created, ...).",
+    )
+    add_common_options(images)
+    images.set_defaults(func=run_images)
+
+    rmi = subparsers.add_parser(
+        "rmi",
+        help="remove images and the layers no other image uses",
+        description="Remove each IMAGE (name, id, short id or digest). Given by a name while the image has "
+                    "other names, only that name is removed, as podman does. Exit status 1 if any failed.",
+    )
+    add_common_options(rmi)
+    rmi.add_argument("images", nargs="+", metavar="IMAGE")
+    rmi.set_defaults(func=run_rmi)
+
+    check = subparsers.add_parser(
+        "check",
+        help="verify the store: every layer reproduces its diff digest",
+        description="Rebuild every layer's tar from its tar-split and files and compare it with the recorded "
+                    "diff digest and size; check overlay links, image top layers and big data. Exit status 1 "
+                    "when anything is wrong.",
+    )
+    add_common_options(check)
+    check.set_defaults(func=run_check)
+
+
+def _open(options: CommonOptions) -> Any:
+    from store.containers_storage import Store
+
+    return Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
+
+
+def _repository(name: str) -> str:
+    """The repository part of a reference: without ``@digest`` and without ``:tag``."""
+    base = name.split("@", 1)[0]
+    last_slash = base.rfind("/")
+    colon = base.rfind(":")
+    return base[:colon] if colon > last_slash else base
+
+
+def _tag(name: str) -> str:
+    if "@" in name:
+        return "<none>"
+    last_slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[colon + 1:] if colon > last_slash else "latest"
+
+
+def _created_seconds(created: datetime | None) -> int:
+    return int(created.timestamp()) if created else 0
+
+
+def image_json(store: Any, image: Any) -> dict[str, Any]:
+    """One image as ``podman images --format json`` prints it (podman 4.3 keys and order)."""
+    labels: Any = None
+    try:
+        config = json.loads(store.image_big_data(image.id, f"sha256:{image.id}"))
+        labels = (config.get("config") or {}).get("Labels") or None
+    except Exception:  # a store without the config item: podman prints no labels either
+        labels = None
+    repo_digests: list[str] = []
+    for name in image.names:
+        for digest in (*image.digests, image.digest):
+            if digest:
+                value = f"{_repository(name)}@{digest}"
+                if value not in repo_digests:
+                    repo_digests.append(value)
+    size = store.image_size(image)
+    created = image.created
+    return {
+        "Id": image.id,
+        "ParentId": "",
+        "RepoTags": None,
+        "RepoDigests": repo_digests,
+        "Size": size,
+        "SharedSize": 0,
+        "VirtualSize": size,
+        "Labels": labels,
+        "Containers": 0,
+        "Names": list(image.names),
+        "Digest": image.digest or "",
+        "History": list(image.names_history),
+        "Created": _created_seconds(created),
+        "CreatedAt": created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if created else "",
+    }
+
+
+def _human_size(size: int) -> str:
+    """go-units ``HumanSizeWithPrecision(size, 3)`` as podman prints sizes ("8.64 kB")."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    value = float(size)
+    unit = 0
+    while value >= 1000 and unit < len(units) - 1:
+        value /= 1000
+        unit += 1
+    return f"{value:.3g} {units[unit]}"
+
+
+def _human_age(created: datetime | None) -> str:
+    if created is None:
+        return "unknown"
+    seconds = max(0, int((datetime.now(UTC) - created).total_seconds()))
+    for span, unit in ((365 * 86400, "year"), (30 * 86400, "month"), (7 * 86400, "week"), (86400, "day"),
+                       (3600, "hour"), (60, "minute")):
+        if seconds >= span:
+            count = seconds // span
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "Less than a minute ago" if seconds < 60 else "now"
+
+
+def run_images(args: argparse.Namespace) -> int:
+    """``tether images``."""
+    options = common_options_from_args(args)
+    store = _open(options)
+    images = sorted(store.list_images(), key=lambda i: i.created or datetime.min.replace(tzinfo=UTC), reverse=True)
+    if options.format == "json":
+        # podman 4.3 prints an image once per name (its table has a row per name; JSON follows it)
+        entries = [image_json(store, image) for image in images]
+        print(json.dumps([e for e, i in zip(entries, images, strict=True) for _ in (i.names or [""])], indent=4))
+        return 0
+    rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    for image in images:
+        size = _human_size(store.image_size(image))
+        age = _human_age(image.created)
+        for name in image.names or ["<none>"]:
+            repo = _repository(name) if name != "<none>" else "<none>"
+            tag = _tag(name) if name != "<none>" else "<none>"
+            rows.append((repo, tag, image.id[:12], age, size))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    return 0
+
+
+def run_rmi(args: argparse.Namespace) -> int:
+    """``tether rmi IMAGE...``."""
+    from store.containers_storage import lookup_image
+    from store.errors import StoreError
+
+    options = common_options_from_args(args)
+    store = _open(options)
+    status = 0
+    for text in args.images:
+        try:
+            image = lookup_image(store.list_images(), text)
+            if image is None or image.read_only:
+                raise StoreError(f"removing {text!r}: image not known in {store.root}")
+            if text in image.names and len(image.names) > 1:
+                store.remove_names(image.id, [text])
+                print(f"Untagged: {text}")
+                continue
+            store.delete_image(image.id)
+            for name in image.names:
+                print(f"Untagged: {name}")
+            print(f"Deleted: {image.id}")
+        except StoreError as exc:
+            print(f"tether: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``tether check``."""
+    options = common_options_from_args(args)
+    store = _open(options)
+    problems = store.check()
+    if options.format == "json":
+        print(json.dumps({"root": str(store.root), "driver": store.driver, "problems": problems}, indent=4))
+    else:
+        for problem in problems:
+            print(problem)
+        if not problems:
+            print(f"{store.root} ({store.driver}): {len(store.list_layers())} layers, "
+                  f"{len(store.list_images())} images, no problems")
+    return 1 if problems else 0
