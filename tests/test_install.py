@@ -1,0 +1,128 @@
+"""``tether bound install``: copy the bound images from a store podman populated, without the network;
+podman reads the result, also as an additional image store (the way bootc hosts use the bootc store)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from store.containers_storage import Store
+from tests.harness.bound import make_root
+from tests.harness.images import push_image, simple_image
+from tests.harness.podman import RUN_DENIED, Podman, short_runroot
+from tests.harness.registry import RunningRegistry
+
+
+@pytest.fixture
+def podmen(tmp_path: Path) -> Iterator[tuple[Podman, Podman]]:
+    """podman on the source store and on the target store."""
+    src = Podman(root=tmp_path / "src", runroot=short_runroot())
+    dst = Podman(root=tmp_path / "target", runroot=short_runroot())
+    try:
+        yield src, dst
+    finally:
+        for p in (src, dst):
+            subprocess.run(["umount", "-R", str(p.runroot)], capture_output=True)
+            shutil.rmtree(p.runroot, ignore_errors=True)
+
+
+def test_install_stored_copies_without_network(
+    tmp_path: Path, registry_factory: object, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, dst = podmen
+    reg: RunningRegistry = registry_factory()  # type: ignore[operator]
+    host = reg.host
+    push_image(host, "in1/app:1", simple_image(401, files=3))
+    push_image(host, "in1/db:1", simple_image(402, files=2, layers=1))
+    app_id = src.pull(f"{host}/in1/app:1")
+    db_id = src.pull(f"{host}/in1/db:1")
+    src_app = src.json("image", "inspect", f"{host}/in1/app:1")[0]
+    root = make_root(tmp_path / "sysroot-src", {"app.image": f"{host}/in1/app:1", "db.image": f"{host}/in1/db:1"})
+    reg.stop()  # no network: everything must come from the source store
+
+    code = main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+                 "--source-store", str(src.root)])
+    assert code == 0, capsys.readouterr().err
+    images = {i["Id"]: i for i in dst.images()}
+    assert set(images) == {app_id, db_id}
+    assert images[app_id]["Names"] == [f"{host}/in1/app:1"]
+    dst_app = dst.json("image", "inspect", f"{host}/in1/app:1")[0]
+    assert dst_app["Digest"] == src_app["Digest"]
+    assert dst_app["RootFS"] == src_app["RootFS"]
+    assert Store.open(dst.root).check() == []
+    # podman can export it again (tar-split + files reassemble to the same diffIDs).
+    out = tmp_path / "app.tar"
+    dst.run("save", "--format", "oci-archive", "-o", str(out), f"{host}/in1/app:1")
+    assert out.stat().st_size > 0
+
+    # The target as a read-only additional image store of an empty podman, as bootc hosts use it.
+    empty = Podman(root=tmp_path / "empty", runroot=short_runroot())
+    try:
+        listed = empty.json("--storage-opt", f"additionalimagestore={dst.root}", "images", "--format", "json")
+        assert {i["Id"] for i in listed} == {app_id, db_id}
+        assert all(i.get("ReadOnly") for i in listed)
+        run = empty.run("--storage-opt", f"additionalimagestore={dst.root}", "run", "--rm", "--net=none",
+                        f"{host}/in1/app:1", "cat", "/etc/seed-401-0", check=False)
+        if run.returncode != 0 and RUN_DENIED in run.stderr:
+            pytest.skip("podman run is not permitted here: crun setrlimit RLIMIT_NOFILE: Operation not permitted")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == "seed 401 layer 0\n"
+    finally:
+        subprocess.run(["umount", "-R", str(empty.runroot)], capture_output=True)
+        shutil.rmtree(empty.runroot, ignore_errors=True)
+
+
+def test_install_fails_before_touching_target_when_one_is_missing(
+    tmp_path: Path, registry: RunningRegistry, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, dst = podmen
+    host = registry.host
+    push_image(host, "in2/app:1", simple_image(411, files=1, layers=1))
+    src.pull(f"{host}/in2/app:1")
+    root = make_root(tmp_path / "r", {"app.image": f"{host}/in2/app:1", "nope.image": f"{host}/in2/nope:1"})
+    code = main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+                 "--source-store", str(src.root)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"{host}/in2/nope:1 (bound by usr/lib/bootc/bound-images.d/nope.image)" in err
+    assert "app:1" not in err
+    assert not dst.root.exists()
+
+
+def test_install_from_missing_source_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_root(tmp_path / "r", {"app.image": "quay.io/a/app:1"})
+    code = main(["bound", "install", "--root", str(root), "--target-store", str(tmp_path / "t"),
+                 "--source-store", str(tmp_path / "nothing")])
+    assert code == 1
+    assert "holds no containers-storage images" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_install_skip_and_pull(
+    tmp_path: Path, registry: RunningRegistry, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, dst = podmen
+    host = registry.host
+    image = simple_image(421, files=1, layers=1)
+    push_image(host, "in3/app:1", image)
+    root = make_root(tmp_path / "r", {"app.image": f"{host}/in3/app:1"})
+    assert main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+                 "--bound-images", "skip"]) == 0
+    assert not dst.root.exists()
+    assert main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+                 "--bound-images", "pull", "--tls-verify=false"]) == 0
+    assert [i["Id"] for i in dst.images()] == [image.image_id]
+
+
+def test_install_nothing_bound(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    assert main(["bound", "install", "--root", str(root), "--target-store", str(tmp_path / "t"),
+                 "--source-store", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "t").exists()
