@@ -1,0 +1,166 @@
+"""Path confinement for layer trees: tar names and symlinks resolved as if the layer directory were ``/``.
+
+containers/storage applies layers inside a chroot of the layer directory (pkg/chrootarchive re-execs
+``storage-untar``, which chroots and then calls ``archive.Unpack(..., "/")``): a name is
+``filepath.Clean``-ed and joined to ``/``, so absolute names and ``..`` stay inside; symlinks met while
+resolving a path are resolved by the kernel *inside the chroot*, so ``evil -> /etc`` followed by
+``evil/passwd`` writes ``<layer>/etc/passwd``.  We reproduce those semantics without a chroot: names are
+cleaned lexically (``confine``) and directories are resolved component by component with ``lstat`` and
+``readlink`` (like openat2's ``RESOLVE_IN_ROOT``), so nothing is ever created, written, linked or removed
+outside the root.  Resolutions are cached per lexical directory; the cache is dropped whenever a
+directory or symlink is removed or replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Final
+
+from store.errors import HostileArchiveError
+
+__all__ = ["RootResolver", "confine"]
+
+_MAX_SYMLINKS: Final = 40  # Linux's MAXSYMLINKS, what the kernel would allow inside the chroot
+
+
+def confine(name: bytes) -> bytes:
+    """``filepath.Join("/", filepath.Clean(name))`` relative to the root: b"" is the root itself.
+
+    ``/a``, ``./a``, ``a/``, ``../a``, ``a/../../a`` all give ``a``.
+    """
+    if name.startswith(b"./"):
+        name = name[2:]
+    if name.endswith(b"/"):
+        name = name.rstrip(b"/")
+    if not name or b"/." in name or b"//" in name or name[0] in b"/.":
+        parts: list[bytes] = []
+        for comp in name.split(b"/"):
+            if not comp or comp == b".":
+                continue
+            if comp == b"..":
+                if parts:
+                    parts.pop()
+                continue
+            parts.append(comp)
+        return b"/".join(parts)
+    return name
+
+
+class RootResolver:
+    """Resolves lexical directory paths under ``root`` to real directories, never leaving ``root``.
+
+    ``resolve_dir(rel)`` returns the absolute real directory path with a trailing slash and whether that
+    directory has the set-group-ID bit (children inherit its group).  With ``create=True`` missing
+    directories are created as containers/storage's ``MkdirAll`` creates them (0755, owned by root).
+    """
+
+    __slots__ = ("_cache", "_create", "root")
+
+    def __init__(self, root: bytes, *, create: bool) -> None:
+        self.root = root.rstrip(b"/") or b"/"
+        self._create = create
+        self._cache: dict[bytes, tuple[bytes, bool]] = {}
+
+    def invalidate(self) -> None:
+        """Forget every resolution (a directory or symlink was removed or replaced)."""
+        self._cache.clear()
+
+    def remember(self, rel: bytes, real_abs: bytes, sgid: bool) -> None:
+        """Record a directory we just created or verified (``real_abs`` without trailing slash)."""
+        self._cache[rel] = (real_abs + b"/", sgid)
+
+    def resolve_dir(self, rel: bytes, *, entry: bytes = b"") -> tuple[bytes, bool]:
+        hit = self._cache.get(rel)
+        if hit is not None:
+            return hit
+        if not rel:
+            st = os.lstat(self.root)
+            res = ((self.root + b"/") if self.root != b"/" else b"/", bool(st.st_mode & stat.S_ISGID))
+            self._cache[rel] = res
+            return res
+        parent, _, base = rel.rpartition(b"/")
+        pdir, _ = self.resolve_dir(parent, entry=entry)
+        res = self._walk(pdir, [base], entry)
+        self._cache[rel] = res
+        return res
+
+    def _walk(self, start: bytes, comps: list[bytes], entry: bytes) -> tuple[bytes, bool]:
+        """Physically resolve ``comps`` from the real directory ``start`` (trailing slash) inside the root."""
+        root_dir = self.root + b"/" if self.root != b"/" else b"/"
+        cur = start
+        sgid = False
+        hops = 0
+        todo = list(reversed(comps))
+        while todo:
+            comp = todo.pop()
+            if not comp or comp == b".":
+                continue
+            if comp == b"..":
+                if cur != root_dir:
+                    cur = cur[:-1].rpartition(b"/")[0] + b"/"
+                    if len(cur) < len(root_dir):
+                        cur = root_dir
+                st = os.lstat(cur)
+                sgid = bool(st.st_mode & stat.S_ISGID)
+                continue
+            path = cur + comp
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not self._create:
+                    raise
+                os.mkdir(path, 0o755)
+                # MkdirAll's umask-filtered 0755; chmod in case our umask is stricter or the parent is setgid.
+                os.chmod(path, 0o755)
+                cur = path + b"/"
+                sgid = False
+                continue
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                cur = path + b"/"
+                sgid = bool(mode & stat.S_ISGID)
+            elif stat.S_ISLNK(mode):
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise HostileArchiveError(
+                        f"too many levels of symbolic links resolving the parent of {entry!r}"
+                    )
+                target = os.readlink(path)
+                if target.startswith(b"/"):
+                    cur = root_dir
+                todo.extend(reversed(target.split(b"/")))
+            else:
+                raise HostileArchiveError(
+                    f"a parent of {entry!r} is not a directory ({path[len(root_dir):]!r})"
+                )
+        return cur, sgid
+
+    def resolve_path(self, rel: bytes, *, entry: bytes = b"") -> bytes:
+        """The absolute path of ``rel`` with its directory resolved; the last component is not followed."""
+        parent, _, base = rel.rpartition(b"/")
+        d, _ = self.resolve_dir(parent, entry=entry)
+        return d + base
+
+    def resolve_follow(self, rel: bytes, *, entry: bytes = b"") -> bytes:
+        """The absolute real path of ``rel`` following every symlink inside the root (for reading)."""
+        parent, _, base = rel.rpartition(b"/")
+        d, _ = self.resolve_dir(parent, entry=entry)
+        path = d + base
+        hops = 0
+        while True:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return path
+            if not stat.S_ISLNK(st.st_mode):
+                return path
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise HostileArchiveError(f"too many levels of symbolic links resolving {entry!r}")
+            target = os.readlink(path)
+            start = d if not target.startswith(b"/") else self.root + b"/"
+            comps = target.split(b"/")
+            last = comps.pop()
+            d, _ = self._walk(start, comps, entry)
+            path = d + last if last not in (b"", b".", b"..") else self._walk(d, [last], entry)[0][:-1]

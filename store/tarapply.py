@@ -1,0 +1,1012 @@
+"""Streaming layer application: compressed blob chunks in, a layer directory, its tar-split and its diffID out.
+
+One pass over the stream, as containers/storage's ``layerStore.applyDiffWithOptions`` (layers.go) does with
+its tee of readers: the blob is decompressed (compression detected by magic, :mod:`store.decompress`), the
+uncompressed bytes are hashed (diffID, ``diff-size``) and parsed by a hand-written tar parser fed incremental
+chunks (no seeking), which writes the tar-split (:mod:`store.tarsplit`) and applies every entry as
+``pkg/archive`` does:
+
+* overlay (``archive.Unpack`` with ``OverlayWhiteoutFormat``): ``.wh.NAME`` becomes a 0:0 character device
+  ``NAME`` chowned to the header's ids, ``.wh..wh..opq`` becomes ``trusted.overlay.opaque=y`` on its
+  directory; the ``.wh.*`` entries themselves are never written; the root entry ``.`` is skipped.
+* vfs (``archive.UnpackLayer``): the tree starts as a copy of the parent; ``.wh.NAME`` removes ``NAME``,
+  ``.wh..wh..opq`` removes everything in its directory not unpacked from this layer; AUFS metadata
+  (``.wh..wh.*`` at the top) is skipped.
+* both: regular files, directories (merged when one exists), symlinks, hardlinks (inside the layer), fifos,
+  character and block devices; lchown to the header ids, chmod (setuid/setgid/sticky), mtimes (directories
+  fixed up at the end), xattrs from PAX ``SCHILY.xattr.*`` except ``security.selinux``; an existing
+  non-directory (or a directory replaced by a non-directory) is removed first.
+
+Names are confined as containers/storage confines them (it extracts inside a chroot of the layer directory):
+see :mod:`store._rootpath`.  Nothing is ever created, written or linked outside the layer directory; entries
+that cannot be applied safely raise :class:`~store.errors.HostileArchiveError` naming the entry.
+
+The header parser follows Go's ``archive/tar`` reader (and tar-split's fork of it, whose raw accounting
+defines the segments): V7, USTAR, PAX (``path``, ``linkpath``, ``size``, ``uid``, ``gid``, ``mtime``,
+``atime``, ``SCHILY.xattr.*``), GNU (long names ``L``/``K``), STAR prefixes, base-256 numbers, checksum
+(unsigned or signed), ``TypeRegA`` with a trailing slash as a directory, header-only types carrying no data
+whatever their size field says, at most 1 MiB of PAX/GNU long-name data.  Sparse files and other exotic
+types are refused (containers/storage's applier refuses the latter too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from fastcrc import crc64
+
+from store._rootpath import RootResolver, confine
+from store.decompress import Decompressor
+from store.errors import HostileArchiveError, StoreError, UnsupportedError
+from store.tarsplit import TarSplitWriter, go_clean
+
+__all__ = [
+    "ExtractResult",
+    "LayerExtractor",
+    "Mode",
+]
+
+Mode = Literal["overlay", "vfs"]
+
+BLOCK: Final = 512
+MAX_SPECIAL: Final = 1 << 20  # Go archive/tar maxSpecialFileSize: PAX and GNU long name/link data
+_ZERO_BLOCK: Final = bytes(BLOCK)
+_TRAILING_SEGMENT: Final = 1 << 20
+_WH: Final = b".wh."
+_WH_META: Final = b".wh..wh."
+_WH_OPQ: Final = b".wh..wh..opq"
+_OPAQUE_XATTR: Final = "trusted.overlay.opaque"
+_IGNORED_XATTRS: Final = frozenset({b"security.selinux"})
+_MAX_ID: Final = (1 << 32) - 2
+_MAX_NS: Final = (1 << 63) - 1
+
+# type flags (Go archive/tar common.go)
+_REG, _REGA, _LINK, _SYMLINK, _CHAR, _BLOCK, _DIR, _FIFO, _CONT = b"0", b"\0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"
+_XHDR, _XGLOBAL, _GNU_LONGNAME, _GNU_LONGLINK, _GNU_SPARSE = b"x", b"g", b"L", b"K", b"S"
+_HEADER_ONLY: Final = frozenset((_LINK, _SYMLINK, _CHAR, _BLOCK, _DIR, _FIFO))
+
+_O_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What containers/storage records for a layer after applying it.
+
+    ``diff_digest`` is ``sha256:<hex>`` of the whole uncompressed stream and ``diff_size`` its length
+    (padding and bytes after the end-of-archive blocks included, as layers.go counts them); ``compression`` is
+    the detected input compression (``"gzip"``, ``"zstd"``, ``"none"``, ``"bzip2"``, ``"xz"``; see
+    :data:`store.decompress.COMPRESSION_CODES`); ``uidset``/``gidset`` are the sorted unique header ids of
+    every entry whose base name does not start with ``.wh.``; ``compressed_size`` the bytes fed.
+    """
+
+    diff_digest: str
+    diff_size: int
+    compression: str
+    uidset: tuple[int, ...]
+    gidset: tuple[int, ...]
+    compressed_size: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"diff_digest": self.diff_digest, "diff_size": self.diff_size, "compression": self.compression,
+                "uidset": list(self.uidset), "gidset": list(self.gidset),
+                "compressed_size": self.compressed_size}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> ExtractResult:
+        return cls(str(obj["diff_digest"]), int(obj["diff_size"]),  # type: ignore[call-overload]
+                   str(obj["compression"]), tuple(obj["uidset"]),  # type: ignore[arg-type]
+                   tuple(obj["gidset"]), int(obj.get("compressed_size", 0)))  # type: ignore[arg-type,call-overload]
+
+
+def _parse_octal(field: bytes, what: str) -> int:
+    """Go ``parser.parseNumeric``: base-256 when the high bit is set, else octal trimmed of spaces/NULs."""
+    if field and field[0] & 0x80:
+        if field[0] & 0x40:
+            return int.from_bytes(field, "big", signed=True)
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    s = field.strip(b" \0")
+    i = s.find(b"\0")
+    if i >= 0:
+        s = s[:i]
+    if not s:
+        return 0
+    try:
+        if not s.isdigit():
+            raise ValueError(s)
+        return int(s, 8)
+    except ValueError:
+        raise HostileArchiveError(f"invalid {what} field {field!r} in tar header") from None
+
+
+def _cstr(field: bytes) -> bytes:
+    i = field.find(b"\0")
+    return field if i < 0 else field[:i]
+
+
+def _parse_pax_time(v: bytes) -> int:
+    """Go ``parsePAXTime`` -> nanoseconds."""
+    ss, _, sn = v.partition(b".")
+    try:
+        secs = int(ss)
+    except ValueError:
+        raise HostileArchiveError(f"invalid PAX time {v!r}") from None
+    if sn and not sn.isdigit():
+        raise HostileArchiveError(f"invalid PAX time {v!r}")
+    ns = int((sn + b"000000000")[:9])
+    if ss.startswith(b"-"):
+        return secs * 1_000_000_000 - ns
+    return secs * 1_000_000_000 + ns
+
+
+def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+    """Go ``parsePAX``/``parsePAXRecord``: ``"%d %s=%s\\n"`` records, strictly."""
+    recs: dict[bytes, bytes] = {}
+    pos = 0
+    n = len(data)
+    while pos < n:
+        sp = data.find(b" ", pos, pos + 21)
+        if sp < 0:
+            raise HostileArchiveError("malformed PAX record (no length)")
+        try:
+            length = int(data[pos:sp])
+        except ValueError:
+            raise HostileArchiveError("malformed PAX record length") from None
+        end = pos + length
+        if length < 5 or end > n or end <= sp + 1 or data[end - 1] != 0x0A:
+            raise HostileArchiveError("malformed PAX record")
+        key, eq, value = data[sp + 1 : end - 1].partition(b"=")
+        if not eq or not key:
+            raise HostileArchiveError("malformed PAX record (no key)")
+        if key in (b"path", b"linkpath", b"uname", b"gname"):
+            if b"\0" in value:
+                raise HostileArchiveError(f"NUL in PAX {key.decode()} record")
+        elif b"\0" in key:
+            raise HostileArchiveError("NUL in PAX record key")
+        if key.startswith(b"GNU.sparse."):
+            raise UnsupportedError("sparse files (GNU PAX sparse headers) in a layer tar are not supported")
+        recs[key] = value
+        pos = end
+    return recs
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+class _Entry:
+    """Header fields of the entry being applied (only what application needs)."""
+
+    __slots__ = ("atime_ns", "devmajor", "devminor", "gid", "linkname", "mode", "mtime_ns", "name", "size",
+                 "type", "uid", "xattrs")
+
+    name: bytes
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    atime_ns: int
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: dict[bytes, bytes] | None
+
+    def __init__(self) -> None:
+        self.xattrs = None
+
+
+class TarApplier:
+    """The sans-decompression half: a push parser of an uncompressed tar stream that applies entries.
+
+    ``consume(data)`` any number of times, then ``end()``.  Writes tar-split entries to ``tar_split``.
+    """
+
+    def __init__(self, target_dir: Path, *, mode: Mode, tar_split: TarSplitWriter) -> None:
+        if mode not in ("overlay", "vfs"):
+            raise ValueError(f"mode must be 'overlay' or 'vfs', not {mode!r}")
+        self.mode = mode
+        self._overlay = mode == "overlay"
+        self._root = os.fsencode(os.path.abspath(target_dir))
+        self._resolver = RootResolver(self._root, create=True)
+        self._ts = tar_split
+        self._root_user = os.geteuid() == 0
+        self._umask = _read_umask()
+        # parser state
+        self._pending = b""  # partial header block
+        self._seg: list[bytes] = []  # raw bytes of the current segment
+        self._seg_len = 0
+        self._file_left = 0  # content bytes still to come for the current file
+        self._pad = 0  # padding bytes still to come
+        self._special: bytearray | None = None  # PAX / GNU long name data being collected
+        self._special_left = 0
+        self._special_type = b""
+        self._pax: dict[bytes, bytes] | None = None
+        self._gnu_name: bytes | None = None
+        self._gnu_link: bytes | None = None
+        self._zero_seen = False
+        self._ended = False
+        # current file
+        self._fd = -1
+        self._crc = 0
+        self._cur: _Entry | None = None
+        self._cur_path = b""
+        self._cur_sgid = False
+        self._cur_name = b""
+        self._cur_size = 0
+        # results
+        self.uids: set[int] = set()
+        self.gids: set[int] = set()
+        self._dirs: list[tuple[bytes, int, int]] = []
+        self._unpacked: set[bytes] | None = None if self._overlay else set()
+        self._oct_cache: dict[bytes, int] = {}
+
+    # ---------------------------------------------------------------- stream
+    def consume(self, data: bytes) -> None:
+        """Parse (and apply) the next bytes of the uncompressed tar stream."""
+        pos = 0
+        n = len(data)
+        if self._pending:
+            need = BLOCK - len(self._pending)
+            if n < need:
+                self._pending += data
+                return
+            block = self._pending + data[:need]
+            self._pending = b""
+            pos = need
+            self._block(block)
+        mv: memoryview | None = None
+        while pos < n:
+            if self._file_left:
+                take = self._file_left if self._file_left <= n - pos else n - pos
+                if mv is None:
+                    mv = memoryview(data)
+                piece = mv[pos : pos + take]
+                self._crc = crc64.go_iso(piece, self._crc)
+                fd = self._fd
+                if fd >= 0:
+                    while piece:
+                        w = os.write(fd, piece)
+                        piece = piece[w:]
+                pos += take
+                self._file_left -= take
+                if not self._file_left:
+                    self._end_content()
+                continue
+            if self._pad:
+                take = self._pad if self._pad <= n - pos else n - pos
+                self._seg.append(data[pos : pos + take])
+                self._seg_len += take
+                pos += take
+                self._pad -= take
+                continue
+            if self._special is not None:
+                take = self._special_left if self._special_left <= n - pos else n - pos
+                self._special += data[pos : pos + take]
+                pos += take
+                self._special_left -= take
+                if not self._special_left:
+                    self._end_special()
+                continue
+            if self._ended:
+                self._trailing(data[pos:] if pos else data)
+                return
+            if n - pos < BLOCK:
+                self._pending = data[pos:]
+                return
+            self._block(data[pos : pos + BLOCK])
+            pos += BLOCK
+
+    def _trailing(self, data: bytes) -> None:
+        # Bytes after the end-of-archive blocks: kept (tar-split stores them, the diffID covers them).
+        self._seg.append(data)
+        self._seg_len += len(data)
+        if self._seg_len >= _TRAILING_SEGMENT:
+            raw = b"".join(self._seg)
+            self._seg.clear()
+            for i in range(0, len(raw) - len(raw) % _TRAILING_SEGMENT, _TRAILING_SEGMENT):
+                self._ts.add_segment(raw[i : i + _TRAILING_SEGMENT])
+            rest = raw[len(raw) - len(raw) % _TRAILING_SEGMENT :]
+            self._seg_len = len(rest)
+            if rest:
+                self._seg.append(rest)
+
+    def _flush_segment(self) -> None:
+        if self._seg_len:
+            self._ts.add_segment(b"".join(self._seg))
+        self._seg.clear()
+        self._seg_len = 0
+
+    def end(self) -> None:
+        """End of the uncompressed stream: refuse truncation, write the last segment."""
+        if self._file_left:
+            raise HostileArchiveError(
+                f"layer tar truncated: {self._cur_name!r} is {self._file_left} bytes short of its header's size"
+            )
+        if self._special is not None:
+            raise HostileArchiveError("layer tar truncated inside a PAX or GNU long-name header")
+        if self._pending:
+            raise HostileArchiveError("layer tar truncated inside a header block")
+        if self._pad:
+            raise HostileArchiveError("layer tar truncated inside the padding of the last member")
+        self._flush_segment()
+        self._finish_dirs()
+
+    # ---------------------------------------------------------------- headers
+    def _block(self, block: bytes) -> None:
+        self._seg.append(block)
+        self._seg_len += BLOCK
+        if block[0] == 0 and block == _ZERO_BLOCK:
+            if self._zero_seen:
+                self._ended = True
+                self._flush_segment()
+            else:
+                self._zero_seen = True
+            return
+        if self._zero_seen:
+            raise HostileArchiveError("invalid tar: a zero block followed by a non-zero block")
+        # Checksum (Go block.GetFormat): unsigned sum with the checksum field as spaces; signed accepted.
+        chk = block[148:156]
+        want = _parse_octal(chk, "checksum")
+        field_sum = sum(chk)
+        # adler32's low half is 1 + sum(bytes) mod 65521: the unsigned sum in one C call.
+        if want % 65521 != ((zlib.adler32(block) & 0xFFFF) - 1 - field_sum + 256) % 65521:
+            signed = 256 + sum(b - 256 if b >= 128 else b for b in block[:148] + block[156:])
+            if want != signed:
+                raise HostileArchiveError("invalid tar header checksum (corrupt stream or not a tar)")
+        magic = block[257:263]
+        typeflag = block[156:157]
+        oc = self._oct_cache
+        size_f = block[124:136]
+        try:
+            size = int(size_f[:11], 8) if size_f[11] == 0 and size_f[0] == 0x30 else _parse_octal(size_f, "size")
+        except ValueError:
+            size = _parse_octal(size_f, "size")
+        if size < 0:
+            raise HostileArchiveError(f"negative size in tar header {_cstr(block[:100])!r}")
+        # Meta headers: their data is collected (raw-accounted: part of the segment).
+        if typeflag in (_XHDR, _XGLOBAL, _GNU_LONGNAME, _GNU_LONGLINK):
+            if size > MAX_SPECIAL:
+                raise HostileArchiveError(
+                    f"tar {typeflag.decode()} header data of {size} bytes exceeds the {MAX_SPECIAL} byte limit"
+                )
+            self._special_type = typeflag
+            self._special_pad = -size % BLOCK
+            if typeflag == _XGLOBAL:
+                self._global_block = block
+            self._special = bytearray()
+            self._special_left = size
+            if not size:
+                self._end_special()
+            return
+        e = _Entry()
+        name = _cstr(block[:100])
+        fmt_v7 = True
+        if magic == b"ustar\x00":
+            fmt_v7 = False
+            # STAR archives end the header with "tar\0" and keep a shorter prefix.
+            prefix = _cstr(block[345:476]) if block[508:512] == b"tar\x00" else _cstr(block[345:500])
+            if prefix:
+                name = prefix + b"/" + name
+        elif magic == b"ustar " and block[263:265] == b" \x00":
+            fmt_v7 = False
+        mode_f = block[100:108]
+        mode = oc.get(mode_f)
+        if mode is None:
+            mode = oc[mode_f] = _parse_octal(mode_f, "mode")
+        uid_f = block[108:116]
+        uid = oc.get(uid_f)
+        if uid is None:
+            uid = oc[uid_f] = _parse_octal(uid_f, "uid")
+        gid_f = block[116:124]
+        gid = oc.get(gid_f)
+        if gid is None:
+            gid = oc[gid_f] = _parse_octal(gid_f, "gid")
+        mtime_ns = _parse_octal(block[136:148], "mtime") * 1_000_000_000
+        atime_ns = 0
+        linkname = _cstr(block[157:257])
+        if not fmt_v7 and typeflag in (_CHAR, _BLOCK):
+            e.devmajor = _parse_octal(block[329:337], "devmajor")
+            e.devminor = _parse_octal(block[337:345], "devminor")
+        else:
+            e.devmajor = e.devminor = 0
+        pax = self._pax
+        if pax is not None:
+            self._pax = None
+            v = pax.get(b"path")
+            if v:
+                name = v
+            v = pax.get(b"linkpath")
+            if v:
+                linkname = v
+            try:
+                v = pax.get(b"size")
+                if v:
+                    size = int(v)
+                v = pax.get(b"uid")
+                if v:
+                    uid = int(v)
+                v = pax.get(b"gid")
+                if v:
+                    gid = int(v)
+            except ValueError:
+                raise HostileArchiveError(f"invalid numeric PAX record for {name!r}") from None
+            v = pax.get(b"mtime")
+            if v:
+                mtime_ns = _parse_pax_time(v)
+            v = pax.get(b"atime")
+            if v:
+                atime_ns = _parse_pax_time(v)
+            for k, v in pax.items():
+                if k.startswith(b"SCHILY.xattr."):
+                    if e.xattrs is None:
+                        e.xattrs = {}
+                    e.xattrs[k[13:]] = v
+        if self._gnu_name is not None:
+            name = self._gnu_name
+            self._gnu_name = None
+        if self._gnu_link is not None:
+            linkname = self._gnu_link
+            self._gnu_link = None
+        if typeflag == _REGA:
+            typeflag = _DIR if name.endswith(b"/") else _REG
+        if size < 0:
+            raise HostileArchiveError(f"negative size for {name!r}")
+        if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID):
+            raise HostileArchiveError(f"uid/gid out of range for {name!r}")
+        e.name = name
+        e.type = typeflag
+        e.mode = mode
+        e.uid = uid
+        e.gid = gid
+        e.size = size
+        e.mtime_ns = mtime_ns
+        e.atime_ns = atime_ns
+        e.linkname = linkname
+        # c/storage's uid/gid logger: every header whose base name does not start with .wh.
+        if _WH not in name or not name.rstrip(b"/").rpartition(b"/")[2].startswith(_WH):
+            self.uids.add(uid)
+            self.gids.add(gid)
+        if typeflag == _GNU_SPARSE:
+            raise UnsupportedError(f"sparse file {name!r} in a layer tar is not supported")
+        data_size = 0 if typeflag in _HEADER_ONLY else size
+        self._flush_segment()
+        self._cur_name = name
+        self._cur_size = size
+        self._crc = 0
+        self._fd = -1
+        self._apply(e, data_size)
+        if data_size:
+            self._file_left = data_size
+            self._pad = -data_size % BLOCK
+        else:
+            self._end_content()
+
+    _global_block: bytes
+
+    _special_pad = 0
+
+    def _end_special(self) -> None:
+        data = bytes(self._special or b"")
+        self._special = None
+        t = self._special_type
+        if t == _XHDR:
+            self._pax = _parse_pax(data)
+        elif t == _XGLOBAL:
+            # Go returns a global header as an entry of its own (name from the header or its path record,
+            # ids 0), before its padding is read: tar-split records a file entry right after the header and
+            # its data, the uid/gid logger logs 0:0, the applier ignores it (pkg/archive).
+            recs = _parse_pax(data)
+            self._pax = None
+            gname = recs.get(b"path") or _cstr(self._global_block[:100])
+            if not gname.rstrip(b"/").rpartition(b"/")[2].startswith(_WH):
+                self.uids.add(0)
+                self.gids.add(0)
+            self._flush_segment()
+            self._ts.add_file(gname, 0, None)
+        elif t == _GNU_LONGNAME:
+            self._gnu_name = _cstr(data)
+        else:
+            self._gnu_link = _cstr(data)
+        self._pad = self._special_pad
+
+    # ---------------------------------------------------------------- content
+    def _end_content(self) -> None:
+        e = self._cur
+        fd = self._fd
+        if fd >= 0 and e is not None:
+            self._fd = -1
+            try:
+                self._finish_file(fd, e)
+            finally:
+                os.close(fd)
+        self._cur = None
+        self._ts.add_file(self._cur_name, self._cur_size, self._crc if self._cur_size else None)
+
+    def _finish_file(self, fd: int, e: _Entry) -> None:
+        chowned = False
+        if e.uid or e.gid or self._cur_sgid or not self._root_user:
+            os.fchown(fd, e.uid, e.gid)
+            chowned = True
+        mode = e.mode & 0o7777
+        if (chowned and mode & 0o6000) or mode & self._umask:
+            os.fchmod(fd, mode)
+        if e.xattrs:
+            self._set_xattrs(fd, e)
+        mt = e.mtime_ns
+        if not 0 <= mt <= _MAX_NS:
+            mt = 0
+        at = e.atime_ns if e.atime_ns > mt else mt
+        os.utime(fd, ns=(at, mt))
+
+    def _set_xattrs(self, target: int | bytes, e: _Entry, *, follow: bool = False) -> None:
+        assert e.xattrs is not None
+        for k, v in e.xattrs.items():
+            if k in _IGNORED_XATTRS:
+                continue
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, k, v)
+                else:
+                    os.setxattr(target, k, v, follow_symlinks=follow)
+            except OSError as err:
+                if err.errno == errno.ENOTSUP:
+                    continue  # pkg/archive ignores ENOTSUP (filesystem without xattrs)
+                raise StoreError(f"setting xattr {k!r} on {e.name!r}: {err}") from None
+
+    # ---------------------------------------------------------------- application
+    def _apply(self, e: _Entry, data_size: int) -> None:
+        name = e.name
+        t = e.type
+        if t == _XGLOBAL:  # pragma: no cover - handled in _end_special
+            return
+        rel = confine(name)
+        parent, _, base = rel.rpartition(b"/")
+        if (_WH in rel and base.startswith(_WH)) or rel.startswith(_WH_META):
+            self._whiteout(e, rel, parent, base)
+            return
+        if not rel:
+            self._apply_root(e)
+            return
+        if t not in (_REG, _DIR, _SYMLINK, _LINK, _FIFO, _CHAR, _BLOCK):
+            raise UnsupportedError(f"unsupported tar entry type {t!r} for {name!r} (containers/storage "
+                                   "refuses it too)")
+        dpath, sgid = self._resolver.resolve_dir(parent, entry=name)
+        path = dpath + base
+        self._cur_sgid = sgid
+        if self._unpacked is not None:
+            self._unpacked.add(path)
+        mode = e.mode & 0o7777
+        if t == _REG:
+            self._cur = e
+            try:
+                fd = os.open(path, _O_CREATE, mode)
+            except FileExistsError:
+                self._replace(path, False, name)
+                fd = os.open(path, _O_CREATE, mode)
+            self._fd = fd
+            if not data_size:
+                return
+            return
+        if t == _DIR:
+            merged = False
+            try:
+                os.mkdir(path, mode & 0o1777 if self._root_user else (mode & 0o1777) | 0o700)
+            except FileExistsError:
+                merged = self._replace(path, True, name)
+                if not merged:
+                    os.mkdir(path, mode & 0o1777)
+            if e.uid or e.gid or sgid or merged or not self._root_user:
+                os.lchown(path, e.uid, e.gid)
+            if (merged or mode & 0o6000 or sgid or mode & self._umask) and self._root_user:
+                os.chmod(path, mode)
+            if e.xattrs:
+                self._set_xattrs(path, e)
+            self._resolver.remember(rel, path, bool(mode & stat.S_ISGID))
+            self._dirs.append((path, e.atime_ns, e.mtime_ns))
+            return
+        if t == _SYMLINK:
+            try:
+                os.symlink(e.linkname, path)
+            except FileExistsError:
+                self._replace(path, False, name)
+                os.symlink(e.linkname, path)
+            if e.uid or e.gid or sgid or not self._root_user:
+                os.lchown(path, e.uid, e.gid)
+            if e.xattrs:
+                self._set_xattrs(path, e)
+            at = e.atime_ns if e.atime_ns > e.mtime_ns else e.mtime_ns
+            os.utime(path, ns=(at, e.mtime_ns), follow_symlinks=False)
+            return
+        if t == _LINK:
+            self._hardlink(e, path, name)
+            return
+        # fifo, char, block: mknod (pkg/archive handleTarTypeBlockCharFifo)
+        kind = stat.S_IFIFO if t == _FIFO else stat.S_IFCHR if t == _CHAR else stat.S_IFBLK
+        dev = os.makedev(e.devmajor, e.devminor) if t != _FIFO else 0
+        try:
+            os.mknod(path, mode | kind, dev)
+        except FileExistsError:
+            self._replace(path, False, name)
+            os.mknod(path, mode | kind, dev)
+        self._meta_path(path, e, sgid)
+
+    def _meta_path(self, path: bytes, e: _Entry, sgid: bool) -> None:
+        mode = e.mode & 0o7777
+        if e.uid or e.gid or sgid or not self._root_user:
+            os.lchown(path, e.uid, e.gid)
+        if mode & 0o6000 or mode & self._umask:
+            os.chmod(path, mode)
+        if e.xattrs:
+            self._set_xattrs(path, e)
+        mt = e.mtime_ns if 0 <= e.mtime_ns <= _MAX_NS else 0
+        at = e.atime_ns if e.atime_ns > mt else mt
+        os.utime(path, ns=(at, mt))
+
+    def _hardlink(self, e: _Entry, path: bytes, name: bytes) -> None:
+        target_rel = confine(e.linkname)
+        if not target_rel:
+            raise HostileArchiveError(f"hardlink {name!r} points at the layer root")
+        if target_rel.startswith(_WH_META) or b"/" + _WH_META in target_rel:
+            raise UnsupportedError(f"hardlink {name!r} into AUFS metadata ({e.linkname!r}) is not supported")
+        tparent, _, tbase = target_rel.rpartition(b"/")
+        try:
+            tdir, _ = self._resolver.resolve_dir(tparent, entry=name)
+        except FileNotFoundError:
+            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target not in this layer") from None
+        target = tdir + tbase
+        if target == path:
+            raise HostileArchiveError(f"hardlink {name!r} points at itself")
+        try:
+            tst = os.lstat(target)
+        except FileNotFoundError:
+            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target not in this layer") from None
+        if stat.S_ISDIR(tst.st_mode):
+            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target is a directory")
+        try:
+            os.link(target, path, follow_symlinks=False)
+        except FileExistsError:
+            self._replace(path, False, name)
+            os.link(target, path, follow_symlinks=False)
+        # pkg/archive createTarFile: lchown, then chmod and chtimes unless the target is a symlink.
+        os.lchown(path, e.uid, e.gid)
+        if not stat.S_ISLNK(tst.st_mode):
+            os.chmod(path, e.mode & 0o7777)
+            mt = e.mtime_ns if 0 <= e.mtime_ns <= _MAX_NS else 0
+            at = e.atime_ns if e.atime_ns > mt else mt
+            os.utime(path, ns=(at, mt))
+        if e.xattrs:
+            self._set_xattrs(path, e)
+
+    def _replace(self, path: bytes, want_dir: bool, name: bytes) -> bool:
+        """An entry exists where we create one: merge directories, otherwise remove it (RemoveAll)."""
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            if want_dir:
+                return True
+            shutil.rmtree(path)
+            self._resolver.invalidate()
+            return False
+        os.unlink(path)
+        if stat.S_ISLNK(st.st_mode):
+            self._resolver.invalidate()
+        return False
+
+    def _apply_root(self, e: _Entry) -> None:
+        """An entry whose name cleans to the root (``.``, ``./``, ``/``, ``..``)."""
+        if e.type != _DIR:
+            raise HostileArchiveError(f"non-directory entry {e.name!r} would replace the layer root")
+        if self._overlay and go_clean(e.name) == b".":
+            return  # archive.Unpack: `if fi.IsDir() && hdr.Name == "."` -> the root entry is skipped
+        path = self._root
+        os.lchown(path, e.uid, e.gid)
+        if self._root_user:
+            os.chmod(path, e.mode & 0o7777)
+        if e.xattrs:
+            self._set_xattrs(path, e)
+        self._resolver.invalidate()
+        self._dirs.append((path, e.atime_ns, e.mtime_ns))
+
+    def _whiteout(self, e: _Entry, rel: bytes, parent: bytes, base: bytes) -> None:
+        name = e.name
+        if rel.startswith(_WH_META) and rel != _WH_OPQ:
+            return  # AUFS metadata (.wh..wh.plnk, .wh..wh.aufs...): skipped (UnpackLayer)
+        if base.startswith(_WH_META) and base != _WH_OPQ:
+            return
+        if b"/" + _WH_META in rel and not rel.endswith(b"/" + _WH_OPQ):
+            return  # inside an AUFS metadata directory
+        try:
+            dpath, _ = self._resolver.resolve_dir(parent, entry=name)
+        except HostileArchiveError:
+            if not self._overlay:
+                raise
+            return  # overlay: a parent whited out earlier in this layer (mknod ENOTDIR is ignored)
+        if self._overlay:
+            if base == _WH_OPQ:
+                os.setxattr(dpath or self._root, _OPAQUE_XATTR, b"y", follow_symlinks=False)
+                return
+            victim = dpath + base[4:]
+            try:
+                os.mknod(victim, stat.S_IFCHR, 0)
+            except FileExistsError:
+                raise HostileArchiveError(
+                    f"whiteout {name!r} conflicts with an entry of the same layer"
+                ) from None
+            except NotADirectoryError:
+                return
+            os.lchown(victim, e.uid, e.gid)
+            return
+        # vfs: deletions
+        if base == _WH_OPQ:
+            self._opaque_vfs(dpath.rstrip(b"/") or b"/")
+            return
+        victim = dpath + base[4:]
+        try:
+            st = os.lstat(victim)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(victim)
+            self._resolver.invalidate()
+        else:
+            os.unlink(victim)
+            if stat.S_ISLNK(st.st_mode):
+                self._resolver.invalidate()
+
+    def _opaque_vfs(self, dpath: bytes) -> None:
+        unpacked = self._unpacked
+        assert unpacked is not None
+        removed = False
+        stack = [dpath]
+        while stack:
+            d = stack.pop()
+            with os.scandir(d) as it:
+                children = list(it)
+            for child in children:
+                p = child.path
+                if p in unpacked:
+                    if child.is_dir(follow_symlinks=False):
+                        stack.append(p)
+                    continue
+                if child.is_dir(follow_symlinks=False):
+                    shutil.rmtree(p)
+                else:
+                    os.unlink(p)
+                removed = True
+        if removed:
+            self._resolver.invalidate()
+
+    def _finish_dirs(self) -> None:
+        # Directory mtimes last, so creating their children does not change them (pkg/archive).
+        for path, atime_ns, mtime_ns in self._dirs:
+            mt = mtime_ns if 0 <= mtime_ns <= _MAX_NS else 0
+            at = atime_ns if atime_ns > mt else mt
+            os.utime(path, ns=(at, mt), follow_symlinks=False)
+        self._dirs.clear()
+
+    def close_open_file(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LayerExtractor:
+    """Applies one layer blob (compressed or not) to ``target_dir`` and writes its tar-split.
+
+    ``target_dir`` must exist: empty for overlay (the diff directory), a copy of the parent's tree for vfs.
+    ``feed(chunk)`` blocks while the chunk is decompressed and applied; ``finish()`` checks the end of the
+    stream and returns the :class:`ExtractResult`; ``abort()`` closes everything and removes the partial
+    tar-split (the caller removes ``target_dir``).  Raises :class:`~store.errors.HostileArchiveError` for
+    refused archives, :class:`~store.decompress.CorruptCompressedStreamError` for bad compression,
+    :class:`~store.errors.UnsupportedError` for sparse files and exotic entry types.  Memory is bounded
+    whatever the layer size.  Not thread-safe; one thread at a time.
+    """
+
+    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path) -> None:
+        self.target_dir = Path(target_dir)
+        self._ts = TarSplitWriter(Path(tar_split_path))
+        try:
+            self._applier = TarApplier(self.target_dir, mode=mode, tar_split=self._ts)
+        except BaseException:
+            self._ts.abort()
+            raise
+        self._sha = hashlib.sha256()
+        self._size = 0
+        self._decomp = Decompressor(self._sink)
+        self._done = False
+        self._failed: BaseException | None = None
+
+    def _sink(self, data: bytes) -> None:
+        self._sha.update(data)
+        self._size += len(data)
+        self._applier.consume(data)
+
+    def feed(self, chunk: bytes) -> None:
+        """Decompress and apply the next chunk of the blob."""
+        if self._done or self._failed is not None:
+            raise StoreError("LayerExtractor.feed after finish/abort or a failure")
+        try:
+            self._decomp.feed(chunk)
+        except BaseException as e:
+            self._fail(e)
+            raise
+
+    def finish(self) -> ExtractResult:
+        """End of the blob: validate the stream's end, close the tar-split, return the layer's figures."""
+        if self._done or self._failed is not None:
+            raise StoreError("LayerExtractor.finish after finish/abort or a failure")
+        try:
+            self._decomp.finish()
+            self._applier.end()
+            self._ts.close()
+        except BaseException as e:
+            self._fail(e)
+            raise
+        self._done = True
+        return ExtractResult(
+            diff_digest="sha256:" + self._sha.hexdigest(),
+            diff_size=self._size,
+            compression=self._decomp.compression or "none",
+            uidset=tuple(sorted(self._applier.uids)),
+            gidset=tuple(sorted(self._applier.gids)),
+            compressed_size=self._decomp.compressed_size,
+        )
+
+    def _fail(self, e: BaseException) -> None:
+        self._failed = e
+        self._applier.close_open_file()
+        self._ts.abort()
+
+    def abort(self) -> None:
+        """Stop: close files and remove the partial tar-split.  Safe to call more than once."""
+        if self._done:
+            return
+        self._done = True
+        self._applier.close_open_file()
+        self._ts.abort()
+
+
+_WORKER_ERRORS: Final[dict[str, type[StoreError]]] = {
+    "HostileArchiveError": HostileArchiveError,
+    "UnsupportedError": UnsupportedError,
+    "StoreError": StoreError,
+}
+
+
+class ProcessLayerExtractor:
+    """:class:`LayerExtractor`'s interface, with the work done in a child process
+    (``python -m store._extract_worker``), so that several layers extracting at once use every core.
+
+    Chunks go to the child over a pipe (``feed`` blocks when the child is behind: memory stays bounded);
+    ``finish`` closes the pipe and returns the child's :class:`ExtractResult`; a refused layer raises the
+    same exception class the in-process extractor raises; ``abort`` kills the child and removes the partial
+    tar-split (the caller removes ``target_dir``).
+    """
+
+    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path) -> None:
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        if mode not in ("overlay", "vfs"):
+            raise ValueError(f"mode must be 'overlay' or 'vfs', not {mode!r}")
+        self.target_dir = Path(target_dir)
+        self._tar_split_path = Path(tar_split_path)
+        params = json.dumps({"target_dir": os.fspath(os.path.abspath(target_dir)), "mode": mode,
+                             "tar_split_path": os.fspath(os.path.abspath(tar_split_path))})
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _collect/abort
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "store._extract_worker", params],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0, env=env,
+            close_fds=True,
+        )
+        assert self._proc.stdin is not None
+        self._stdin_fd = self._proc.stdin.fileno()
+        try:
+            import fcntl
+
+            fcntl.fcntl(self._stdin_fd, 1031, 1024 * 1024)  # F_SETPIPE_SZ: fewer wake-ups per MiB
+        except OSError:
+            pass
+        self._done = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Send the next chunk of the blob to the child (blocks while its pipe is full)."""
+        if self._done:
+            raise StoreError("ProcessLayerExtractor.feed after finish/abort or a failure")
+        view = memoryview(chunk)
+        try:
+            while view:
+                n = os.write(self._stdin_fd, view)
+                view = view[n:]
+        except BrokenPipeError:
+            # The child stopped reading: it refused the layer (or died); report its error.
+            self._done = True
+            self._collect()
+            raise StoreError(f"layer extraction for {self.target_dir} stopped without an error") from None
+
+    def finish(self) -> ExtractResult:
+        """Close the pipe, wait for the child and return its result (or raise its error)."""
+        if self._done:
+            raise StoreError("ProcessLayerExtractor.finish after finish/abort or a failure")
+        self._done = True
+        return self._collect()
+
+    def _collect(self) -> ExtractResult:
+        import json
+
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        out = proc.stdout.read()
+        proc.stdout.close()
+        rc = proc.wait()
+        self._stderr.seek(0)
+        err_text = self._stderr.read().decode("utf-8", "replace").strip()
+        self._stderr.close()
+        line = out.decode("utf-8", "replace").strip().splitlines()
+        msg = json.loads(line[-1]) if line else {}
+        if rc == 0 and "ok" in msg:
+            return ExtractResult.from_json(msg["ok"])
+        self._remove_tar_split()
+        if "error" in msg:
+            cls_name = str(msg["error"])
+            if cls_name == "CorruptCompressedStreamError":
+                from store.decompress import CorruptCompressedStreamError
+
+                raise CorruptCompressedStreamError(str(msg["message"]))
+            if cls_name == "TarSplitError":
+                from store.tarsplit import TarSplitError
+
+                raise TarSplitError(str(msg["message"]))
+            exc = _WORKER_ERRORS.get(cls_name, StoreError)
+            text = str(msg["message"])
+            if exc is StoreError and cls_name not in _WORKER_ERRORS:
+                text = f"{cls_name}: {text}"
+            raise exc(f"extracting layer into {self.target_dir}: {text}")
+        tail = err_text[-2000:] if err_text else f"exit status {rc}"
+        raise StoreError(f"layer extraction worker for {self.target_dir} failed: {tail}")
+
+    def _remove_tar_split(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tar_split_path)
+
+    def abort(self) -> None:
+        """Kill the child, wait for it and remove the partial tar-split.  Safe to call more than once."""
+        if self._done and self._proc.returncode is not None:
+            return
+        self._done = True
+        proc = self._proc
+        if proc.poll() is None:
+            proc.kill()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+        if not self._stderr.closed:
+            self._stderr.close()
+        self._remove_tar_split()
