@@ -708,7 +708,9 @@ def module_podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     try:
         yield instance
     finally:
-        subprocess.run(["umount", "-R", str(instance.runroot)], capture_output=True, check=False)
+        # podman's overlay driver mounts ROOT/overlay on itself; both mounts must go before removal
+        for mount in (instance.runroot, instance.root / "overlay"):
+            subprocess.run(["umount", "-R", str(mount)], capture_output=True, check=False)
         shutil.rmtree(instance.runroot, ignore_errors=True)
 
 
