@@ -79,7 +79,9 @@ def map_exception(method: str, url: httpx.URL, exc: httpx.HTTPError) -> Registry
     where = f"{method} {display_url(url)}"
     ssl_error = _ssl_cause(exc)
     if ssl_error is not None and isinstance(exc, httpx.ConnectError):
-        reason = getattr(ssl_error, "verify_message", None) or getattr(ssl_error, "reason", None) or ssl_error
+        if isinstance(ssl_error, ssl.SSLCertVerificationError):
+            return TLSError(f"{where}: certificate verification failed: {ssl_error.verify_message}")
+        reason = getattr(ssl_error, "reason", None) or ssl_error
         return TLSError(f"{where}: TLS handshake failed: {reason}")
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return ConnectionFailedError(f"{where}: cannot connect: {_describe_exception(exc)}")

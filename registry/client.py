@@ -36,6 +36,7 @@ from registry import _http
 from registry._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from registry._tokens import BearerToken, TokenCache, parse_token_response
 from registry.auth import AuthFile, Credentials, lookup_credentials
+from registry.certs import ssl_context_for
 from registry.challenge import Challenge, parse_www_authenticate
 from registry.errors import (
     AuthenticationError,
@@ -166,11 +167,13 @@ class RegistryClient:
         max_connections_per_host: int,
         retry_policy: RetryPolicy,
         exit_stack: AsyncExitStack,
+        cert_search_dirs: Sequence[Path] | None = None,
     ) -> None:
         self._registries = registries
         self._auth = auth
         self._credentials_cache: dict[str, _Credentials | None] = {}
         self._cert_dir = cert_dir
+        self._cert_search_dirs = tuple(cert_search_dirs) if cert_search_dirs is not None else None
         self._tls_verify = tls_verify
         self._max_connections = max_connections_per_host
         self.retry_policy = retry_policy
@@ -214,19 +217,9 @@ class RegistryClient:
         key = (host, insecure)
         client = self._clients.get(key)
         if client is None:
-            try:
-                from registry.certs import ssl_context_for
-            except ImportError:  # TEMPORARY until registry/certs.py lands
-                import ssl
-
-                def ssl_context_for(host: str, *, cert_dir: Path | None, verify: bool) -> ssl.SSLContext:
-                    ctx = ssl.create_default_context()
-                    if not verify:
-                        ctx.check_hostname = False
-                        ctx.verify_mode = ssl.CERT_NONE
-                    return ctx
-
-            context = ssl_context_for(host, cert_dir=self._cert_dir, verify=not insecure)
+            context = ssl_context_for(
+                host, cert_dir=self._cert_dir, verify=not insecure, search_dirs=self._cert_search_dirs
+            )
             policy = self.retry_policy
             client = httpx.AsyncClient(
                 http2=True,
@@ -1014,12 +1007,15 @@ async def open_registry_client(
     tls_verify: bool | None = None,
     max_connections_per_host: int = 8,
     retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    cert_search_dirs: Sequence[Path] | None = None,
 ) -> AsyncIterator[RegistryClient]:
     """A :class:`RegistryClient` for one configuration; its connections close on exit.
 
     ``auth`` is a loaded containers-auth.json (:func:`registry.auth.load_auth_file`); ``cert_dir``
     replaces the certs.d lookup (``--cert-dir``); ``tls_verify`` overrides registries.conf's
-    ``insecure`` either way when set. ``retry_policy`` tunes retries and timeouts.
+    ``insecure`` either way when set. ``retry_policy`` tunes retries and timeouts;
+    ``cert_search_dirs`` replaces the certs.d parents searched for ``HOST[:PORT]/`` (default
+    :func:`registry.certs.cert_search_dirs`).
     """
     async with AsyncExitStack() as stack:
         yield RegistryClient(
@@ -1030,4 +1026,5 @@ async def open_registry_client(
             max_connections_per_host=max_connections_per_host,
             retry_policy=retry_policy,
             exit_stack=stack,
+            cert_search_dirs=cert_search_dirs,
         )

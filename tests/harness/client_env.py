@@ -57,6 +57,7 @@ async def client_for(
     *,
     tls_verify: bool | None = None,
     cert_dir: Path | None = None,
+    cert_search_dirs: list[Path] | None = None,
     retry_policy: RetryPolicy = FAST_RETRIES,
 ) -> AsyncIterator[RegistryClient]:
     async with open_registry_client(
@@ -65,6 +66,7 @@ async def client_for(
         tls_verify=tls_verify,
         cert_dir=cert_dir,
         retry_policy=retry_policy,
+        cert_search_dirs=cert_search_dirs if cert_search_dirs is not None else [],
     ) as client:
         yield client
 

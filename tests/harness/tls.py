@@ -24,7 +24,7 @@ from tests.harness.registry import RunningRegistry, TLSFiles, free_port, registr
 
 
 @dataclass(frozen=True)
-class TestPKI:
+class PKIFiles:
     """PEM files of the CA, the server and the client."""
 
     ca_cert: Path
@@ -91,7 +91,7 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_pki(directory: Path) -> TestPKI:
+def make_pki(directory: Path) -> PKIFiles:
     """Create the CA, a server certificate (127.0.0.1, ::1, localhost) and a client certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _key()
@@ -111,7 +111,7 @@ def make_pki(directory: Path) -> TestPKI:
     )
     client_key = _key()
     client = _cert("tether test client", client_key, ca, ca_key, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
-    pki = TestPKI(
+    pki = PKIFiles(
         ca_cert=directory / "ca.crt",
         server_cert=directory / "server.crt",
         server_key=directory / "server.key",
@@ -126,7 +126,7 @@ def make_pki(directory: Path) -> TestPKI:
     return pki
 
 
-def write_certs_d(certs_d: Path, host: str, pki: TestPKI, *, client: bool = True) -> Path:
+def write_certs_d(certs_d: Path, host: str, pki: PKIFiles, *, client: bool = True) -> Path:
     """``certs_d/HOST/`` with the CA (``ca.crt``) and, if ``client``, ``client.cert`` + ``client.key``."""
     directory = certs_d / host
     directory.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def write_certs_d(certs_d: Path, host: str, pki: TestPKI, *, client: bool = True
 class _ClientCertRegistry(RunningRegistry):
     """A TLS registry whose readiness probe presents the client certificate (the registry requires it)."""
 
-    pki: TestPKI
+    pki: PKIFiles
 
     def start(self, *, timeout: float = 15.0) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -173,7 +173,7 @@ class _ClientCertRegistry(RunningRegistry):
                 time.sleep(0.05)
 
 
-def start_tls_registry(workdir: Path, pki: TestPKI, *, require_client_cert: bool = True) -> RunningRegistry:
+def start_tls_registry(workdir: Path, pki: PKIFiles, *, require_client_cert: bool = True) -> RunningRegistry:
     """A TLS registry with ``pki``'s server certificate, requiring a client certificate if asked."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "data").mkdir(exist_ok=True)
