@@ -1,6 +1,6 @@
 """A real ostree sysroot through upgrade, failed pull, retry, rollback and GC (engine/reconcile.py, gc.py).
 
-The store is written by podman (``PodmanPull`` stands in for the pull engine), read by tether, and checked
+The store is written by tether's pull engine and checked
 with ``podman --root STORE images`` after each step: exactly the bound images of the deployments present
 remain.
 """
@@ -10,17 +10,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.deployments import list_sysroot_deployments
 from engine.gc import collect_garbage
 from engine.options import CommonOptions
+from engine.pull import PullReport, PullRequest
+from engine.pull import pull as tether_pull
 from engine.reconcile import compute_status, load_record, sync_deployments
 from store.containers_storage import Store
-from tests.harness.bound import PodmanPull
 from tests.harness.images import push_image, simple_image
 from tests.harness.ostree_sysroot import make_sysroot
 from tests.harness.podman import short_runroot
@@ -37,6 +39,17 @@ def runroot() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-R", str(path)], capture_output=True)
         shutil.rmtree(path, ignore_errors=True)
+
+
+class SpyPull:
+    """tether's pull engine, remembering what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, requests: Sequence[PullRequest], **kwargs: Any) -> PullReport:
+        self.calls.append([r.name for r in requests])
+        return await tether_pull(requests, **kwargs)
 
 
 def podman_names(store: Path, runroot: Path) -> set[str]:
@@ -68,8 +81,8 @@ async def test_sysroot_upgrade_failure_retry_rollback_gc(
     sysroot.deploy()
     store_root = tmp_path / "store"
     store = Store.open(store_root)
-    options = CommonOptions(root=store_root)
-    pull = PodmanPull(store_root, runroot)
+    options = CommonOptions(root=store_root, tls_verify=False)
+    pull = SpyPull()
 
     deployments = list_sysroot_deployments(sysroot.path)
     assert deployments[0].checksum == c2
