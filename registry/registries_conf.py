@@ -595,6 +595,8 @@ def _parse_file(path: Path, *, force_v2: bool) -> _Parsed:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a registries.conf file") from None
     except PermissionError as exc:

@@ -510,6 +510,18 @@ def test_invalid_main_file(tmp_path: Path, text: str, message: str) -> None:
     assert message in str(info.value)
 
 
+def test_non_utf8_and_directory_main_files(tmp_path: Path) -> None:
+    path = tmp_path / "etc/containers/registries.conf"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"short-name-mode = '\xff'\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: invalid TOML")):
+        load(tmp_path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: is a directory")):
+        load(tmp_path)
+
+
 def test_all_bad_aliases_are_reported(tmp_path: Path) -> None:
     path = write(tmp_path, "etc/containers/registries.conf", "[aliases]\n'a' = 'b'\n'c' = 'quay.io/c:1'\n")
     with pytest.raises(ConfigError, match=re.escape(f"{path}: invalid short-name aliases: aliases.a: ")) as info:
