@@ -828,3 +828,20 @@ def test_podman_and_tether_refuse_blocked_registries(tmp_path: Path, pushed: str
     proc = podman_pull(module_podman, conf_path, f"{pushed}/rc-conf/app:1")
     assert proc.returncode != 0
     assert f"registry {pushed} is blocked" in proc.stderr
+
+
+PACKAGED = Path("/etc/containers/registries.conf.d/shortnames.conf")
+
+
+@pytest.mark.skipif(not PACKAGED.exists(), reason="containers-common's shortnames.conf is not installed")
+def test_packaged_shortnames_conf_loads(tmp_path: Path) -> None:
+    """containers-common ships a few dozen aliases as a drop-in; all of them must load and resolve."""
+    dropin = tmp_path / "etc/containers/registries.conf.d/000-shortnames.conf"
+    dropin.parent.mkdir(parents=True)
+    shutil.copyfile(PACKAGED, dropin)
+    conf = load(tmp_path)
+    assert len(conf.aliases) > 10
+    for name, alias in conf.aliases.items():
+        assert alias.value is not None
+        assert alias.origin == dropin
+        assert resolve_short_name(conf, name) == (alias.value.tag_name_only(),)
