@@ -307,3 +307,51 @@ def test_vfs_store(registry: RunningRegistry, pushed: dict[str, Any], tmp_path: 
         rec.pop("created")
         a_layers[rec["id"]].pop("created")
         assert rec == a_layers[rec["id"]]
+
+
+def test_additional_image_store(registry: RunningRegistry, pushed: dict[str, Any], tether_podman: Podman,
+                                tmp_path: Path) -> None:
+    """bootc's setup: podman --storage-opt additionalimagestore=<tether's store> finds tether's images."""
+    image = pushed["simple"]
+    pull_into_store(Store.open(tether_podman.root), registry.host, "store/simple:v1")
+    primary = podman_for(tmp_path / "primary")
+    try:
+        opt = ("--storage-opt", f"additionalimagestore={tether_podman.root}")
+        listed = json.loads(primary.run(*opt, "images", "--format", "json").stdout)
+        assert [i["Id"] for i in listed] == [image.image_id]
+        inspect = json.loads(primary.run(*opt, "image", "inspect", image.image_id).stdout)[0]
+        assert inspect["RootFS"]["Layers"] == [layer.diff_id for layer in image.layers]
+        # and tether reads the same arrangement
+        store = Store.open(primary.root, additional_image_stores=[tether_podman.root])
+        found = store.find_image(f"{registry.host}/store/simple:v1")
+        assert found.read_only and found.id == image.image_id
+        assert store.image_big_data(found.id, "manifest") == image.manifest
+        chain = store.layer_chain(found.top_layer or "")
+        assert all(layer.read_only for layer in chain)
+        assert store.layer_directory(chain[0]).is_relative_to(tether_podman.root)
+    finally:
+        subprocess.run(["umount", "-R", str(primary.runroot)], capture_output=True)
+
+
+@needs_applier
+def test_copy_image_between_stores(registry: RunningRegistry, pushed: dict[str, Any], podman: Podman,
+                                   tether_podman: Podman) -> None:
+    image = pushed["rich"]
+    podman.pull(f"{registry.host}/store/rich:v1")
+    src = Store.open(podman.root)
+    dst = Store.open(tether_podman.root)
+    copied = containers_storage.copy_image(src, image.image_id, dst, names=["localhost/copied:1"])
+    assert copied.names == ("localhost/copied:1",)
+    listed = tether_podman.images()
+    assert [(i["Id"], i["Names"], i["Digest"]) for i in listed] == [
+        (image.image_id, ["localhost/copied:1"], image.manifest_digest)]
+    a = {r["id"]: r for r in json.loads((podman.root / "overlay-layers" / "layers.json").read_text())}
+    for rec in json.loads((tether_podman.root / "overlay-layers" / "layers.json").read_text()):
+        rec.pop("created")
+        a[rec["id"]].pop("created")
+        assert rec == a[rec["id"]]
+    src_img = json.loads((podman.root / "overlay-images" / "images.json").read_text())[0]
+    dst_img = json.loads((tether_podman.root / "overlay-images" / "images.json").read_text())[0]
+    for key in ("digest", "layer", "metadata", "big-data-names", "big-data-sizes", "big-data-digests", "created"):
+        assert dst_img[key] == src_img[key], key
+    assert dst.check() == []
