@@ -845,3 +845,39 @@ def test_packaged_shortnames_conf_loads(tmp_path: Path) -> None:
         assert alias.value is not None
         assert alias.origin == dropin
         assert resolve_short_name(conf, name) == (alias.value.tag_name_only(),)
+
+
+_pfm = st.sampled_from([None, "all", "digest-only", "tag-only"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    mirrors=st.lists(st.tuples(_pfm, st.booleans()), max_size=4),
+    digest_only=st.booleans(),
+    digested=st.booleans(),
+    tag=st.sampled_from(["1", "latest", "v2.0"]),
+)
+def test_pull_sources_model(
+    mirrors: list[tuple[str | None, bool]], digest_only: bool, digested: bool, tag: str
+) -> None:
+    """Mirrors first in file order, filtered by mirror-by-digest-only / pull-from-mirror; the primary last;
+    tag and digest carried to every endpoint."""
+    if digest_only:
+        mirrors = [(None, insecure) for _, insecure in mirrors]
+    reg = RegistryEntry(
+        prefix="src.io/team",
+        location="primary.io/team",
+        mirror_by_digest_only=digest_only,
+        mirrors=tuple(Mirror(f"m{i}.io/cache", insecure, pfm) for i, (pfm, insecure) in enumerate(mirrors)),  # type: ignore[arg-type]
+    )
+    conf = RegistriesConf(registries=(reg,))
+    ref = parse_reference(f"src.io/team/app@{D}" if digested else f"src.io/team/app:{tag}")
+    sources = pull_sources(conf, ref)
+    suffix = f"app@{D}" if digested else f"app:{tag}"
+    expected = []
+    for i, (pfm, insecure) in enumerate(mirrors):
+        use = digested if digest_only else (pfm in (None, "all") or (pfm == "digest-only") == digested)
+        if use:
+            expected.append(PullSource(parse_reference(f"m{i}.io/cache/{suffix}"), insecure, True))
+    expected.append(PullSource(parse_reference(f"primary.io/team/{suffix}"), False, False))
+    assert list(sources) == expected
