@@ -479,11 +479,6 @@ class RegistryClient:
         raw, truncated = await _http.read_capped(response, MAX_MANIFEST_SIZE, what="manifest")
         if truncated:
             raise ManifestError(f"{where}: manifest is more than the {MAX_MANIFEST_SIZE} byte limit")
-        media_type = response.headers.get("content-type", "")
-        try:
-            parsed = parse_manifest(raw, media_type)
-        except ManifestError as exc:
-            raise ManifestError(f"{where}: {exc}") from None
         algorithm = ref.digest.split(":", 1)[0] if ref.digest else "sha256"
         digest = f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
         if ref.digest is not None and digest != ref.digest:
@@ -491,6 +486,11 @@ class RegistryClient:
         served = response.headers.get("docker-content-digest")
         if served and served.split(":", 1)[0] == algorithm and served != digest:
             raise DigestMismatchError(f"{where}: manifest digest is {digest}, the registry says {served}")
+        media_type = response.headers.get("content-type", "")
+        try:
+            parsed = parse_manifest(raw, media_type)
+        except ManifestError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
         return FetchedManifest(raw=raw, media_type=parsed.media_type, digest=digest, source=source)
 
     async def fetch_manifest(self, ref: Reference) -> FetchedManifest:
