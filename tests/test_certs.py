@@ -24,11 +24,9 @@ from registry.certs import (
     ssl_context_for,
 )
 from registry.errors import ConfigError
-from tests.harness import tls as tls_harness
 from tests.harness.registry import RunningRegistry
+from tests.harness.tls import PKIFiles as PKI
 from tests.harness.tls import make_pki, start_tls_registry, write_certs_d
-
-PKI = tls_harness.TestPKI
 
 
 @pytest.fixture(scope="module")
