@@ -219,13 +219,9 @@ def normalize_image_name(name: str) -> str:
     Short names (which need registries.conf to resolve) and transport names (``oci:...``) are
     returned unchanged.
     """
+    from registry.reference import is_short_name, parse_reference
+
     try:
-        from registry.reference import is_short_name, parse_reference
-    except ImportError:  # pragma: no cover - only while registry/ is being written
-        return name
-    try:
-        if ":" in name.split("/", 1)[0] and "/" not in name and not name.startswith("localhost"):
-            return name
         if is_short_name(name):
             return name
         ref = parse_reference(name)

@@ -64,10 +64,8 @@ class GCResult:
 
 
 def _is_short(name: str) -> bool:
-    try:
-        from registry.reference import is_short_name
-    except ImportError:  # pragma: no cover
-        return "/" not in name
+    from registry.reference import is_short_name
+
     try:
         return bool(is_short_name(name))
     except Exception:

@@ -312,7 +312,9 @@ def deployment_status(deployment: Deployment, images: Sequence[ImageRecord], sto
                 entries=entries,
             )
         )
-    ready = bool(record and record.ready) and all(s.recorded and s.present for s in statuses)
+    # Nothing bound: ready as it is. Otherwise a sync must have recorded every image, and each recorded
+    # image must still be in the store.
+    ready = not statuses or (bool(record and record.ready) and all(s.recorded and s.present for s in statuses))
     return DeploymentStatus(deployment=deployment, ready=ready, images=tuple(statuses), bound=bound)
 
 

@@ -201,6 +201,8 @@ def test_empty_deployment_is_ready(tmp_path: Path) -> None:
     root = tmp_path / "r"
     root.mkdir()
     store = tmp_path / "store"
+    # Nothing bound: ready without any sync (a reboot into it needs nothing).
+    assert main(["bound", "status", "--root", str(root), "--store", str(store), "--check", str(root)]) == 0
     assert main(["bound", "sync", "--root", str(root), "--store", str(store), "--progress", "none"]) == 0
     assert main(["bound", "status", "--root", str(root), "--store", str(store), "--check", str(root)]) == 0
 
