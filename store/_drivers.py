@@ -141,9 +141,9 @@ def vfs_install(root: Path, layer_id: str, parent: str | None, staged_tree: Path
     target = dirs / layer_id
     if target.exists():
         remove_layer_dirs(root, "vfs", layer_id)
-    if tree_preset and not parent:
-        os.chown(staged_tree, 0, 0)
-        os.chmod(staged_tree, DEFAULT_PERMS)
+    # The root's mode/owner were set before extraction (0555 root, or the parent's by the copy) and
+    # the diff's root entry, applied by the extractor, wins as in c/storage: nothing to adjust here.
+    del tree_preset
     os.rename(staged_tree, target)
 
 

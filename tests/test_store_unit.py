@@ -80,7 +80,7 @@ def test_add_names_moves_and_records_history() -> None:
 
 
 def test_lookup_image() -> None:
-    raws = [
+    raws: list[dict[str, Any]] = [
         {"id": "a" * 64, "names": ["quay.io/org/app:1.0"], "digest": "sha256:" + "d" * 64,
          "big-data-digests": {"manifest-sha256:" + "e" * 64: "sha256:" + "e" * 64, "sha256:" + "a" * 64: "x"}},
         {"id": "ab" + "c" * 62, "names": ["localhost/other:latest"]},
