@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable, Sequence
@@ -568,6 +569,45 @@ class RegistryClient:
 
         result: ResolvedImage = await self._first_success(sources, attempt)
         return result
+
+    async def list_tags(self, source: PullSource, *, max_pages: int = 100) -> tuple[str, ...]:
+        """The repository's tags at ``source`` (``GET /v2/<name>/tags/list``, ``Link`` pages followed).
+
+        c/image ``docker.GetRepositoryTags`` asks the reference's registry; tether asks the endpoint
+        given (the one that served the manifest), so ``inspect`` shows what that endpoint has.
+        """
+        ref = source.reference
+        endpoint = self._endpoint(ref.registry_host, source.insecure)
+        creds = await self._credentials(ref.name)
+        scopes = (_repository_scope(ref.path, "pull"),)
+        url: str | httpx.URL = f"/v2/{ref.path}/tags/list"
+        tags: list[str] = []
+        for _ in range(max_pages):
+            response = await self._call(endpoint, "GET", url, scopes=scopes, creds=creds)
+            if response.status_code != 200:
+                raise await _http.status_error(response)
+            link = response.headers.get("link")
+            request_url = response.request.url
+            body, truncated = await _http.read_capped(response, MAX_MANIFEST_SIZE, what="tag list")
+            where = f"GET {_http.display_url(request_url)}"
+            if truncated:
+                raise RegistryError(f"{where}: the tag list is larger than {MAX_MANIFEST_SIZE} bytes")
+            try:
+                page = json.loads(body)
+            except ValueError:
+                raise RegistryError(f"{where}: the tag list is not JSON") from None
+            page_tags = page.get("tags") if isinstance(page, dict) else None
+            if page_tags is not None and (
+                not isinstance(page_tags, list) or not all(isinstance(tag, str) for tag in page_tags)
+            ):
+                raise RegistryError(f"{where}: the tag list is malformed")
+            tags.extend(page_tags or ())
+            # distribution spec: Link: </v2/<name>/tags/list?n=..&last=..>; rel="next"
+            match = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link or "")
+            if match is None:
+                return tuple(tags)
+            url = request_url.join(match.group(1))
+        raise RegistryError(f"listing tags of {ref.name}: more than {max_pages} pages")
 
     # ---- blobs
 

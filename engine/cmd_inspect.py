@@ -1,0 +1,192 @@
+"""``tether inspect``: what ``skopeo inspect`` prints, from tether's own registry client.
+
+The JSON has skopeo's keys (skopeo ``cmd/skopeo/inspect/output.go``: ``Name``, ``Digest``,
+``RepoTags``, ``Created``, ``DockerVersion``, ``Labels``, ``Architecture``, ``Variant``, ``Os``,
+``Layers``, ``LayersData``, ``Env``), marshalled as Go's ``json.MarshalIndent(.., "", "    ")`` does,
+plus ``Endpoint``: the repository actually read (``host/path`` of the mirror or primary that served
+the manifest). ``Digest`` is the digest of what the name points at (an index for multi-platform
+images), the rest describes the platform's image, as in skopeo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from engine.errors import UsageError
+from engine.options import CommonOptions, add_common_options, common_options_from_args
+
+# image-spec specs-go/v1/config.go field order (what skopeo's --config prints, via c/image OCIConfig)
+_OCI_IMAGE_FIELDS = ("created", "author", "architecture", "variant", "os", "os.version", "os.features",
+                     "config", "rootfs", "history")
+_OCI_CONTAINER_FIELDS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
+                         "StopSignal", "ArgsEscaped")
+_OCI_HISTORY_FIELDS = ("created", "created_by", "author", "comment", "empty_layer")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``inspect`` to the CLI."""
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show an image's manifest, config and layers in a registry (as skopeo inspect does)",
+        description="Print IMAGE's metadata as skopeo inspect does (same JSON keys), plus Endpoint: the "
+                    "repository actually used (a mirror, or the primary). IMAGE is docker://NAME or a "
+                    "registry reference; short names are resolved through registries.conf.",
+    )
+    add_common_options(parser, store=False)
+    parser.add_argument("--raw", action="store_true",
+                        help="print the manifest (with --config: the config) bytes exactly as served")
+    parser.add_argument("--config", action="store_true", help="print the image's config")
+    parser.add_argument("--no-tags", "-n", action="store_true", help="do not list the repository's tags")
+    parser.add_argument("image", metavar="IMAGE")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tether inspect``; returns the exit status."""
+    import trio
+
+    options = common_options_from_args(args)
+    output = trio.run(
+        lambda: inspect_image(args.image, options, raw=args.raw, config=args.config, list_tags=not args.no_tags)
+    )
+    sys.stdout.buffer.write(output)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+async def inspect_image(
+    name: str, options: CommonOptions, *, raw: bool = False, config: bool = False, list_tags: bool = True
+) -> bytes:
+    """The bytes ``tether inspect`` prints for ``name``."""
+    from engine.options import load_registry_config
+    from registry.client import open_registry_client
+    from registry.errors import RegistryError
+    from registry.reference import DockerName, parse_image_name
+    from registry.registries_conf import resolve_short_name
+
+    parsed = parse_image_name(name)
+    if not isinstance(parsed, DockerName):
+        raise UsageError(f"inspect {name}: only registry images (docker://) can be inspected")
+    conf, auth = load_registry_config(options)
+    candidates = (parsed.reference,) if parsed.reference is not None else resolve_short_name(conf, parsed.name)
+    async with open_registry_client(
+        registries=conf, auth=auth, cert_dir=options.cert_dir, tls_verify=options.tls_verify
+    ) as client:
+        if raw and not config:
+            for i, ref in enumerate(candidates):
+                try:
+                    return (await client.fetch_manifest(ref)).raw
+                except RegistryError:
+                    if i == len(candidates) - 1:
+                        raise
+        resolved = None
+        for i, ref in enumerate(candidates):
+            try:
+                resolved = await client.resolve_image(ref, platform=options.wanted_platform())
+                break
+            except RegistryError:
+                if i == len(candidates) - 1:
+                    raise
+        assert resolved is not None
+        if config:
+            if raw:
+                return resolved.config_raw
+            return go_json(oci_config_view(resolved.config.raw)) + b"\n"
+        served = resolved.manifest.source
+        tags = await client.list_tags(served) if list_tags else ()
+    top = resolved.index or resolved.manifest
+    image_config = resolved.config
+    out: dict[str, Any] = {
+        "Name": resolved.reference.name,
+        "Digest": top.digest,
+        "RepoTags": list(tags),
+        "Created": go_time(image_config.raw.get("created")),
+        "DockerVersion": image_config.docker_version or "",
+        "Labels": dict(image_config.labels) or None,
+        "Architecture": image_config.architecture,
+    }
+    if image_config.variant:
+        out["Variant"] = image_config.variant
+    out["Os"] = image_config.os
+    out["Layers"] = [layer.digest for layer in resolved.parsed.layers]
+    out["LayersData"] = [
+        {
+            "MIMEType": layer.media_type,
+            "Digest": layer.digest,
+            "Size": layer.size,
+            "Annotations": dict(layer.annotations) or None,
+        }
+        for layer in resolved.parsed.layers
+    ]
+    out["Env"] = list(image_config.env) or None
+    out["Endpoint"] = served.reference.name
+    return go_json(out) + b"\n"
+
+
+def go_time(value: object) -> str | None:
+    """An RFC 3339 time re-marshalled as Go's ``time.Time`` does (RFC3339Nano: trailing zeros of the
+    fraction dropped, the offset kept, ``Z`` for UTC); None when absent or unparsable."""
+    from registry.manifest import parse_rfc3339
+
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when, nanos = parse_rfc3339(value)
+    except ValueError:
+        return None
+    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    offset = when.utcoffset()
+    seconds = int(offset.total_seconds()) if offset is not None else 0
+    if seconds == 0:
+        return text + "Z"
+    sign = "+" if seconds > 0 else "-"
+    seconds = abs(seconds)
+    return f"{text}{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
+
+
+def go_json(value: object) -> bytes:
+    """``json.MarshalIndent(value, "", "    ")``: Go escapes <, >, & and U+2028/U+2029 in strings."""
+    text = json.dumps(value, indent=4, ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text.encode("utf-8")
+
+
+def _ordered(obj: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {key: obj[key] for key in fields if key in obj and obj[key] not in (None, "", [], {})}
+
+
+def oci_config_view(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as c/image's ``OCIConfig`` re-marshals it: OCI fields only, in the spec's order."""
+    out = _ordered(raw, _OCI_IMAGE_FIELDS)
+    if "created" in out:
+        out["created"] = go_time(out["created"])
+    container = raw.get("config")
+    if isinstance(container, Mapping):
+        out["config"] = _ordered(container, _OCI_CONTAINER_FIELDS)
+    rootfs = raw.get("rootfs")
+    if isinstance(rootfs, Mapping):
+        out["rootfs"] = {"type": rootfs.get("type", ""), "diff_ids": rootfs.get("diff_ids") or None}
+    history = raw.get("history")
+    if isinstance(history, list):
+        items = []
+        for item in history:
+            if isinstance(item, Mapping):
+                entry = _ordered(item, _OCI_HISTORY_FIELDS)
+                if "created" in entry:
+                    entry["created"] = go_time(entry["created"])
+                items.append(entry)
+        out["history"] = items
+    # architecture, os, config and rootfs are not omitempty in specs-go (a struct is never omitted)
+    out.setdefault("architecture", raw.get("architecture") or "")
+    out.setdefault("os", raw.get("os") or "")
+    out.setdefault("config", {})
+    out.setdefault("rootfs", {"type": "", "diff_ids": None})
+    return {key: out[key] for key in _OCI_IMAGE_FIELDS if key in out}
