@@ -70,14 +70,9 @@ class CommonOptions:
         /etc/ostree/auth.json and /usr/lib/ostree/auth.json, and hands podman an empty ``{}`` when none
         exists so that nothing else is read; ``None`` here means exactly that.
         """
-        if self.authfile is not None:
-            return self.authfile
-        env = self.environ.get("REGISTRY_AUTH_FILE")
-        if env:
-            return Path(env)
-        from registry.auth import find_bootc_auth_file
+        from registry.auth import select_auth_file
 
-        return find_bootc_auth_file(sysroot=self.sysroot)
+        return select_auth_file(explicit=self.authfile, environ=self.environ, sysroot=self.sysroot)
 
     def policy_path(self) -> Path:
         """The signature policy: ``--signature-policy``, else /etc/containers/policy.json."""
@@ -137,6 +132,7 @@ def load_registry_config(options: CommonOptions) -> tuple[RegistriesConf, AuthFi
     from registry.auth import load_auth_file
     from registry.registries_conf import load_registries_conf
 
-    conf = load_registries_conf(path=options.registries_conf, environ=options.environ)
+    root = None if options.sysroot == Path("/") else options.sysroot
+    conf = load_registries_conf(path=options.registries_conf, environ=options.environ, root=root)
     auth = load_auth_file(options.auth_file_path())
     return conf, auth

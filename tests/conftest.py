@@ -48,5 +48,7 @@ def podman(tmp_path: Path) -> Iterator[Podman]:
     try:
         yield instance
     finally:
-        subprocess.run(["umount", "-R", str(instance.runroot)], capture_output=True)
+        # podman mounts ROOT/overlay on itself and tmpfs-like state under the run root.
+        for mount in (instance.root / "overlay", instance.runroot):
+            subprocess.run(["umount", "-R", "-l", str(mount)], capture_output=True)
         shutil.rmtree(instance.runroot, ignore_errors=True)
