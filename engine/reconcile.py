@@ -60,17 +60,19 @@ class SyncError(EngineError):
 
 
 @contextlib.contextmanager
-def hold_store(store_root: Path) -> Iterator[None]:
-    """Hold ``STORE/tether/tether.lock`` exclusively (``flock``) or raise :class:`StoreBusyError`.
+def hold_store(store_root: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold ``STORE/tether/tether.lock`` (``flock``) or raise :class:`StoreBusyError` at once.
 
-    The file records the holder's pid for the message another tether prints.
+    Exclusive for sync and gc; ``shared`` for work that only adds to the store (a plain ``tether pull``
+    could take it so that a gc never runs while it has reused but not yet committed a layer). The file
+    records the exclusive holder's pid for the message another tether prints.
     """
     path = Path(store_root) / LOCK_NAME
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
@@ -78,13 +80,15 @@ def hold_store(store_root: Path) -> Iterator[None]:
             raise StoreBusyError(
                 f"another tether (pid {holder}) holds the store {store_root}; try again when it has finished"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+            if not shared:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

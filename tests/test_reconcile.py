@@ -174,6 +174,19 @@ async def test_sync_refuses_while_another_tether_holds_the_store(tmp_path: Path)
     assert report.ok
 
 
+def test_shared_holders_exclude_sync_and_gc(tmp_path: Path) -> None:
+    def take(*, shared: bool) -> None:
+        with hold_store(tmp_path, shared=shared):
+            pass
+
+    with hold_store(tmp_path, shared=True), hold_store(tmp_path, shared=True):
+        take(shared=True)
+        with pytest.raises(StoreBusyError, match="another tether"):
+            take(shared=False)
+    with hold_store(tmp_path), pytest.raises(StoreBusyError):
+        take(shared=True)
+
+
 def test_cli_lock_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = make_root(tmp_path / "r", {})
     store = tmp_path / "store"
