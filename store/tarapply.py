@@ -300,7 +300,10 @@ class TarApplier:
                 continue
             if self._special is not None:
                 take = self._special_left if self._special_left <= n - pos else n - pos
-                self._special += data[pos : pos + take]
+                raw = data[pos : pos + take]
+                self._special += raw
+                self._seg.append(raw)  # raw-accounted: part of the segment (tar-split's parsePAX)
+                self._seg_len += take
                 pos += take
                 self._special_left -= take
                 if not self._special_left:
@@ -347,7 +350,12 @@ class TarApplier:
             raise HostileArchiveError("layer tar truncated inside a header block")
         if self._pad:
             raise HostileArchiveError("layer tar truncated inside the padding of the last member")
+        # tar-split v0.11.2 (containers/storage 1.43): after the tar reader's EOF, whatever remains of the
+        # stream is read in chunks of up to 1 MiB, each recorded as a segment, and the final read (0 bytes,
+        # EOF) adds an empty segment (Go's decompressors may return the last bytes together with EOF, which
+        # saves that empty segment; it carries no bytes either way).
         self._flush_segment()
+        self._ts.add_segment(b"")
         self._finish_dirs()
 
     # ---------------------------------------------------------------- headers
