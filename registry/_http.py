@@ -135,6 +135,10 @@ async def aiter_raw(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     Closing this generator early closes the response.
     """
     request = response.request
+    if response.is_stream_consumed:  # an in-memory response (httpx.MockTransport): already read
+        if response.content:
+            yield response.content
+        return
     iterator = response.aiter_raw()
     finished = False
     try:

@@ -169,12 +169,14 @@ class RegistryClient:
         retry_policy: RetryPolicy,
         exit_stack: AsyncExitStack,
         cert_search_dirs: Sequence[Path] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._registries = registries
         self._auth = auth
         self._credentials_cache: dict[str, _Credentials | None] = {}
         self._cert_dir = cert_dir
         self._cert_search_dirs = tuple(cert_search_dirs) if cert_search_dirs is not None else None
+        self._transport = transport
         self._tls_verify = tls_verify
         self._max_connections = max_connections_per_host
         self.retry_policy = retry_policy
@@ -235,6 +237,7 @@ class RegistryClient:
                 headers={"User-Agent": USER_AGENT, "Docker-Distribution-API-Version": "registry/2.0"},
                 follow_redirects=False,
                 trust_env=False,
+                transport=self._transport,
             )
             self._exit_stack.push_async_callback(client.aclose)
             self._clients[key] = client
@@ -1048,6 +1051,7 @@ async def open_registry_client(
     max_connections_per_host: int = 8,
     retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
     cert_search_dirs: Sequence[Path] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[RegistryClient]:
     """A :class:`RegistryClient` for one configuration; its connections close on exit.
 
@@ -1055,7 +1059,8 @@ async def open_registry_client(
     replaces the certs.d lookup (``--cert-dir``); ``tls_verify`` overrides registries.conf's
     ``insecure`` either way when set. ``retry_policy`` tunes retries and timeouts;
     ``cert_search_dirs`` replaces the certs.d parents searched for ``HOST[:PORT]/`` (default
-    :func:`registry.certs.cert_search_dirs`).
+    :func:`registry.certs.cert_search_dirs`). ``transport`` replaces the network for every host
+    (``httpx.MockTransport`` in protocol tests).
     """
     async with AsyncExitStack() as stack:
         yield RegistryClient(
@@ -1067,4 +1072,5 @@ async def open_registry_client(
             retry_policy=retry_policy,
             exit_stack=stack,
             cert_search_dirs=cert_search_dirs,
+            transport=transport,
         )
