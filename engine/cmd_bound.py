@@ -143,7 +143,8 @@ def _deployment_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="DIR",
-        help="a plain deployment root (repeatable; the first is the new one)",
+        help="a plain deployment root (repeatable; the first is the new one). gc, also run after a sync, keeps "
+        "only what the deployments given bind",
     )
     group.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
