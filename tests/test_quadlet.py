@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.errors import BoundImageError
 from engine.quadlet import (
@@ -165,3 +167,41 @@ def test_parse_bool(text: str, expected: bool) -> None:
 
 def test_parse_bool_invalid() -> None:
     assert parse_bool("maybe") is None
+
+
+# --- property: a model of sections/keys/values written with comments, blank lines, indentation and
+# continuations (split at spaces: systemd turns "\<newline>" into a space) parses back, last value winning.
+
+_names = st.text(alphabet=st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0-9_"), min_size=1,
+                 max_size=8).filter(lambda s: s[0].isalpha())
+_words = st.text(alphabet=st.sampled_from("abcxyz0123456789./:@%-_\"'"), min_size=1, max_size=10)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    entries=st.lists(st.tuples(st.sampled_from(["Image", "Container", "Unit"]), _names,
+                               st.lists(_words, min_size=1, max_size=4)), max_size=12),
+    data=st.data(),
+)
+def test_roundtrip_model(entries: list[tuple[str, str, list[str]]], data: st.DataObject) -> None:
+    lines: list[str] = []
+    expected: dict[tuple[str, str], str] = {}
+    for section, key, words in entries:
+        if data.draw(st.booleans()):
+            lines.append(data.draw(st.sampled_from(["# comment", "; other", "", "   "])))
+        lines.append(f"[{section}]")
+        pieces = [words[0]]
+        for word in words[1:]:
+            if data.draw(st.booleans()):
+                pieces.append(f"\\\n{data.draw(st.sampled_from(['', '  ', '# inside', '; inside']))}")
+                if pieces[-1].endswith("inside"):
+                    pieces.append("\n")
+                pieces.append(word)
+            else:
+                pieces.append(" " + word)
+        indent = data.draw(st.sampled_from(["", "  ", "\t"]))
+        lines.append(f"{indent}{key} = {''.join(pieces)}")
+        expected[(section, key)] = " ".join(words)
+    unit = parse_unit("\n".join(lines) + "\n")
+    for (section, key), value in expected.items():
+        assert unit.get(section, key) == value
