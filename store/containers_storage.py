@@ -279,6 +279,7 @@ class Store:
         driver: str,
         runroot: Path | None = None,
         additional_image_stores: Sequence[Path] = (),
+        read_only: bool = False,
     ) -> None:
         if driver not in DRIVERS:
             raise UnsupportedError(f"storage driver {driver!r} is not supported (use overlay or vfs): {root}")
@@ -291,8 +292,9 @@ class Store:
         self.images_dir = root / f"{driver}-images"
         self.containers_dir = root / f"{driver}-containers"
         self.staging_base = root / driver / STAGING_NAME
-        self._layers_lock: LockFile = get_lockfile(self.layers_dir / "layers.lock")
-        self._images_lock: LockFile = get_lockfile(self.images_dir / "images.lock")
+        self.read_only = read_only
+        self._layers_lock: LockFile = get_lockfile(self.layers_dir / "layers.lock", read_only=read_only)
+        self._images_lock: LockFile = get_lockfile(self.images_dir / "images.lock", read_only=read_only)
         self._live_staging: dict[str, _Staging] = {}
 
     # ---------------------------------------------------------------- opening
@@ -312,9 +314,20 @@ class Store:
         """
         root = Path(os.path.abspath(root))
         chosen = driver or detect_driver(root) or "overlay"
+        if root.is_dir() and not os.access(root, os.W_OK):
+            # A store on a read-only filesystem (or not ours to write): readable, like c/storage's
+            # read-only stores; every write then fails naming the store.
+            return cls(root, driver=chosen, runroot=runroot, additional_image_stores=additional_image_stores,
+                       read_only=True)
         store = cls(root, driver=chosen, runroot=runroot, additional_image_stores=additional_image_stores)
-        store._create_layout()
-        store._recover()
+        try:
+            store._create_layout()
+            store._recover()
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not (root / f"{chosen}-layers").is_dir():
+                raise StoreError(f"opening store {root}: {exc}") from exc
+            store = cls(root, driver=chosen, runroot=runroot, additional_image_stores=additional_image_stores,
+                        read_only=True)
         return store
 
     def _create_layout(self) -> None:

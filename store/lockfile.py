@@ -58,18 +58,23 @@ class LockFile:
         self._exclusive = False
         self._last_seen: bytes | None = None
 
-    def _open(self) -> int | None:
-        flags = os.O_CLOEXEC | (os.O_RDONLY if self.read_only else os.O_RDWR | os.O_CREAT)
+    def _open(self, exclusive: bool) -> int | None:
+        read_only = self.read_only
+        flags = os.O_CLOEXEC | (os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT)
         try:
             return os.open(self.path, flags, 0o644)
         except FileNotFoundError:
-            if self.read_only:
+            if read_only:
                 return None  # a read-only additional store without lock files: nothing to coordinate with
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             return os.open(self.path, flags, 0o644)
         except OSError as exc:
-            if self.read_only and exc.errno in (errno.EACCES, errno.EROFS):
-                return None
+            if not exclusive and exc.errno in (errno.EACCES, errno.EROFS):
+                # A store on a read-only filesystem: read locks through a read-only descriptor.
+                try:
+                    return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
             raise LockError(f"opening lock file {self.path}: {exc}") from exc
 
     def _acquire(self, exclusive: bool) -> None:
@@ -77,7 +82,7 @@ class LockFile:
             raise LockError(f"cannot take a write lock on read-only lock file {self.path}")
         self._mutex.acquire()
         try:
-            fd = self._open()
+            fd = self._open(exclusive)
             if fd is not None:
                 kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
                 while True:
@@ -151,8 +156,8 @@ def get_lockfile(path: Path, *, read_only: bool = False) -> LockFile:
     with _registry_lock:
         existing = _registry.get(key)
         if existing is not None:
-            if existing.read_only != read_only and not read_only:
-                raise LockError(f"lock {key} was opened read-only; cannot use it for writing")
+            if existing.read_only and not read_only:
+                existing.read_only = False  # first used as an additional (read-only) store, now written
             return existing
         created = LockFile(Path(key), read_only=read_only)
         _registry[key] = created

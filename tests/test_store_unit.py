@@ -199,3 +199,22 @@ def test_storage_conf(tmp_path: Path) -> None:
     assert parsed.driver == "vfs" and parsed.graphroot == Path("/g") and parsed.runroot == Path("/r")
     assert parsed.additional_image_stores == (Path("/usr/lib/bootc/storage"), Path("/ro"))
     assert load_storage_conf(tmp_path / "missing.conf").driver is None
+
+
+def test_open_read_only_filesystem(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    Store.open(root, driver="vfs")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(root), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts are not permitted here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode != 0:
+            pytest.skip("read-only remounts are not permitted here")
+        store = Store.open(ro)
+        assert store.read_only and store.driver == "vfs"
+        assert store.list_images() == [] and store.list_layers() == []
+        with pytest.raises(LockError):
+            store.delete_image("x")
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
