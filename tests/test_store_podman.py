@@ -182,6 +182,17 @@ def test_same_image_same_records(registry: RunningRegistry, pushed: dict[str, An
             assert len(lower_a) == len(lower_b)
         assert tree_listing(b / "overlay" / rec["id"] / "diff") == _without_whiteout_mtimes(
             tree_listing(a / "overlay" / rec["id"] / "diff"), tree_listing(b / "overlay" / rec["id"] / "diff"))
+    # and the mounted root filesystems (overlayfs merging lower layers, whiteouts, opaque dirs)
+    name = f"{registry.host}/store/rich:v1"
+    mounted_a = Path(podman.run("image", "mount", name).stdout.strip())
+    mounted_b = Path(tether_podman.run("image", "mount", name).stdout.strip())
+    try:
+        tree_a, tree_b = tree_listing(mounted_a), tree_listing(mounted_b)
+        assert tree_b == tree_a
+        assert "var/cache/new" in tree_b and "var/cache/keep" not in tree_b and "var/cache/old" not in tree_b
+    finally:
+        podman.run("image", "unmount", name, check=False)
+        tether_podman.run("image", "unmount", name, check=False)
 
 
 def _without_whiteout_mtimes(a: dict[str, tuple[Any, ...]], b: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
