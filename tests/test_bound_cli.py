@@ -77,3 +77,15 @@ def test_sysroot_cli_default_store_progress_fd_and_check(
     assert main(["bound", "status", *args, "--check", "default"]) == 0
     assert main(["bound", "gc", *args, "--dry-run"]) == 0
     assert "would remove 0 image(s)" in capsys.readouterr().out
+
+    # An upgrade is staged (as bootc upgrade does): the gate fails until its images are synced.
+    push_image(host, "cli1/app:2", simple_image(502, files=1, layers=1))
+    run_dir = tmp_path / "run"
+    c2 = sysroot.commit({"app.image": f"{host}/cli1/app:2"}, tag="v2")
+    sysroot.stage(run_dir)
+    staged = [*args, "--run-dir", str(run_dir)]
+    assert main(["bound", "status", *staged, "--check", "staged"]) == 1
+    assert capsys.readouterr().out.strip() == f"testos-{c2}.0: not ready"
+    assert main(["bound", "sync", *staged, "--tls-verify=false", "--progress", "none"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"testos-{c2}.0: ready", f"testos-{c1}.0: ready"]
+    assert main(["bound", "status", *staged, "--check", "staged"]) == 0
