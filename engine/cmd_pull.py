@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.progress import ProgressMode, make_progress
     from engine.pull import PullRequest, pull
+    from engine.reconcile import hold_store
     from store.containers_storage import Store
 
     options = common_options_from_args(args)
@@ -58,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(mode, progress_fd=args.progress_fd)
     store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
     requests = [PullRequest(name=name) for name in args.images]
-    report = trio.run(lambda: pull(requests, store=store, options=options, jobs=args.jobs,
-                                   policy=args.pull_policy, progress=progress))
+    # Shared: several pulls may add to the store at once, but a gc or bound sync (exclusive) never runs
+    # while this one has reused a layer it has not yet committed an image on.
+    with hold_store(store.root, shared=True):
+        report = trio.run(lambda: pull(requests, store=store, options=options, jobs=args.jobs,
+                                       policy=args.pull_policy, progress=progress))
     if options.format == "json":
         out = [
             {"name": r.request.name, "reference": r.reference, "id": r.image_id, "digest": r.manifest_digest,
