@@ -44,6 +44,9 @@ class World:
     home: Path
     tmp: Path
     digest: str
+    index_digest: str
+    instance_digest: str
+    layouts: Path
 
 
 def _tamper_sigstore(sig: SigstoreSignature) -> SigstoreSignature:
@@ -88,11 +91,24 @@ def world(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -
         }
         for case, blob in blobs.items():
             write_lookaside(lookaside, f"gpg/{case}", digest, [blob])
+        # an index: containers/image evaluates the policy on the per-platform instance it pulls, so a
+        # signature of the index digest alone does not count
+        inst = factory.simple_image(seed=811, files=1, layers=1)
+        index = factory.build_index([inst])
+        for repo in ("gpg/index-instance", "gpg/index-top"):
+            factory.push_image(host, f"{repo}:1", index)
+        write_lookaside(lookaside, "gpg/index-instance", inst.manifest_digest, [
+            gpg.sign_image(manifest_digest=inst.manifest_digest, docker_reference=f"{host}/gpg/index-instance:1")])
+        write_lookaside(lookaside, "gpg/index-top", index.manifest_digest, [
+            gpg.sign_image(manifest_digest=index.manifest_digest, docker_reference=f"{host}/gpg/index-top:1")])
         cosign_pub = cosign.write_public_key(tmp / "cosign.pub")
         gpg_pub = gpg.write_public_key(tmp / "gpg.asc")
     finally:
         gpg.close()
         other_gpg.close()
+    layouts = tmp / "layouts"
+    for name in ("open", "signed", "elsewhere"):
+        factory.write_oci_layout(layouts / name, {"app": image})
     policy = tmp / "policy.json"
     policy.write_text(json.dumps({
         "default": [{"type": "reject"}],
@@ -101,7 +117,10 @@ def world(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -
                                 "signedIdentity": {"type": "matchRepoDigestOrExact"}}],
             f"{host}/gpg": [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(gpg_pub)}],
             f"{host}/open": [{"type": "insecureAcceptAnything"}],
-        }},
+        },
+            "oci": {str(layouts / "open"): [{"type": "insecureAcceptAnything"}],
+                    str(layouts / "signed"): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(gpg_pub)}]},
+        },
     }))
     home = tmp / "home"
     regd = home / ".config/containers/registries.d"
@@ -109,7 +128,8 @@ def world(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -
     (regd / "tether-tests.yaml").write_text(
         f'docker:\n  "{host}/cosign":\n    use-sigstore-attachments: true\n'
         f'  "{host}/gpg":\n    lookaside: {lookaside.as_uri()}\n')
-    yield World(registry=registry, policy=policy, home=home, tmp=tmp, digest=digest)
+    yield World(registry=registry, policy=policy, home=home, tmp=tmp, digest=digest,
+                index_digest=index.manifest_digest, instance_digest=inst.manifest_digest, layouts=layouts)
 
 
 def _options(world: World, root: Path) -> CommonOptions:
@@ -215,3 +235,30 @@ async def test_default_reject_and_open_scope(world: World, tmp_path: Path, monke
     assert "rule default[0] (reject)" in (report.results[1].error or "")
     assert _podman_pull(world, f"{host}/open/app:1", tmp_path / "a").returncode == 0
     assert _podman_pull(world, f"{host}/elsewhere/app:1", tmp_path / "b").returncode != 0
+
+
+@pytest.mark.parametrize(("name", "allowed", "reason"), [
+    # by digest, matchRepoDigestOrExact accepts a signature naming any tag of the repository
+    ("{host}/gpg/signed@{digest}", True, ""),
+    ("{host}/gpg/identity@{digest}", False, "Signature for identity"),
+    # indexes: the instance pulled must be signed; the index digest's signature does not match it
+    ("{host}/gpg/index-instance:1", True, ""),
+    ("{host}/gpg/index-top:1", False, "A signature was required, but no signature exists"),
+    # OCI layouts: their own scopes; a layout has no signatures
+    ("oci:{layouts}/open:app", True, ""),
+    ("oci:{layouts}/signed:app", False, "A signature was required, but no signature exists"),
+    ("oci:{layouts}/elsewhere:app", False, "rule default[0] (reject)"),
+])
+async def test_digests_indexes_and_layouts(world: World, name: str, allowed: bool, reason: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(world.home))
+    name = name.format(host=world.registry.host, digest=world.digest, layouts=world.layouts)
+    options = _options(world, tmp_path / "store")
+    report = await pull([name], store=Store.open(options.root, runroot=options.runroot, driver="overlay"),
+                        options=options)
+    podman = _podman_pull(world, name, tmp_path)
+    assert report.ok is allowed, report.results[0].error
+    assert (podman.returncode == 0) is allowed, podman.stderr
+    if not allowed:
+        assert reason in (report.results[0].error or "")
+        assert "Source image rejected" in podman.stderr
