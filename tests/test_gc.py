@@ -66,7 +66,8 @@ def podman_store(tmp_path: Path) -> Iterator[Podman]:
     try:
         yield podman
     finally:
-        subprocess.run(["umount", "-R", str(podman.runroot)], capture_output=True)
+        for path in (podman.runroot, podman.root / "overlay"):
+            subprocess.run(["umount", "-R", str(path)], capture_output=True)
         shutil.rmtree(podman.runroot, ignore_errors=True)
 
 

@@ -18,6 +18,13 @@ from tests.harness.podman import RUN_DENIED, Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 
 
+def release(podman: Podman) -> None:
+    """Unmount what podman left mounted (its run root, and the bind mount of ROOT/overlay)."""
+    for path in (podman.runroot, podman.root / "overlay"):
+        subprocess.run(["umount", "-R", str(path)], capture_output=True)
+    shutil.rmtree(podman.runroot, ignore_errors=True)
+
+
 @pytest.fixture
 def podmen(tmp_path: Path) -> Iterator[tuple[Podman, Podman]]:
     """podman on the source store and on the target store."""
@@ -27,8 +34,7 @@ def podmen(tmp_path: Path) -> Iterator[tuple[Podman, Podman]]:
         yield src, dst
     finally:
         for p in (src, dst):
-            subprocess.run(["umount", "-R", str(p.runroot)], capture_output=True)
-            shutil.rmtree(p.runroot, ignore_errors=True)
+            release(p)
 
 
 def test_install_stored_copies_without_network(
@@ -73,8 +79,7 @@ def test_install_stored_copies_without_network(
         assert run.returncode == 0, run.stderr
         assert run.stdout == "seed 401 layer 0\n"
     finally:
-        subprocess.run(["umount", "-R", str(empty.runroot)], capture_output=True)
-        shutil.rmtree(empty.runroot, ignore_errors=True)
+        release(empty)
 
 
 def test_install_fails_before_touching_target_when_one_is_missing(
