@@ -565,6 +565,28 @@ async def read_lookaside_signatures(base: str, manifest_digest: str, *, http: ht
     return tuple(out)
 
 
+def parse_extension_signatures(body: bytes, *, where: str = "signature list") -> tuple[SimpleSigningSignature, ...]:
+    """The ``X-Registry-Supports-Signatures`` API extension's answer (OpenShift's registry):
+    ``{"signatures": [{"schemaVersion": 2, "type": "atomic", "name": ..., "content": base64}]}``; entries of
+    another version or type are skipped (containers/image ``getSignaturesFromAPIExtension``)."""
+    if len(body) > MAX_SIGNATURE_SIZE:
+        raise PolicyError(f"{where}: larger than {MAX_SIGNATURE_SIZE} bytes")
+    try:
+        obj = json.loads(body)
+        entries = obj.get("signatures") or []
+        if not isinstance(entries, list):
+            raise TypeError("signatures is not a list")
+        out = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise TypeError("a signature entry is not an object")
+            if entry.get("schemaVersion") == 2 and entry.get("type") == "atomic":
+                out.append(SimpleSigningSignature(base64.b64decode(entry.get("content") or "", validate=True)))
+    except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+        raise PolicyError(f"decoding {where}: {exc}") from None
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class SigstoreAttachments:
     """The ``sha256-<hex>.sig`` manifest of one image and its layers' bytes (in manifest order)."""
@@ -619,14 +641,23 @@ async def fetch_signatures(*, client: RegistryClient | None, repository: Referen
                            http: httpx.AsyncClient | None = None) -> tuple[Signature, ...]:
     """All signatures of one image manifest, as containers/image's ``GetSignaturesWithFormat`` collects them.
 
-    ``repository`` is the *physical* repository that served the manifest. Lookaside first (configured for
-    that repository in registries.d, else the built-in directory), then sigstore attachments when
+    ``repository`` is the *physical* repository that served the manifest. The registry's signature API
+    extension if it offers one, else lookaside (configured for that repository in registries.d, else the
+    built-in directory); then sigstore attachments when
     ``use-sigstore-attachments`` is on for it (and ``sigstore`` is true: skipping them is only an
     optimisation when no ``sigstoreSigned`` requirement applies).
     """
     docker_ref = _docker_reference_of(repository)
-    base = registries_d.lookaside_base(docker_ref)
-    sigs: list[Signature] = list(await read_lookaside_signatures(base, manifest_digest, http=http))
+    sigs: list[Signature] = []
+    # The X-Registry-Supports-Signatures extension replaces lookaside when the registry offers it. The client
+    # exposes it as ``fetch_signature_extension(repository, digest) -> bytes | None`` (None: not offered).
+    extension = getattr(client, "fetch_signature_extension", None) if client is not None else None
+    body = await extension(repository, manifest_digest) if extension is not None else None
+    if body is not None:
+        sigs.extend(parse_extension_signatures(body, where=f"signature list of {repository.name}@{manifest_digest}"))
+    else:
+        base = registries_d.lookaside_base(docker_ref)
+        sigs.extend(await read_lookaside_signatures(base, manifest_digest, http=http))
     if sigstore and registries_d.use_sigstore_attachments(docker_ref):
         if client is None:
             raise PolicyError(f"{repository}: sigstore attachments need a registry client")

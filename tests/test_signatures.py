@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -223,3 +224,43 @@ def test_namespace_top_level_precedence() -> None:
                        default_docker=RegistryNamespace(lookaside="file:///d"))
     ref = parse_normalized_docker_reference("quay.io/a:1")
     assert conf.lookaside_base(ref) == "file:///d/a"  # an entry without lookaside falls through
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fetch_signatures: the registry signature API extension replaces lookaside when offered
+
+
+class _ExtensionClient:
+    """Stands in for RegistryClient: only the signature extension (no manifests needed here)."""
+
+    def __init__(self, body: bytes | None) -> None:
+        self.body = body
+        self.asked: list[tuple[str, str]] = []
+
+    async def fetch_signature_extension(self, repository: object, digest: str) -> bytes | None:
+        self.asked.append((str(repository), digest))
+        return self.body
+
+
+async def test_signature_extension_replaces_lookaside(tmp_path: Path) -> None:
+    from registry.reference import Reference
+    from registry.signatures import fetch_signatures, parse_extension_signatures
+
+    body = json.dumps({"signatures": [
+        {"schemaVersion": 2, "type": "atomic", "name": f"{D}@sig1", "content": base64.b64encode(b"\xa3ext").decode()},
+        {"schemaVersion": 1, "type": "atomic", "name": "old", "content": base64.b64encode(b"\xa3old").decode()},
+        {"schemaVersion": 2, "type": "other", "name": "x", "content": ""},
+    ]}).encode()
+    assert parse_extension_signatures(body) == (SimpleSigningSignature(b"\xa3ext"),)
+    with pytest.raises(PolicyError, match="decoding signature list"):
+        parse_extension_signatures(b'{"signatures": 3}')
+    write_lookaside(tmp_path / "l", "org/app", D, [b"\xa3lookaside"])
+    regd = RegistriesD(default_docker=RegistryNamespace(lookaside=(tmp_path / "l").as_uri()))
+    repo = Reference("registry.example.com", "org/app", "1")
+    offered = _ExtensionClient(body)
+    sigs = await fetch_signatures(client=offered, repository=repo, manifest_digest=D, registries_d=regd)  # type: ignore[arg-type]
+    assert sigs == (SimpleSigningSignature(b"\xa3ext"),)
+    assert offered.asked == [(str(repo), D)]
+    not_offered = _ExtensionClient(None)
+    sigs = await fetch_signatures(client=not_offered, repository=repo, manifest_digest=D, registries_d=regd)  # type: ignore[arg-type]
+    assert sigs == (SimpleSigningSignature(b"\xa3lookaside"),)
