@@ -372,7 +372,6 @@ class _Clients:
 
     async def get(self, request: PullRequest) -> RegistryClient:
         from registry.auth import load_auth_file
-
         from registry.client import open_registry_client
 
         authfile = request.authfile if request.authfile is not None else self.options.auth_file_path()
@@ -437,7 +436,10 @@ async def _check_signature_policy(*, image: SourceImage, source: ImageSource, re
     if "policy" not in policy_cache:
         from registry.policy import load_policy
 
-        policy_cache["policy"] = await trio.to_thread.run_sync(load_policy, options.policy_path())
+        # --signature-policy, else $HOME/.config/containers/policy.json, else /etc/containers/policy.json
+        home = options.environ.get("HOME")
+        policy_cache["policy"] = await trio.to_thread.run_sync(
+            lambda: load_policy(options.signature_policy, home=home))
     client = getattr(source, "client", None)
     await verify.enforce_policy(policy=policy_cache["policy"], image=image, name=request.name,
                                 transport=image.transport, client=client)
