@@ -21,7 +21,7 @@ Names recorded in containers-storage follow podman's libimage (``copyFromDefault
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,7 @@ __all__ = [
     "LayoutReader",
     "LayoutSource",
     "find_entry_for_image",
+    "layout_pull_names",
     "normalize_layout_name",
     "open_bound_layout_source",
     "open_layout_reader",
@@ -173,10 +174,14 @@ class LayoutReader:
     async def open_blob(self, descriptor: Descriptor) -> AsyncIterator[AsyncIterator[bytes]]:
         """Stream a blob as chunks (one thread hop per :data:`READ_CHUNK`); verified at its end."""
         fh = await trio.to_thread.run_sync(self._open, descriptor.digest, descriptor.size)
+        chunks = _chunks(fh)
         try:
-            yield _chunks(fh)
+            yield chunks
         finally:
-            fh.close()
+            try:
+                await chunks.aclose()  # no checkpoint: the generator is parked at a yield (or finished)
+            finally:
+                fh.close()
 
     def close(self) -> None:
         """Release the archive's file handle."""
@@ -184,7 +189,7 @@ class LayoutReader:
             self._archive.close()
 
 
-async def _chunks(fh: BinaryIO) -> AsyncIterator[bytes]:
+async def _chunks(fh: BinaryIO) -> AsyncGenerator[bytes, None]:
     while True:
         chunk: bytes = await trio.to_thread.run_sync(fh.read, READ_CHUNK)
         if not chunk:
@@ -313,3 +318,36 @@ async def open_bound_layout_source(layout: str | OCILayoutName | OCIArchiveName,
         yield LayoutSource(reader=reader, entry=entry, description=f"{transport}:{parsed.path}:{entry.ref_name}",
                            names=names)
 
+
+
+def layout_pull_names(layout: str | OCILayoutName | OCIArchiveName, images: Sequence[str]) -> dict[str, str]:
+    """Map bound images to ``oci:DIR:REF`` / ``oci-archive:FILE:REF`` pull names (blocking; reads index.json).
+
+    For ``bound sync --source oci:DIR``: each image is looked up by :func:`find_entry_for_image`; the pull
+    name uses the entry's ref.name, which podman (and tether) record as the image's name -- the bound
+    image's own name, normalized, when the layout was written by ``tether mirror sync``. Raises
+    :class:`LayoutSourceError` listing every image the layout does not hold.
+    """
+    parsed = parse_image_name(layout) if isinstance(layout, str) else layout
+    if not isinstance(parsed, OCILayoutName | OCIArchiveName):
+        raise LayoutSourceError(f"{layout}: not an oci: or oci-archive: source")
+    if parsed.reference is not None or (isinstance(parsed, OCILayoutName) and parsed.index is not None):
+        raise LayoutSourceError(f"{layout}: give the layout without :REF; images are looked up by their names")
+    transport: Transport = "oci-archive" if isinstance(parsed, OCIArchiveName) else "oci"
+    reader = _open_reader(transport, parsed.path)
+    try:
+        entries = reader.entries()
+    finally:
+        reader.close()
+    out: dict[str, str] = {}
+    missing: list[str] = []
+    for image in images:
+        entry = find_entry_for_image(entries, image)
+        if entry is None or entry.ref_name is None:
+            missing.append(image)
+        else:
+            out[image] = f"{transport}:{parsed.path}:{entry.ref_name}"
+    if missing:
+        known = ", ".join(e.ref_name for e in entries if e.ref_name) or "no named images"
+        raise LayoutSourceError(f"{transport}:{parsed.path} does not hold {', '.join(missing)} (it holds: {known})")
+    return out

@@ -45,8 +45,8 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -580,7 +580,7 @@ class _LayoutWriter:
             await trio.to_thread.run_sync(writer.commit)
         finally:
             if writer.digest is None:
-                await trio.to_thread.run_sync(writer.abort)
+                writer.abort()  # synchronous: it must run even when this task is being cancelled
 
     async def write_manifests(self, plan: _ImagePlan) -> None:
         assert plan.top is not None
@@ -690,12 +690,13 @@ class _RegistryWriter:
 
     async def write_blob(self, plan: _ImagePlan, d: Descriptor, chunks: AsyncIterator[bytes],
                          on_bytes: Callable[[int], None]) -> None:
-        async def counted() -> AsyncIterator[bytes]:
+        async def counted() -> AsyncGenerator[bytes, None]:
             async for chunk in chunks:
                 on_bytes(len(chunk))
                 yield chunk
 
-        await self.client.upload_blob(self._repo_ref(plan), d, counted())
+        async with aclosing(counted()) as stream:  # closed even when the upload fails half-way
+            await self.client.upload_blob(self._repo_ref(plan), d, stream)
         self.known.setdefault(d.digest, self._repo_ref(plan).path)
 
     async def write_manifests(self, plan: _ImagePlan) -> None:

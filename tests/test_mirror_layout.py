@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import trio
 
 from engine.cli import main as tether
 from engine.errors import UsageError
@@ -174,3 +175,24 @@ def test_cli_sync_from_a_bound_root(source: Path, tmp_path: Path) -> None:
                      "--registries-conf", str(conf), "--format", "json"])
     assert status == 1
     assert not (tmp_path / "m" / "index.json").exists() or OCILayout.open(tmp_path / "m").entries() == ()
+
+
+async def test_offline_provisioning_from_a_mirror_layout(source: Path, tmp_path: Path, options: CommonOptions) -> None:
+    """``bound sync --source oci:DIR`` path: bound names -> layout entries -> tether pull, names kept."""
+    from engine.layout_source import LayoutSourceError, layout_pull_names
+    from tests.harness.podman import Podman, short_runroot
+
+    mirror = tmp_path / "mirror"
+    report = await sync([f"oci:{source}"], to=f"oci:{mirror}", options=options, all_platforms=True)
+    assert report.ok, report.summary()
+    names = layout_pull_names(f"oci:{mirror}", ["registry.example:5000/app:2", "quay.io/org/multi:1"])
+    assert names["registry.example:5000/app:2"] == f"oci:{mirror}:registry.example:5000/app:2"
+    with pytest.raises(LayoutSourceError, match="does not hold quay.io/org/absent:1"):
+        layout_pull_names(f"oci:{mirror}", ["quay.io/org/absent:1"])
+    store = Podman(root=tmp_path / "store", runroot=short_runroot(), driver="vfs")
+    argv = ["pull", "--root", str(store.root), "--runroot", str(store.runroot), "--storage-driver", "vfs",
+            "--progress", "none", "--platform", "linux/arm64/v8", *names.values()]
+    status = await trio.to_thread.run_sync(tether, argv)
+    assert status == 0
+    found = {name: image["Id"] for image in store.images() for name in image.get("Names") or []}
+    assert found == {"registry.example:5000/app:2": SINGLE.image_id, "quay.io/org/multi:1": ARM.image_id}
