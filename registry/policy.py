@@ -36,6 +36,7 @@ from registry.signatures import (
     SignaturePayload,
     SigstoreSignature,
     SimpleSigningSignature,
+    is_valid_digest,
     load_public_keys,
     manifest_matches_digest,
     verify_sigstore_signature,
@@ -583,8 +584,7 @@ def _validate_scope(transport: str, scope: str, key: str) -> None:
         if os.path.normpath(scope) != scope:
             raise _Fail(key, f"Invalid scope {scope}: Uses non-canonical path format, perhaps try with path "
                              f"{os.path.normpath(scope)}")
-    elif transport == "docker-daemon" and re.match(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$", scope) \
-            and re.match(r"^sha256:[a-f0-9]{64}$", scope):
+    elif transport == "docker-daemon" and is_valid_digest(scope):
         raise _Fail(key, f"docker-daemon: can not use algo:digest value {scope} as a namespace")
 
 
