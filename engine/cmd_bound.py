@@ -353,6 +353,7 @@ def run_gc(args: argparse.Namespace) -> int:
                     "remove": [{"id": i.id, "names": list(i.names)} for i in plan.remove],
                     "layers": list(result.removed_layer_ids if not result.dry_run else plan.layers),
                     "stale_records": [str(p) for p in plan.stale_records],
+                    "orphan_layers": list(plan.orphans),
                 },
                 indent=2,
             )

@@ -51,6 +51,7 @@ class GCPlan:
     remove: tuple[ImageRecord, ...]
     layers: tuple[str, ...]  # layer ids that go with the removed images
     stale_records: tuple[Path, ...]
+    orphans: tuple[str, ...] = ()  # layers no image or container uses (left by an interrupted writer)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,14 @@ def plan_gc(deployments: Sequence[Deployment], store: Store) -> GCPlan:
     gone -= containers_layers
     present = {d.record_name for d in deployments}
     stale = tuple(p for p in list_record_files(store.root) if p.stem not in present)
-    return GCPlan(keep=keep, remove=remove, layers=tuple(sorted(gone)), stale_records=stale)
+    used: set[str] = set(containers_layers)
+    for image in images:
+        used |= _layer_chain(image.top_layer, layers)
+        used.update(image.mapped_layers)
+    # Reported, not removed: the store offers no layer deletion, and such a layer may be one a concurrent
+    # podman pull has published but not yet committed an image for.
+    orphans = tuple(sorted(lid for lid, layer in layers.items() if lid not in used and not layer.incomplete))
+    return GCPlan(keep=keep, remove=remove, layers=tuple(sorted(gone)), stale_records=stale, orphans=orphans)
 
 
 def _container_layers(store: Store) -> set[str]:

@@ -114,6 +114,7 @@ def test_gc_against_podman_store(
     # The shared base layer is not in the list of layers to remove.
     assert base.diff_id.split(":")[1] not in plan["layers"]
     assert len(plan["layers"]) == 2
+    assert plan["orphan_layers"] == []
     assert names_in(podman_store) >= {f"{host}/gc1/gone:1", f"{host}/gc1/other:1"}  # dry run removed nothing
 
     assert main(args) == 0
