@@ -12,8 +12,8 @@ An ostree sysroot is read as libostree lays it out (ostree ``src/libostree/ostre
   ``container-image-reference=``; ``[libostree-transient] pinned=true`` marks a pinned deployment.
 - A staged deployment (``ostree admin deploy --stage``, what ``bootc upgrade`` does) has its directory
   checked out but no boot entry until shutdown; ``/run/ostree/staged-deployment`` (a GVariant ``a{sv}``
-  whose ``target`` names ``csum``/``deployserial``) says which. We match the checksum's ASCII inside
-  that file against the deployment directories no boot entry references.
+  whose ``target`` dict holds ``name`` = ``CSUM.SERIAL``, ``osname``, ``bootcsum``) says which. We look for
+  that NUL-terminated string inside the file among the deployment directories no boot entry references.
 - The booted deployment (live sysroot only, ``/run/ostree-booted`` present): the one whose directory is
   ``/`` (same device and inode, as ``ostree_sysroot_get_booted_deployment`` compares). ``pending`` is
   the first deployment of the same OS before it, ``rollback`` the first after it
@@ -245,7 +245,11 @@ def list_sysroot_deployments(
             data = b""
         if data:
             unreferenced = [d for d in _all_deployment_dirs(sysroot) if d not in ordered]
-            matching = [d for d in unreferenced if d[1].encode() in data]
+            # ostree-sysroot-deploy.c serialize_deployment_to_variant: target["name"] = "CSUM.SERIAL", a
+            # GVariant string (NUL-terminated); fall back to the checksum alone.
+            matching = [d for d in unreferenced if f"{d[1]}.{d[2]}".encode() + b"\0" in data]
+            if not matching:
+                matching = [d for d in unreferenced if d[1].encode() in data]
             if matching:
                 ident = max(matching, key=lambda d: d[2])
                 staged.append(_make(sysroot, *ident, staged=True))

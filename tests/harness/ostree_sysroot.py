@@ -113,15 +113,9 @@ class Sysroot:
         marker = run_dir / "ostree" / "staged-deployment"
         marker.parent.mkdir(parents=True, exist_ok=True)
         csum, serial = new.name.split(".")
-        # Not a real GVariant; carries the checksum's ASCII as the real file does.
-        marker.write_bytes(
-            b"\x00target\x00osname\x00"
-            + OSNAME.encode()
-            + b"\x00csum\x00"
-            + csum.encode()
-            + b"\x00deployserial\x00"
-            + int(serial).to_bytes(4, "little")
-        )
+        # Not a real GVariant, but the strings are there as in one: target = {name: "CSUM.SERIAL", ...}.
+        marker.write_bytes(b"target\x00name\x00" + f"{csum}.{serial}".encode() + b"\x00osname\x00"
+                           + OSNAME.encode() + b"\x00")
         return new.name
 
     def status(self) -> str:
