@@ -7,6 +7,7 @@ tether pulling through a docker-registry configured as a pull-through cache.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -196,38 +197,89 @@ async def test_sync_interrupted_by_a_registry_crash_resumes(
     source: RunningRegistry, registry_factory: Callable[..., RunningRegistry], options: CommonOptions
 ) -> None:
     dest = registry_factory()
-    big = build_layer([file("big/blob", os.urandom(3 * 1024 * 1024))], compression="none")
+    # 33 MiB: above the client's 32 MiB monolithic limit, so it goes up in PATCHed pieces.
+    big = build_layer([file("big/blob", os.urandom(33 * 1024 * 1024))], compression="none")
     image = build_image([SHARED, big, build_layer([file("top", "x\n")])])
     push_image(source.host, "org/big:1", image)
     name = f"{source.host}/org/big:1"
-    copied: list[str] = []
+    finished: list[str] = []
 
     class KillMidUpload:
         def blob_bytes(self, digest: str, done: int) -> None:
-            # The registry dies while the second blob's bytes are on their way to it.
-            if len(copied) == 1 and dest.process is not None:
+            # The registry dies while the big blob's upload session is open and bytes are flowing.
+            if digest == big.digest and done >= 8 * 1024 * 1024 and dest.process is not None:
                 dest.kill()
 
         def blob_done(self, digest: str, how: str) -> None:
-            copied.append(digest)
+            finished.append(digest)
 
     report = await sync([name], to=f"docker://{dest.host}", options=options, jobs=1, observer=KillMidUpload())
     assert not report.ok
     (failed,) = report.images
     assert failed.error is not None
-    assert len(copied) == 1
+    assert big.digest not in finished
+    arrived = len(finished)
+    assert arrived >= 1
 
     dest.start()
     before = len(uploads(dest))
     report = await sync([name], to=f"docker://{dest.host}", options=options, jobs=1)
     assert report.ok, report.summary()
     (result,) = report.images
-    assert result.blobs_present == 1  # the blob that arrived before the crash was not sent again
-    assert result.blobs_copied == len(image.blobs()) - 1
-    assert len(uploads(dest)) - before == len(image.blobs()) - 1
+    assert result.blobs_present == arrived  # what arrived before the crash was not sent again
+    assert result.blobs_copied == len(image.blobs()) - arrived
+    assert len(uploads(dest)) - before == len(image.blobs()) - arrived
+    assert any('"PATCH ' in line for line in dest.access_log())  # the big blob went up in pieces
     client = oras_client()
-    assert client.get_blob(f"{dest.host}/big:1", big.digest).content == big.blob
+    assert hashlib.sha256(client.get_blob(f"{dest.host}/big:1", big.digest).content).hexdigest() == (
+        big.digest.split(":")[1]
+    )
     assert client.get_manifest(f"{dest.host}/big:1") == json.loads(image.manifest)
+
+
+async def test_push_credentials_are_looked_up_as_for_pulls(
+    source: RunningRegistry, registry_factory: Callable[..., RunningRegistry], tmp_path: Path
+) -> None:
+    dest = registry_factory(htpasswd={"mirror": "s3cret"})
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    anonymous = CommonOptions(registries_conf=conf, environ={}, tls_verify=False)
+    report = await sync([f"{source.host}/org/app:1"], to=f"docker://{dest.host}", options=anonymous)
+    assert not report.ok
+    auth = tmp_path / "auth.json"
+    token = base64.b64encode(b"mirror:s3cret").decode()
+    auth.write_text(json.dumps({"auths": {dest.host: {"auth": token}}}))
+    with_auth = CommonOptions(registries_conf=conf, environ={}, tls_verify=False, authfile=auth)
+    report = await sync([f"{source.host}/org/app:1"], to=f"docker://{dest.host}", options=with_auth)
+    assert report.ok, report.summary()
+    inspected = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", "mirror:s3cret",
+                                  f"docker://{dest.host}/app:1").stdout)
+    assert inspected["Digest"] == APP.manifest_digest
+
+
+def test_mirror_the_bound_images_of_every_deployment(
+    source: RunningRegistry, registry_factory: Callable[..., RunningRegistry], tmp_path: Path
+) -> None:
+    from tests.harness.ostree_sysroot import make_sysroot
+
+    sysroot = make_sysroot(tmp_path)
+    sysroot.commit({"app.image": f"{source.host}/org/app:1"}, tag="v1")
+    sysroot.deploy()
+    sysroot.commit({"app.image": f"{source.host}/org/app:1", "tool.image": f"{source.host}/tools/tool:2"},
+                   tag="v2")
+    sysroot.deploy()
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    layout_dir = tmp_path / "mirror"
+    status = tether(["mirror", "sync", "--sysroot", str(sysroot.path), "--to", f"oci:{layout_dir}",
+                     "--registries-conf", str(conf), "--tls-verify=false"])
+    assert status == 0
+    layout = OCILayout.open(layout_dir)
+    assert {e.ref_name: e.digest for e in layout.entries()} == {
+        f"{source.host}/org/app:1": APP.manifest_digest,
+        f"{source.host}/tools/tool:2": TOOL.manifest_digest,
+    }
+    assert layout.verify() == []
 
 
 def test_tether_pulls_through_a_pull_through_cache(
