@@ -76,10 +76,9 @@ def hold_store(store_root: Path, *, shared: bool = False) -> Iterator[None]:
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise StoreBusyError(
-                f"another tether (pid {holder}) holds the store {store_root}; try again when it has finished"
-            ) from None
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            who = f"another tether (pid {holder})" if holder else "another tether (a pull)"
+            raise StoreBusyError(f"{who} holds the store {store_root}; try again when it has finished") from None
         if not shared:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
