@@ -19,11 +19,12 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -579,10 +580,54 @@ async def _stream_blob(source: ImageSource, descriptor: Descriptor, writer: Any,
                 await send.send(group)
 
 
+class _LargestFirst:
+    """A limit of ``slots`` concurrent layer jobs, granted to the largest waiting blob first.
+
+    Largest-first (LPT scheduling) starts the longest layers at once and fills in small ones around them,
+    so a pull ends close to when its largest layer does; trio's own limiter is FIFO in start order.
+    A job asks only once its dependencies are published, so waiting never holds a slot.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._waiting: list[tuple[int, int, trio.Event]] = []
+        self._seq = 0
+
+    def _grant(self) -> None:
+        while self.free > 0 and self._waiting:
+            _, _, event = heapq.heappop(self._waiting)
+            self.free -= 1
+            event.set()
+
+    @asynccontextmanager
+    async def slot(self, size: int) -> AsyncIterator[None]:
+        event = trio.Event()
+        self._seq += 1
+        heapq.heappush(self._waiting, (-size, self._seq, event))
+        try:
+            # Let every job started in the same batch queue up before the first grant.
+            await trio.lowlevel.checkpoint()
+            self._grant()
+            await event.wait()
+        except BaseException:
+            if event.is_set():
+                self.free += 1
+                self._grant()
+            else:
+                self._waiting = [w for w in self._waiting if w[2] is not event]
+                heapq.heapify(self._waiting)
+            raise
+        try:
+            yield
+        finally:
+            self.free += 1
+            self._grant()
+
+
 async def _execute(plan: PullPlan, *, runs: list[_ImageRun], store: Store, limit: int,
                    progress: Progress) -> None:
     """Run the plan's jobs and commit its images, all in one nursery."""
-    limiter = trio.CapacityLimiter(limit)
+    limiter = _LargestFirst(limit)
     jobs = {job.layer_id: _JobRun(job) for job in plan.jobs}
     sources = {run.key: run.source for run in runs}
 
@@ -617,7 +662,7 @@ async def _execute(plan: PullPlan, *, runs: list[_ImageRun], store: Store, limit
             with jr.scope:
                 for dep in job.after:
                     await wait_published(dep)
-                async with limiter:
+                async with limiter.slot(job.descriptor.size):
                     staged = await _stage(job, source, store, jr, owner_label, progress)
                 if job.parent is not None:
                     await wait_published(job.parent)

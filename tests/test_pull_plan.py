@@ -135,3 +135,54 @@ def test_source_image_ids_and_digests() -> None:
     assert src.image_id == img.image_id
     assert src.digests == (img.manifest_digest,)
     assert isinstance(src.config.created, datetime)
+
+
+async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
+    import trio
+
+    from engine.pull import _LargestFirst
+
+    slots = _LargestFirst(2)
+    order: list[int] = []
+    running = 0
+    most = 0
+
+    async def job(size: int) -> None:
+        nonlocal running, most
+        async with slots.slot(size):
+            order.append(size)
+            running += 1
+            most = max(most, running)
+            await trio.sleep(0.01)
+            running -= 1
+
+    async with trio.open_nursery() as nursery:
+        for size in (5, 50, 1, 500, 20, 7):
+            nursery.start_soon(job, size)
+    # granted two at a time, largest first (the two granted together may start in either order)
+    assert [set(order[i:i + 2]) for i in (0, 2, 4)] == [{500, 50}, {20, 7}, {5, 1}]
+    assert most == 2 and slots.free == 2
+
+
+async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
+    import trio
+
+    from engine.pull import _LargestFirst
+
+    slots = _LargestFirst(1)
+    got: list[int] = []
+
+    async def job(size: int, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            async with slots.slot(size):
+                got.append(size)
+                await trio.sleep(0.01)
+
+    cancelled = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(job, 100)
+        nursery.start_soon(job, 50, cancelled)
+        nursery.start_soon(job, 10)
+        await trio.sleep(0.001)
+        cancelled.cancel()
+    assert got == [100, 10] and slots.free == 1
