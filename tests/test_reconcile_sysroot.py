@@ -64,6 +64,19 @@ def podman_names(store: Path, runroot: Path) -> set[str]:
     return names
 
 
+def podman_additional_ids(empty: Path, store: Path, runroot: Path) -> set[str]:
+    """Image ids podman lists on an empty store with ``store`` as an additional image store."""
+    try:
+        listed = subprocess.run(
+            ["podman", "--root", str(empty), "--runroot", str(runroot), "--storage-driver", "overlay",
+             "--storage-opt", f"additionalimagestore={store}", "images", "--format", "json"],
+            capture_output=True, text=True, check=True,
+        )
+    finally:
+        subprocess.run(["umount", "-R", str(empty / "overlay")], capture_output=True)
+    return {str(i["Id"]) for i in json.loads(listed.stdout)}
+
+
 async def test_sysroot_upgrade_failure_retry_rollback_gc(
     tmp_path: Path, registry_factory: object, runroot: Path
 ) -> None:
@@ -175,3 +188,6 @@ async def test_sysroot_upgrade_failure_retry_rollback_gc(
     ids = {i.id for i in store.list_images()}
     assert {old_tools, new_tools} <= ids
     assert len(ids) == 4  # app:2, db:1, both tools
+
+    # podman on an empty store sees the bootc store's images as an additional image store, as hosts use it.
+    assert podman_additional_ids(tmp_path / "empty", store_root, runroot) == ids
