@@ -12,7 +12,8 @@ path and its parent directories). Other transports' sections (``docker-daemon``,
 parsed and ignored, as tether never pulls from them.
 
 Anything tether cannot evaluate (``signedBaseLayer``, ``keyType`` other than ``GPGKeys``, sigstore with
-Fulcio, Rekor or PKI) loads fine but **rejects** the image when it applies, naming the requirement.
+Fulcio or PKI certificates) loads fine but **rejects** the image when it applies, naming the requirement.
+Sigstore public keys with Rekor public keys are evaluated (the Rekor SET is verified).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 
 from registry.errors import ConfigError
 from registry.signatures import (
+    SIGSTORE_SET_ANNOTATION,
+    SIGSTORE_SIGNATURE_ANNOTATION,
     SIGSTORE_SIGNATURE_MIME_TYPE,
     GPGKeyring,
     InvalidSignatureError,
@@ -39,6 +42,8 @@ from registry.signatures import (
     is_valid_digest,
     load_public_keys,
     manifest_matches_digest,
+    public_key_pem,
+    verify_rekor_set,
     verify_sigstore_signature,
     verify_simple_signing,
 )
@@ -328,8 +333,9 @@ class SignedBaseLayer:
 class SigstoreSigned:
     """``sigstoreSigned``: a sigstore (cosign) signature by one of the public keys.
 
-    ``fulcio``, ``pki`` and the ``rekorPublicKey*`` options are parsed (so a policy using them loads) but
-    evaluating a requirement that uses them rejects the image: tether does not implement them.
+    Public keys may be combined with ``rekorPublicKey*`` (the signature's Rekor SET must then prove the key's
+    use was logged). ``fulcio`` and ``pki`` are parsed (so a policy using them loads) but evaluating a
+    requirement that uses them rejects the image: tether does not implement certificate verification.
     """
 
     key_path: str | None = None
@@ -801,13 +807,46 @@ def _evaluate_signed_by(req: SignedBy, image: PolicyImage, signatures: Sequence[
     return _summary(rejections, "A signature was required, but no signature exists")
 
 
+def _rekor_keys(req: SigstoreSigned) -> list[Any]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if req.rekor_public_key_path is not None:
+        pems = _read_key_files([req.rekor_public_key_path])
+    elif req.rekor_public_key_paths is not None:
+        pems = _read_key_files(req.rekor_public_key_paths)
+    elif req.rekor_public_key_data is not None:
+        pems = [req.rekor_public_key_data]
+    else:
+        pems = list(req.rekor_public_key_datas or ())
+    keys = load_public_keys(pems, what="rekorPublicKey")
+    for index, key in enumerate(keys, start=1):
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise InvalidSignatureError(f"Rekor public key {index} is not using ECDSA")
+    return keys
+
+
+def _keys_logged_in_rekor(sig: SigstoreSignature, keys: Sequence[Any], rekor_keys: Sequence[Any]) -> list[Any]:
+    """policy_eval_sigstore.go: with Rekor keys, only a public key whose use the SET proves logged counts."""
+    untrusted_set = sig.annotations.get(SIGSTORE_SET_ANNOTATION)
+    if untrusted_set is None:
+        raise InvalidSignatureError(f"missing {SIGSTORE_SET_ANNOTATION} annotation")
+    encoded = sig.annotations.get(SIGSTORE_SIGNATURE_ANNOTATION, "")
+    failures = []
+    for key in keys:
+        try:
+            verify_rekor_set(rekor_keys, untrusted_set.encode(), public_key_pem(key), encoded, sig.payload)
+        except InvalidSignatureError as exc:
+            failures.append(str(exc))
+            continue
+        return [key]  # the SET names one key
+    raise InvalidSignatureError("No public key verified against the RekorSET: " + ", ".join(failures))
+
+
 def _evaluate_sigstore(req: SigstoreSigned, image: PolicyImage, signatures: Sequence[Signature]) -> str | None:
     if req.fulcio is not None:
         return "sigstoreSigned with fulcio is not supported by tether (cannot verify Fulcio certificates)"
     if req.pki is not None:
         return "sigstoreSigned with pki is not supported by tether (cannot verify X.509 PKI certificates)"
-    if req.uses_rekor:
-        return "sigstoreSigned with rekorPublicKey* is not supported by tether (cannot verify Rekor SETs)"
     try:
         if req.key_path is not None:
             pems = _read_key_files([req.key_path])
@@ -818,6 +857,7 @@ def _evaluate_sigstore(req: SigstoreSigned, image: PolicyImage, signatures: Sequ
         else:
             pems = list(req.key_datas or ())
         keys = load_public_keys(pems, what="sigstoreSigned")
+        rekor_keys = _rekor_keys(req) if req.uses_rekor else None
     except InvalidSignatureError as exc:
         return str(exc)
     rejections: list[str] = []
@@ -831,7 +871,8 @@ def _evaluate_sigstore(req: SigstoreSigned, image: PolicyImage, signatures: Sequ
             non_signature += 1
             continue
         try:
-            payload = verify_sigstore_signature(sig, keys)
+            usable = keys if rekor_keys is None else _keys_logged_in_rekor(sig, keys, rekor_keys)
+            payload = verify_sigstore_signature(sig, usable)
             _check_payload(payload, image, req.signed_identity)
         except InvalidSignatureError as exc:
             rejections.append(str(exc))

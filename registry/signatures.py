@@ -329,6 +329,122 @@ def verify_sigstore_signature(signature: SigstoreSignature, public_keys: Sequenc
     return parse_signature_payload(signature.payload, expected_type=SIGSTORE_PAYLOAD_TYPE)
 
 
+def _canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) for the JSON the Rekor SET signs (strings, integers, objects with ASCII keys)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _exact_keys(value: Any, keys: Sequence[str], where: str) -> dict[str, Any]:
+    return _exact_object(value, keys, where)
+
+
+def _b64_field(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidSignatureError(f"{where}: base64 string expected")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidSignatureError(f"{where}: {exc}") from None
+
+
+def _pem_body(data: bytes, what: str) -> bytes:
+    """The DER inside exactly one PEM block (Go's ``pem.Decode`` with no trailing data)."""
+    text = data.strip()
+    match = re.fullmatch(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)\r?\n?-----END \1-----", text, re.DOTALL)
+    if match is None:
+        raise InvalidSignatureError(f"{what} is not in PEM format (or has trailing data)")
+    try:
+        return base64.b64decode(b"".join(match.group(2).split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidSignatureError(f"{what} is not in PEM format") from None
+
+
+def verify_rekor_set(rekor_keys: Sequence[Any], untrusted_set: bytes, key_or_cert_pem: bytes, base64_signature: str,
+                     payload: bytes) -> int:
+    """Verify a Rekor SignedEntryTimestamp (``dev.sigstore.cosign/bundle``) as containers/image
+    ``signature/internal/rekor_set.go VerifyRekorSET`` does; returns the entry's integrated time.
+
+    The SET is an ECDSA signature by a Rekor key over the canonical JSON of the log entry; the entry (a
+    ``hashedrekord`` v0.0.1) must name exactly this public key, this signature and the payload's SHA-256.
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        top = json.loads(untrusted_set, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
+        raise InvalidSignatureError(f"Rekor SET is not JSON: {exc}") from None
+    top = _exact_keys(top, ("SignedEntryTimestamp", "Payload"), "Rekor SET")
+    set_signature = _b64_field(top["SignedEntryTimestamp"], "Rekor SET SignedEntryTimestamp")
+    set_payload = _exact_keys(top["Payload"], ("body", "integratedTime", "logIndex", "logID"), "Rekor SET Payload")
+    canonical = _canonical_json(set_payload)
+    for key in rekor_keys:
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            continue
+        try:
+            key.verify(set_signature, canonical, ec.ECDSA(hashes.SHA256()))
+            break
+        except InvalidSignature:
+            continue
+    else:
+        raise InvalidSignatureError("cryptographic signature verification of Rekor SET failed")
+    integrated = set_payload["integratedTime"]
+    if not isinstance(integrated, int) or isinstance(integrated, bool):
+        raise InvalidSignatureError("Rekor SET Payload integratedTime is not an integer")
+    try:
+        body = json.loads(_b64_field(set_payload["body"], "Rekor SET Payload body"))
+    except ValueError as exc:
+        raise InvalidSignatureError(f"decoding the body of a Rekor SET payload: {exc}") from None
+    if not isinstance(body, dict) or body.get("kind") != "hashedrekord":
+        raise InvalidSignatureError("decoding the body of a Rekor SET payload: invalid kind value")
+    if body.get("apiVersion") is None:
+        raise InvalidSignatureError("missing Rekor SET Payload API version")
+    if body["apiVersion"] != "0.0.1":
+        raise InvalidSignatureError(f"unsupported Rekor SET Payload hashedrekord version {body['apiVersion']!r}")
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        raise InvalidSignatureError("decoding hashedrekord spec: object expected")
+    sig = spec.get("signature")
+    if not isinstance(sig, dict):
+        raise InvalidSignatureError('Missing "signature" field in hashedrekord')
+    public_key = sig.get("publicKey")
+    if not isinstance(public_key, dict):
+        raise InvalidSignatureError('Missing "signature.publicKey" field in hashedrekord')
+    logged_key = _pem_body(_b64_field(public_key.get("content", ""), "signature.publicKey.content"),
+                           "publicKey in Rekor SET")
+    if logged_key != _pem_body(key_or_cert_pem, "public key or cert to be matched against publicKey in Rekor SET"):
+        raise InvalidSignatureError("publicKey in Rekor SET does not match")
+    try:
+        raw_signature = base64.b64decode(base64_signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidSignatureError(f"decoding signature base64: {exc}") from None
+    if _b64_field(sig.get("content", ""), "signature.content") != raw_signature:
+        raise InvalidSignatureError("signature in Rekor SET does not match")
+    data = spec.get("data")
+    hash_obj = data.get("hash") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise InvalidSignatureError('Missing "data" field in hashedrekord')
+    if not isinstance(hash_obj, dict):
+        raise InvalidSignatureError('Missing "data.hash" field in hashedrekord')
+    if hash_obj.get("algorithm") != "sha256":
+        raise InvalidSignatureError(f'Unexpected "data.hash.algorithm" value {hash_obj.get("algorithm")!r}')
+    value = hash_obj.get("value")
+    if not isinstance(value, str):
+        raise InvalidSignatureError('Missing "data.hash.value" field in hashedrekord')
+    if value.lower() != hashlib.sha256(payload).hexdigest():
+        raise InvalidSignatureError("payload in Rekor SET does not match")
+    return integrated
+
+
+def public_key_pem(key: Any) -> bytes:
+    """Re-marshal a public key as SubjectPublicKeyInfo PEM (what cosign logs in Rekor)."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem: bytes = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem
+
+
 def sign_sigstore_payload(private_key: Any, payload: bytes, *,
                           annotations: Mapping[str, str] | None = None) -> SigstoreSignature:
     """Sign ``payload`` as cosign does (ECDSA P-256/SHA-256 DER, base64 in the annotation). For tests/tools."""

@@ -41,13 +41,14 @@ from registry.policy import (
 )
 from registry.signatures import (
     SIGSTORE_PAYLOAD_TYPE,
+    SIGSTORE_SET_ANNOTATION,
     SIGSTORE_SIGNATURE_ANNOTATION,
     SigstoreSignature,
     SimpleSigningSignature,
     make_signature_payload,
     sign_sigstore_payload,
 )
-from tests.harness.signing import CosignKey, GPGSigner, key_data
+from tests.harness.signing import CosignKey, GPGSigner, key_data, make_rekor_set
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
@@ -400,7 +401,6 @@ def test_sigstore_identity_rules_and_keys(cosign: CosignKey, tmp_path: Path) -> 
 @pytest.mark.parametrize(("extra", "reason"), [
     ({"fulcio": {"caData": key_data(b"ca"), "oidcIssuer": "https://i", "subjectEmail": "a@b"},
       "rekorPublicKeyData": key_data(b"r")}, "sigstoreSigned with fulcio is not supported by tether"),
-    ({"keyData": key_data(b"k"), "rekorPublicKeyData": key_data(b"r")}, "rekorPublicKey* is not supported"),
     ({"pki": {"caRootsData": key_data(b"ca"), "subjectEmail": "a@b"}}, "pki is not supported"),
 ])
 def test_unsupported_sigstore_options_fail_closed(extra: dict[str, Any], reason: str, cosign: CosignKey) -> None:
@@ -464,3 +464,39 @@ def test_payload_type_for_gpg_is_atomic(gpg_signer: GPGSigner, tmp_path: Path) -
                                                           kind=SIGSTORE_PAYLOAD_TYPE))
     decision = evaluate_policy(policy, img, [SimpleSigningSignature(cosign_typed)])
     assert "Unrecognized signature type cosign container image signature" in decision.reason
+
+
+def test_sigstore_with_rekor_sets(cosign: CosignKey) -> None:
+    rekor, other_rekor = CosignKey.generate(), CosignKey.generate()
+    img = image_for("example.com/ns/app:1")
+    sig = cosign.sign_image(manifest_digest=img.manifest_digest, docker_reference="example.com/ns/app:1")
+    policy = sigstore_policy(cosign.public_pem, rekorPublicKeyData=key_data(rekor.public_pem))
+
+    def with_set(set_json: str) -> SigstoreSignature:
+        return SigstoreSignature(sig.mime_type, sig.payload, {**sig.annotations, SIGSTORE_SET_ANNOTATION: set_json})
+
+    good = with_set(make_rekor_set(rekor, public_pem=cosign.public_pem, signature=sig))
+    assert evaluate_policy(policy, img, [good]).allowed
+    cases = [
+        ("no SET", sig, f"missing {SIGSTORE_SET_ANNOTATION} annotation"),
+        ("SET by another log", with_set(make_rekor_set(other_rekor, public_pem=cosign.public_pem, signature=sig)),
+         "cryptographic signature verification of Rekor SET failed"),
+        ("SET for other data", with_set(make_rekor_set(rekor, public_pem=cosign.public_pem, signature=sig,
+                                                       payload_hash="0" * 64)), "payload in Rekor SET does not match"),
+        ("SET for another key", with_set(make_rekor_set(rekor, public_pem=other_rekor.public_pem, signature=sig)),
+         "publicKey in Rekor SET does not match"),
+        ("SET not JSON", with_set("{"), "Rekor SET is not JSON"),
+    ]
+    for what, candidate, reason in cases:
+        decision = evaluate_policy(policy, img, [candidate])
+        assert not decision.allowed, what
+        assert "No public key verified against the RekorSET" in decision.reason or what == "no SET", decision.reason
+        assert reason in decision.reason, (what, decision.reason)
+    # a non-ECDSA Rekor key is refused
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ed_pem = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    bad = sigstore_policy(cosign.public_pem, rekorPublicKeyData=key_data(ed_pem))
+    assert "Rekor public key 1 is not using ECDSA" in evaluate_policy(bad, img, [good]).reason

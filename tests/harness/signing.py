@@ -141,3 +141,21 @@ def write_lookaside(root: Path, repo_path: str, manifest_digest: str, blobs: Seq
 def key_data(blob: bytes) -> str:
     """A policy.json ``keyData`` value."""
     return base64.b64encode(blob).decode()
+
+
+def make_rekor_set(rekor: CosignKey, *, public_pem: bytes, signature: SigstoreSignature,
+                   payload_hash: str | None = None,
+                   integrated_time: int = 1700000000, log_index: int = 7) -> str:
+    """A Rekor SignedEntryTimestamp for a hashedrekord entry (the ``dev.sigstore.cosign/bundle`` annotation)."""
+    from cryptography.hazmat.primitives import hashes
+
+    body = {"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+        "data": {"hash": {"algorithm": "sha256",
+                          "value": payload_hash or hashlib.sha256(signature.payload).hexdigest()}},
+        "signature": {"content": signature.annotations["dev.cosignproject.cosign/signature"],
+                      "publicKey": {"content": base64.b64encode(public_pem).decode()}}}}
+    entry = {"body": base64.b64encode(json.dumps(body).encode()).decode(), "integratedTime": integrated_time,
+             "logIndex": log_index, "logID": "c0d23d6ad406973f9559f3ba2d1ca01f84147d8ffc5b8445c224f98b9591801d"}
+    canonical = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+    set_signature = rekor.private.sign(canonical, ec.ECDSA(hashes.SHA256()))
+    return json.dumps({"SignedEntryTimestamp": base64.b64encode(set_signature).decode(), "Payload": entry})
