@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-bash scripts/install-deps.sh
+[ "${SKIP_INSTALL:-0}" = 1 ] || bash scripts/install-deps.sh   # SKIP_INSTALL=1: use the current environment
 if [ -x .venv/bin/python ]; then export PATH="$REPO/.venv/bin:$PATH"; fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -83,14 +83,21 @@ printf '{}' > "$DEMO_DIR/auth.json"
 COMMON=(--root "$STORE" --runroot "$RUNROOT" --storage-driver overlay --registries-conf "$REGCONF"
         --authfile "$DEMO_DIR/auth.json" --tls-verify=false)
 
-say "sync the bound images into the store, all at once"
-if tether bound sync --help 2>/dev/null | grep -q -- "--deployment-root"; then
-  tether bound sync "${COMMON[@]}" --deployment-root "$DEPLOY"
-else
-  tether pull "${COMMON[@]}" --progress plain "${IMAGES[@]}"
+NET=(--registries-conf "$REGCONF" --authfile "$DEMO_DIR/auth.json" --tls-verify=false)
+if tether bound sync --help 2>/dev/null | grep -q -- "--store"; then
+  SYNC=(tether bound sync --root "$DEPLOY" --store "$STORE" --runroot "$RUNROOT" --storage-driver overlay
+        "${NET[@]}" --progress plain)
+else   # before bound sync existed: the same images with tether pull
+  SYNC=(tether pull "${COMMON[@]}" --progress plain "${IMAGES[@]}")
 fi
 
-say "again: nothing to do (one manifest request per image)"
+say "sync the bound images into the store, all at once (${SYNC[*]:0:3})"
+"${SYNC[@]}"
+
+say "again: nothing to do"
+time "${SYNC[@]}"
+
+say "tether pull --pull newer: one manifest request per image, nothing else"
 time tether pull "${COMMON[@]}" --progress plain "${IMAGES[@]}"
 
 say "tether images"
