@@ -373,7 +373,10 @@ class TarApplier:
             raise HostileArchiveError("invalid tar: a zero block followed by a non-zero block")
         # Checksum (Go block.GetFormat): unsigned sum with the checksum field as spaces; signed accepted.
         chk = block[148:156]
-        want = _parse_octal(chk, "checksum")
+        try:  # GNU tar and Go write "%06o\0 "
+            want = int(chk[:6], 8) if chk[6] == 0 and chk[7] == 0x20 else _parse_octal(chk, "checksum")
+        except ValueError:
+            want = _parse_octal(chk, "checksum")
         field_sum = sum(chk)
         # adler32's low half is 1 + sum(bytes) mod 65521: the unsigned sum in one C call.
         if want % 65521 != ((zlib.adler32(block) & 0xFFFF) - 1 - field_sum + 256) % 65521:
@@ -406,16 +409,19 @@ class TarApplier:
                 self._end_special()
             return
         e = _Entry()
-        name = _cstr(block[:100])
+        i = block.find(b"\0", 0, 100)
+        name = block[: i if i >= 0 else 100]
         fmt_v7 = True
         if magic == b"ustar\x00":
             fmt_v7 = False
-            # STAR archives end the header with "tar\0" and keep a shorter prefix.
-            prefix = _cstr(block[345:476]) if block[508:512] == b"tar\x00" else _cstr(block[345:500])
-            if prefix:
+            if block[345]:
+                # STAR archives end the header with "tar\0" and keep a shorter prefix.
+                prefix = _cstr(block[345:476]) if block[508:512] == b"tar\x00" else _cstr(block[345:500])
                 name = prefix + b"/" + name
         elif magic == b"ustar " and block[263:265] == b" \x00":
             fmt_v7 = False
+        if len(oc) > 4096:
+            oc.clear()
         mode_f = block[100:108]
         mode = oc.get(mode_f)
         if mode is None:
@@ -428,9 +434,13 @@ class TarApplier:
         gid = oc.get(gid_f)
         if gid is None:
             gid = oc[gid_f] = _parse_octal(gid_f, "gid")
-        mtime_ns = _parse_octal(block[136:148], "mtime") * 1_000_000_000
+        mt = block[136:148]
+        try:
+            mtime_ns = (int(mt[:11], 8) if mt[11] == 0 else _parse_octal(mt, "mtime")) * 1_000_000_000
+        except ValueError:
+            mtime_ns = _parse_octal(mt, "mtime") * 1_000_000_000
         atime_ns = 0
-        linkname = _cstr(block[157:257])
+        linkname = _cstr(block[157:257]) if block[157] else b""
         if not fmt_v7 and typeflag in (_CHAR, _BLOCK):
             e.devmajor = _parse_octal(block[329:337], "devmajor")
             e.devminor = _parse_octal(block[337:345], "devminor")

@@ -70,6 +70,8 @@ class TarSplitError(StoreError):
 _NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\<>&\x7f-\xff]')
 _GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
                "<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+# Not already filepath.Clean-ed (leading ".", "/.", "//", trailing "/") or needing JSON escapes.
+_SLOW_NAME = re.compile(rb'^\.|/\.|//|/$|[\x00-\x1f"\\<>&\x7f-\xff]')
 _GO_ESCAPE_RE = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029]')
 
 
@@ -119,27 +121,31 @@ class TarSplitWriter:
         self._closed = False
 
     def add_segment(self, raw: bytes) -> None:
-        b64 = binascii.b2a_base64(raw, newline=False)
-        self._lines.append(b'{"type":2,"payload":"' + b64 + b'","position":' + b"%d}\n" % self._pos)
+        line = b'{"type":2,"payload":"%s","position":%d}\n' % (binascii.b2a_base64(raw, newline=False), self._pos)
+        self._lines.append(line)
         self._pos += 1
-        self._pending += len(b64) + 40
+        self._pending += len(line)
         if self._pending >= _FLUSH_AT:
             self._flush()
 
     def add_file(self, name: bytes, size: int, crc: int | None) -> None:
-        # storage/packer.go: duplicate cleaned names are refused.
-        key = name if (b"/." not in name and b"//" not in name and not name.endswith(b"/")
-                       and not name.startswith(b".") and name) else go_clean(name)
+        # storage/packer.go: duplicate filepath.Clean-ed names are refused.  Names that are already clean
+        # and need no JSON escaping (nearly all) take the fast path: one regex search.
+        if name and _SLOW_NAME.search(name) is None:
+            key = name
+            field = b',"name":"' + name + b'"'
+        else:
+            key = go_clean(name)
+            field = _name_field(name)
         seen = self._seen
         if key in seen:
             raise HostileArchiveError(f"duplicate path in layer tar: {name!r} (tar-split refuses duplicates)")
         seen.add(key)
         if size:
-            payload = b'"' + binascii.b2a_base64((crc or 0).to_bytes(8, "big"), newline=False) + b'"'
-            line = (b'{"type":1' + _name_field(name) + b',"size":%d,"payload":' % size + payload
-                    + b',"position":%d}\n' % self._pos)
+            line = b'{"type":1%s,"size":%d,"payload":"%s","position":%d}\n' % (
+                field, size, binascii.b2a_base64((crc or 0).to_bytes(8, "big"), newline=False), self._pos)
         else:
-            line = b'{"type":1' + _name_field(name) + b',"payload":null,"position":%d}\n' % self._pos
+            line = b'{"type":1%s,"payload":null,"position":%d}\n' % (field, self._pos)
         self._lines.append(line)
         self._pos += 1
         self._pending += len(line)
