@@ -61,6 +61,11 @@ def test_install_stored_copies_without_network(
     assert dst_app["Digest"] == src_app["Digest"]
     assert dst_app["RootFS"] == src_app["RootFS"]
     assert Store.open(dst.root).check() == []
+    # Idempotent: a second install changes nothing.
+    assert main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+                 "--source-store", str(src.root)]) == 0
+    assert {i["Id"]: i["Names"] for i in dst.images()} == {k: v["Names"] for k, v in images.items()}
+    assert Store.open(dst.root).check() == []
     # podman can export it again (tar-split + files reassemble to the same diffIDs).
     out = tmp_path / "app.tar"
     dst.run("save", "--format", "oci-archive", "-o", str(out), f"{host}/in1/app:1")
