@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,10 @@ def world(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -
     layouts = tmp / "layouts"
     for name in ("open", "signed", "elsewhere"):
         factory.write_oci_layout(layouts / name, {"app": image})
+    for name in ("open.tar", "elsewhere.tar"):
+        with tarfile.open(layouts / name, "w") as tar:
+            for item in sorted((layouts / "open").iterdir()):
+                tar.add(item, arcname=item.name)
     policy = tmp / "policy.json"
     policy.write_text(json.dumps({
         "default": [{"type": "reject"}],
@@ -120,6 +125,7 @@ def world(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -
         },
             "oci": {str(layouts / "open"): [{"type": "insecureAcceptAnything"}],
                     str(layouts / "signed"): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": str(gpg_pub)}]},
+            "oci-archive": {str(layouts / "open.tar"): [{"type": "insecureAcceptAnything"}]},
         },
     }))
     home = tmp / "home"
@@ -248,6 +254,8 @@ async def test_default_reject_and_open_scope(world: World, tmp_path: Path, monke
     ("oci:{layouts}/open:app", True, ""),
     ("oci:{layouts}/signed:app", False, "A signature was required, but no signature exists"),
     ("oci:{layouts}/elsewhere:app", False, "rule default[0] (reject)"),
+    ("oci-archive:{layouts}/open.tar:app", True, ""),
+    ("oci-archive:{layouts}/elsewhere.tar:app", False, "rule default[0] (reject)"),
 ])
 async def test_digests_indexes_and_layouts(world: World, name: str, allowed: bool, reason: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
