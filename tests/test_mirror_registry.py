@@ -206,8 +206,9 @@ async def test_sync_interrupted_by_a_registry_crash_resumes(
 
     class KillMidUpload:
         def blob_bytes(self, digest: str, done: int) -> None:
-            # The registry dies while the big blob's upload session is open and bytes are flowing.
-            if digest == big.digest and done >= 8 * 1024 * 1024 and dest.process is not None:
+            # The registry dies once a blob has arrived, while the next one's upload session is open
+            # and its bytes are flowing (blobs go one at a time, in an order trio chooses).
+            if finished and dest.process is not None:
                 dest.kill()
 
         def blob_done(self, digest: str, how: str) -> None:
@@ -217,9 +218,8 @@ async def test_sync_interrupted_by_a_registry_crash_resumes(
     assert not report.ok
     (failed,) = report.images
     assert failed.error is not None
-    assert big.digest not in finished
     arrived = len(finished)
-    assert arrived >= 1
+    assert 1 <= arrived < len(image.blobs())
 
     dest.start()
     before = len(uploads(dest))
