@@ -233,6 +233,21 @@ def normalize_image_name(name: str) -> str:
     return str(ref)
 
 
+def short_name_matches(names: Iterable[str], bound: str) -> bool:
+    """Whether any stored name could be what the short name ``bound`` resolves to (``alpine`` ->
+    ``*/alpine:latest``, ``app:1`` -> ``*/app:1``): any search registry, so a conservative match."""
+    from registry.reference import is_short_name
+
+    try:
+        if "@" in bound or not is_short_name(bound):
+            return False
+    except Exception:
+        return False
+    last = bound.rsplit("/", 1)[-1]
+    suffix = "/" + bound if ":" in last else "/" + bound + ":latest"
+    return any(n.endswith(suffix) for n in names)
+
+
 # --------------------------------------------------------------------------- quadlet units
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.bound import BoundImage, normalize_image_name
+from engine.bound import BoundImage, normalize_image_name, short_name_matches
 from engine.deployments import Deployment
 from engine.errors import EngineError
 from engine.reconcile import (
@@ -64,15 +64,6 @@ class GCResult:
     dry_run: bool
 
 
-def _is_short(name: str) -> bool:
-    from registry.reference import is_short_name
-
-    try:
-        return bool(is_short_name(name))
-    except Exception:
-        return False
-
-
 def _split_digest(name: str) -> tuple[str, str | None]:
     base, at, digest = name.partition("@")
     return (base, digest) if at else (name, None)
@@ -87,11 +78,7 @@ def image_matches(record: ImageRecord, bound: str) -> bool:
     names = set(record.names) | {normalize_image_name(n) for n in record.names}
     if bound in names or normalized in names:
         return True
-    if digest is None and _is_short(bound):
-        last = base.rsplit("/", 1)[-1]
-        suffix = "/" + base if ":" in last else "/" + base + ":latest"
-        return any(n.endswith(suffix) for n in names)
-    return False
+    return digest is None and short_name_matches(names, base)
 
 
 def _layer_chain(layer_id: str | None, layers: dict[str, LayerRecord]) -> set[str]:

@@ -32,7 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.bound import BoundImage, group_bound_images, normalize_image_name, pull_request_for
+from engine.bound import (
+    BoundImage,
+    group_bound_images,
+    normalize_image_name,
+    pull_request_for,
+    short_name_matches,
+)
 from engine.deployments import Deployment
 from engine.errors import BoundImageError, EngineError
 
@@ -272,6 +278,11 @@ def find_image_for(images: Sequence[ImageRecord], name: str) -> ImageRecord | No
         normalized = normalize_image_name(name)
         if normalized != name:
             found = lookup_image(images, normalized)
+    if found is None:
+        # A short name: the one stored image it can designate (podman stores the resolved name).
+        candidates = [i for i in images if short_name_matches(i.names, name)]
+        if len(candidates) == 1:
+            found = candidates[0]
     return found
 
 

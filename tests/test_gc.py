@@ -152,3 +152,19 @@ def test_gc_keeps_recorded_ids_and_drops_stale_records(tmp_path: Path) -> None:
     collect_garbage([da], store)
     assert not record_path(store.root, dgone).exists()
     assert record_path(store.root, da).exists()
+
+
+def test_find_image_for_short_names() -> None:
+    from dataclasses import replace
+
+    from engine.reconcile import find_image_for
+
+    a = replace(record("docker.io/library/alpine:latest"), id="a" * 64)
+    b = replace(record("quay.io/x/app:1"), id="b" * 64)
+    c = replace(record("quay.io/y/app:1"), id="c" * 64)
+    assert find_image_for([a, b], "alpine") == a
+    assert find_image_for([a, b], "docker.io/alpine") == a
+    assert find_image_for([a, b], "app:1") == b
+    assert find_image_for([a, b, c], "app:1") is None  # ambiguous: not guessed
+    assert find_image_for([a, b, c], "x/app:1") == b
+    assert find_image_for([a], "alpine:3") is None
