@@ -25,6 +25,7 @@ Plain deployment roots (``--root DIR``, repeatable; the first is the new one) ar
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from pathlib import Path
 from engine.bound import resolve_in_root
 from engine.errors import BoundImageError, DeploymentError
 from engine.quadlet import parse_unit
+
+log = logging.getLogger(__name__)
 
 _DEPLOY_DIR = re.compile(r"^(?P<csum>[0-9a-f]{64})\.(?P<serial>\d+)$")
 _OSTREE_ARG = re.compile(r"(?:^|\s)ostree=(\S+)")
@@ -123,7 +126,9 @@ def _read_origin(path: Path) -> tuple[str | None, bool]:
     try:
         origin = parse_unit(text, path=str(path))
     except BoundImageError as exc:
-        raise DeploymentError(f"reading ostree origin file {path}: {exc}") from None
+        # Only shown in status; a GKeyFile oddity must not hide the deployment.
+        log.warning("ignoring unreadable ostree origin file %s: %s", path, exc)
+        return None, False
     ref = (
         origin.get("origin", "container-image-reference")
         or origin.get("origin", "refspec")
