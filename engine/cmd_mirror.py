@@ -55,6 +55,8 @@ def register(subparsers: Any) -> None:
                       help="write a registries.conf.d drop-in sending hosts to the mirror for exactly these images")
     sync.add_argument("--dest-tls-verify", type=parse_bool, nargs="?", const=True, default=None, metavar="BOOL",
                       help="TLS verification for the destination registry (default: as --tls-verify)")
+    sync.add_argument("--remove-signatures", action="store_true",
+                      help="docker:// destinations: do not copy signatures (sigstore attachments, lookaside files)")
     sync.add_argument("--jobs", "-j", type=int, default=None, metavar="N", help="blobs copied at once (default: 6)")
     sync.add_argument("images", nargs="*", metavar="IMAGE")
     sync.set_defaults(func=run_sync)
@@ -126,6 +128,7 @@ def run_sync(args: argparse.Namespace) -> int:
             jobs=args.jobs or DEFAULT_JOBS,
             dest_tls_verify=args.dest_tls_verify,
             registries_conf_out=args.registries_conf_out,
+            remove_signatures=args.remove_signatures,
         )
 
     report = trio.run(main)

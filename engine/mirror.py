@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     from engine.options import CommonOptions
     from registry.client import RegistryClient
     from registry.registries_conf import PullSource, RegistriesConf
+    from registry.registries_d import RegistriesD
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,7 @@ class ImageSyncResult:
     blobs_present: int = 0
     blobs_mounted: int = 0
     bytes_copied: int = 0
+    signatures_copied: int = 0
     error: str | None = None
 
 
@@ -343,7 +345,9 @@ class SyncReport:
             else:
                 lines.append(
                     f"synced {r.source} -> {r.destination} ({r.digest}; {r.blobs_copied} blobs copied, "
-                    f"{r.blobs_mounted} mounted, {r.blobs_present} already there, {r.bytes_copied} bytes)"
+                    f"{r.blobs_mounted} mounted, {r.blobs_present} already there, {r.bytes_copied} bytes"
+                    + (f", {r.signatures_copied} signatures" if r.signatures_copied else "")
+                    + ")"
                 )
         lines += [f"PROBLEM {p}" for p in self.problems]
         return "\n".join(lines)
@@ -452,10 +456,12 @@ class _ImagePlan:
     target: str = ""  # oci ref name, or the docker destination reference
     dest_ref: Reference | None = None
     result: ImageSyncResult | None = None
+    source_top_digest: str | None = None  # what the source reference points at (differs when filtered)
     copied: int = 0
     present: int = 0
     mounted: int = 0
     nbytes: int = 0
+    signatures: int = 0
 
 
 def _platform_text(p: Platform | None) -> str:
@@ -467,6 +473,7 @@ def _platform_text(p: Platform | None) -> str:
 async def _plan_image(plan: _ImagePlan, *, all_platforms: bool, platforms: Sequence[Platform]) -> None:
     """Fetch the manifests of one image and decide what to write (network/disk reads only)."""
     raw, media_type, digest = await plan.fetcher.top()
+    plan.source_top_digest = digest
     parsed = parse_manifest(raw, media_type)
     if isinstance(parsed, ImageManifest):
         plan.top = _Manifest(digest, media_type, raw)
@@ -530,6 +537,7 @@ class _Writer(Protocol):
                          on_bytes: Callable[[int], None]) -> None: ...
     def blob_key(self, plan: _ImagePlan, digest: str) -> tuple[str, str]: ...
     async def write_manifests(self, plan: _ImagePlan) -> None: ...
+    async def copy_signatures(self, plan: _ImagePlan) -> None: ...
     async def verify(self, plans: Sequence[_ImagePlan]) -> list[str]: ...
     async def finish(self, plans: Sequence[_ImagePlan]) -> None: ...
 
@@ -596,6 +604,11 @@ class _LayoutWriter:
 
         await trio.to_thread.run_sync(write)
 
+    async def copy_signatures(self, plan: _ImagePlan) -> None:
+        # containers/image cannot store signatures in an OCI layout either ("Pushing signatures to OCI layout
+        # is not supported"); the host that pulls from the layout has none to verify.
+        pass
+
     async def verify(self, plans: Sequence[_ImagePlan]) -> list[str]:
         def check() -> list[str]:
             problems = []
@@ -648,10 +661,12 @@ class _ArchiveWriter(_LayoutWriter):
 class _RegistryWriter:
     """docker://HOST[/NAMESPACE]."""
 
-    def __init__(self, dest: Destination, client: RegistryClient, *, scoped: bool) -> None:
+    def __init__(self, dest: Destination, client: RegistryClient, *, scoped: bool,
+                 registries_d: RegistriesD | None = None) -> None:
         self.dest = dest
         self.client = client
         self.scoped = scoped
+        self.registries_d = registries_d  # None: signatures are not copied (--remove-signatures)
         self.description = str(dest)
         #: digest -> a repository of the destination registry known to hold it (for mounts)
         self.known: dict[str, str] = {}
@@ -711,6 +726,25 @@ class _RegistryWriter:
             target = Reference(target.domain, target.path, target.tag)
         got = await self.client.put_manifest(target, plan.top.raw, plan.top.media_type)
         _check_digest(got, plan.top.digest, str(target))
+
+    async def copy_signatures(self, plan: _ImagePlan) -> None:
+        """Copy each copied manifest's signatures (sigstore attachments, lookaside files) as skopeo copies
+        them; the index's only when it was copied unchanged (a new index has no signatures)."""
+        fetcher = plan.fetcher
+        if self.registries_d is None or not isinstance(fetcher, _RegistryFetcher) or plan.dest_ref is None:
+            return
+        from registry.signatures import copy_signatures
+
+        assert plan.top is not None
+        digests = [m.digest for m in plan.children]
+        if plan.top.digest == plan.source_top_digest:
+            digests.append(plan.top.digest)
+        for digest in digests:
+            copied = await copy_signatures(
+                source_client=fetcher.client, source_repository=fetcher.ref, dest_client=self.client,
+                dest_repository=plan.dest_ref, manifest_digest=digest, registries_d=self.registries_d,
+            )
+            plan.signatures += copied.lookaside + (1 if copied.sigstore_attachment else 0)
 
     async def verify(self, plans: Sequence[_ImagePlan]) -> list[str]:
         problems: list[str] = []
@@ -812,6 +846,7 @@ async def sync(
     jobs: int = DEFAULT_JOBS,
     dest_tls_verify: bool | None = None,
     registries_conf_out: Path | None = None,
+    remove_signatures: bool = False,
     observer: SyncObserver | None = None,
     client: RegistryClient | None = None,
 ) -> SyncReport:
@@ -857,7 +892,12 @@ async def sync(
             writer = await trio.to_thread.run_sync(_ArchiveWriter, dest.path)
         else:
             assert dst_client is not None
-            writer = _RegistryWriter(dest, dst_client, scoped=scoped)
+            registries_d = None
+            if not remove_signatures:
+                from registry.registries_d import load_registries_d
+
+                registries_d = load_registries_d(home=options.environ.get("HOME"))
+            writer = _RegistryWriter(dest, dst_client, scoped=scoped, registries_d=registries_d)
 
         plans: list[_ImagePlan] = []
         seen_sources: set[str] = set()
@@ -892,7 +932,7 @@ async def sync(
             plan.result = ImageSyncResult(
                 source=str(plan.source_ref), destination=plan.target, digest=plan.top.digest,
                 platforms=plan.platforms, blobs_copied=plan.copied, blobs_present=plan.present,
-                blobs_mounted=plan.mounted, bytes_copied=plan.nbytes,
+                blobs_mounted=plan.mounted, bytes_copied=plan.nbytes, signatures_copied=plan.signatures,
             )
         written_conf: Path | None = None
         if registries_conf_out is not None and good and not problems:
@@ -999,6 +1039,7 @@ async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool,
                 for d in plan.blobs.values():
                     inner.start_soon(ensure_blob, plan, d)
             await writer.write_manifests(plan)
+            await writer.copy_signatures(plan)
         except* (RegistryError, StoreError, MirrorError, OSError) as group:
             fail(plan, group.exceptions[0])
 

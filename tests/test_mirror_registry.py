@@ -301,3 +301,36 @@ def test_tether_pulls_through_a_pull_through_cache(
     again = tether_pull(tmp_path / "store2", conf, f"{proxy.host}/org/app:1")
     assert {image["Id"] for image in again.images()} == {APP.image_id}
 
+
+
+async def test_sigstore_signatures_travel_with_the_image(
+    source: RunningRegistry, registry_factory: Callable[..., RunningRegistry], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.harness.signing import CosignKey, push_sigstore_attachments
+
+    dest = registry_factory()
+    key = CosignKey.generate()
+    tag = push_sigstore_attachments(source.host, "org/app", APP.manifest_digest, [
+        key.sign_image(manifest_digest=APP.manifest_digest, docker_reference=f"{source.host}/org/app:1")])
+    home = tmp_path / "home"
+    regd = home / ".config/containers/registries.d"
+    regd.mkdir(parents=True)
+    (regd / "sigstore.yaml").write_text(f'docker:\n  "{source.host}":\n    use-sigstore-attachments: true\n')
+    monkeypatch.setenv("HOME", str(home))  # registries.d is found through $HOME, as by skopeo
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    options = CommonOptions(registries_conf=conf, environ={"HOME": str(home)}, tls_verify=False)
+    name = f"{source.host}/org/app:1"
+    report = await sync([name], to=f"docker://{dest.host}/plain", options=options, remove_signatures=True)
+    assert report.ok and report.images[0].signatures_copied == 0
+    report = await sync([name], to=f"docker://{dest.host}/signed", options=options)
+    assert report.ok, report.summary()
+    assert report.images[0].signatures_copied == 1
+    client = oras_client()
+    source_sig = client.get_manifest(f"{source.host}/org/app:{tag}")
+    assert client.get_manifest(f"{dest.host}/signed/app:{tag}") == source_sig
+    for layer in source_sig["layers"]:
+        assert client.get_blob(f"{dest.host}/signed/app:{tag}", layer["digest"]).status_code == 200
+    with pytest.raises(ValueError):
+        client.get_manifest(f"{dest.host}/plain/app:{tag}")
