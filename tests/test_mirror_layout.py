@@ -196,3 +196,14 @@ async def test_offline_provisioning_from_a_mirror_layout(source: Path, tmp_path:
     assert status == 0
     found = {name: image["Id"] for image in store.images() for name in image.get("Names") or []}
     assert found == {"registry.example:5000/app:2": SINGLE.image_id, "quay.io/org/multi:1": ARM.image_id}
+
+
+async def test_names_that_would_collide_on_a_registry_are_refused_before_copying(
+    tmp_path: Path, options: CommonOptions
+) -> None:
+    layout = tmp_path / "two"
+    write_oci_layout(layout, {"quay.io/a/app:1": SINGLE, "quay.io/b/app:1": AMD})
+    # Nothing listens on port 9: the refusal must come before any request.
+    with pytest.raises(UsageError, match=r"quay.io/a/app:1 and quay.io/b/app:1 would both be mirrored as "
+                                         r"127.0.0.1:9/ns/app:1; use --scoped"):
+        await sync([f"oci:{layout}"], to="docker://127.0.0.1:9/ns", options=options)
