@@ -12,8 +12,8 @@ path and its parent directories). Other transports' sections (``docker-daemon``,
 parsed and ignored, as tether never pulls from them.
 
 Anything tether cannot evaluate (``signedBaseLayer``, ``keyType`` other than ``GPGKeys``, sigstore with
-Fulcio or PKI certificates) loads fine but **rejects** the image when it applies, naming the requirement.
-Sigstore public keys with Rekor public keys are evaluated (the Rekor SET is verified).
+``pki`` certificates) loads fine but **rejects** the image when it applies, naming the requirement.
+Sigstore public keys (optionally with Rekor) and Fulcio + Rekor (keyless) are evaluated.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Any
 
 from registry.errors import ConfigError
 from registry.signatures import (
+    SIGSTORE_CERTIFICATE_ANNOTATION,
+    SIGSTORE_CHAIN_ANNOTATION,
     SIGSTORE_SET_ANNOTATION,
     SIGSTORE_SIGNATURE_ANNOTATION,
     SIGSTORE_SIGNATURE_MIME_TYPE,
@@ -43,6 +45,7 @@ from registry.signatures import (
     load_public_keys,
     manifest_matches_digest,
     public_key_pem,
+    verify_fulcio_certificate,
     verify_rekor_set,
     verify_sigstore_signature,
     verify_simple_signing,
@@ -334,8 +337,9 @@ class SigstoreSigned:
     """``sigstoreSigned``: a sigstore (cosign) signature by one of the public keys.
 
     Public keys may be combined with ``rekorPublicKey*`` (the signature's Rekor SET must then prove the key's
-    use was logged). ``fulcio`` and ``pki`` are parsed (so a policy using them loads) but evaluating a
-    requirement that uses them rejects the image: tether does not implement certificate verification.
+    use was logged); ``fulcio`` (keyless: certificate chained to the Fulcio CA at the Rekor SET's time, OIDC
+    issuer and e-mail checked) needs them. ``pki`` is parsed (so a policy using it loads) but evaluating a
+    requirement that uses it rejects the image: tether does not implement it.
     """
 
     key_path: str | None = None
@@ -842,9 +846,63 @@ def _keys_logged_in_rekor(sig: SigstoreSignature, keys: Sequence[Any], rekor_key
     raise InvalidSignatureError("No public key verified against the RekorSET: " + ", ".join(failures))
 
 
+def _sigstore_candidates(signatures: Sequence[Signature]) -> tuple[list[SigstoreSignature], str]:
+    """The sigstore signature attachments, and the "no signature" message naming what else was found."""
+    candidates: list[SigstoreSignature] = []
+    non_sigstore = non_signature = 0
+    for sig in signatures:
+        if not isinstance(sig, SigstoreSignature):
+            non_sigstore += 1
+        elif sig.mime_type != SIGSTORE_SIGNATURE_MIME_TYPE:
+            non_signature += 1
+        else:
+            candidates.append(sig)
+    none = "A signature was required, but no signature exists"
+    if non_sigstore or non_signature:
+        none += f" ({non_sigstore} non-sigstore signatures, {non_signature} sigstore non-signature attachments)"
+    return candidates, none
+
+
+def _evaluate_fulcio(req: SigstoreSigned, fulcio: Mapping[str, Any], image: PolicyImage,
+                     signatures: Sequence[Signature]) -> str | None:
+    """Keyless: Rekor SET -> integrated time -> Fulcio certificate valid then -> its key signed the payload."""
+    try:
+        if "caPath" in fulcio:
+            ca_pem = _read_key_files([str(fulcio["caPath"])])[0]
+        else:
+            ca_pem = base64.b64decode(str(fulcio.get("caData", "")), validate=True)
+        rekor_keys = _rekor_keys(req)
+    except (InvalidSignatureError, binascii.Error, ValueError) as exc:
+        return str(exc)
+    candidates, none = _sigstore_candidates(signatures)
+    rejections: list[str] = []
+    for sig in candidates:
+        try:
+            untrusted_set = sig.annotations.get(SIGSTORE_SET_ANNOTATION)
+            if untrusted_set is None:
+                raise InvalidSignatureError(f"missing {SIGSTORE_SET_ANNOTATION} annotation")
+            cert = sig.annotations.get(SIGSTORE_CERTIFICATE_ANNOTATION)
+            if cert is None:
+                raise InvalidSignatureError(f"missing {SIGSTORE_CERTIFICATE_ANNOTATION} annotation")
+            chain = sig.annotations.get(SIGSTORE_CHAIN_ANNOTATION)
+            integrated = verify_rekor_set(rekor_keys, untrusted_set.encode(), cert.encode(),
+                                          sig.annotations.get(SIGSTORE_SIGNATURE_ANNOTATION, ""), sig.payload)
+            key = verify_fulcio_certificate(ca_pem=ca_pem, certificate_pem=cert.encode(),
+                                            chain_pem=chain.encode() if chain else None, at=integrated,
+                                            oidc_issuer=str(fulcio["oidcIssuer"]),
+                                            subject_email=str(fulcio["subjectEmail"]))
+            payload = verify_sigstore_signature(sig, [key])
+            _check_payload(payload, image, req.signed_identity)
+        except InvalidSignatureError as exc:
+            rejections.append(str(exc))
+            continue
+        return None
+    return _summary(rejections, none)
+
+
 def _evaluate_sigstore(req: SigstoreSigned, image: PolicyImage, signatures: Sequence[Signature]) -> str | None:
     if req.fulcio is not None:
-        return "sigstoreSigned with fulcio is not supported by tether (cannot verify Fulcio certificates)"
+        return _evaluate_fulcio(req, req.fulcio, image, signatures)
     if req.pki is not None:
         return "sigstoreSigned with pki is not supported by tether (cannot verify X.509 PKI certificates)"
     try:
@@ -861,15 +919,8 @@ def _evaluate_sigstore(req: SigstoreSigned, image: PolicyImage, signatures: Sequ
     except InvalidSignatureError as exc:
         return str(exc)
     rejections: list[str] = []
-    non_sigstore = 0
-    non_signature = 0
-    for sig in signatures:
-        if not isinstance(sig, SigstoreSignature):
-            non_sigstore += 1
-            continue
-        if sig.mime_type != SIGSTORE_SIGNATURE_MIME_TYPE:
-            non_signature += 1
-            continue
+    candidates, none = _sigstore_candidates(signatures)
+    for sig in candidates:
         try:
             usable = keys if rekor_keys is None else _keys_logged_in_rekor(sig, keys, rekor_keys)
             payload = verify_sigstore_signature(sig, usable)
@@ -878,9 +929,6 @@ def _evaluate_sigstore(req: SigstoreSigned, image: PolicyImage, signatures: Sequ
             rejections.append(str(exc))
             continue
         return None
-    none = "A signature was required, but no signature exists"
-    if non_sigstore or non_signature:
-        none += f" ({non_sigstore} non-sigstore signatures, {non_signature} sigstore non-signature attachments)"
     return _summary(rejections, none)
 
 

@@ -437,6 +437,125 @@ def verify_rekor_set(rekor_keys: Sequence[Any], untrusted_set: bytes, key_or_cer
     return integrated
 
 
+#: sigstore/fulcio ``certificate.OIDIssuer`` (v1, raw string) and ``OIDIssuerV2`` (DER string).
+FULCIO_ISSUER_V1_OID = "1.3.6.1.4.1.57264.1.1"
+FULCIO_ISSUER_V2_OID = "1.3.6.1.4.1.57264.1.8"
+
+
+def _der_string(value: bytes) -> str:
+    """Decode one DER UTF8String/PrintableString/IA5String with nothing after it (Go ``asn1.Unmarshal``)."""
+    if len(value) < 2 or value[0] not in (0x0C, 0x13, 0x16):
+        raise InvalidSignatureError("invalid ASN.1 in OIDC issuer v2 extension")
+    length, offset = value[1], 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or len(value) < 2 + count:
+            raise InvalidSignatureError("invalid ASN.1 in OIDC issuer v2 extension")
+        length = int.from_bytes(value[2:2 + count], "big")
+        offset = 2 + count
+    if len(value) != offset + length:
+        raise InvalidSignatureError("invalid ASN.1 in OIDC issuer v2 extension, trailing data")
+    try:
+        return value[offset:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSignatureError("invalid ASN.1 in OIDC issuer v2 extension") from None
+
+
+def fulcio_issuer(certificate: Any) -> str:
+    """The OIDC issuer recorded in a Fulcio certificate (c/image ``fulcioIssuerInCertificate``)."""
+    v1: str | None = None
+    v2: str | None = None
+    for ext in certificate.extensions:
+        oid = ext.oid.dotted_string
+        if oid == FULCIO_ISSUER_V1_OID:
+            v1 = bytes(ext.value.value).decode("utf-8", errors="replace")
+        elif oid == FULCIO_ISSUER_V2_OID:
+            v2 = _der_string(bytes(ext.value.value))
+    if v1 is not None and v2 is not None and v1 != v2:
+        raise InvalidSignatureError(f"inconsistent OIDC issuer extension values: v1 {v1!r}, v2 {v2!r}")
+    issuer = v1 if v1 is not None else v2
+    if issuer is None:
+        raise InvalidSignatureError("Fulcio certificate is missing the issuer extension")
+    return issuer
+
+
+def verify_fulcio_certificate(*, ca_pem: bytes, certificate_pem: bytes, chain_pem: bytes | None, at: int,
+                              oidc_issuer: str, subject_email: str) -> Any:
+    """Verify a Fulcio (keyless cosign) certificate as c/image ``verifyFulcioCertificateAtTime``: chained to
+    the trusted CA certificates (intermediates from the signature's chain, minus its last = root entry),
+    valid at ``at`` (the Rekor SET's integrated time), code-signing EKU, the OIDC issuer and the subject
+    e-mail as the policy requires. Returns the certificate's public key.
+
+    Chain building, signatures, validity periods and CA constraints are checked by ``cryptography``'s
+    RFC 5280/Web PKI verifier; the leaf and every intermediate must allow code signing.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    from cryptography.x509.verification import (
+        Criticality,
+        ExtensionPolicy,
+        PolicyBuilder,
+        Store,
+        VerificationError,
+    )
+
+    try:
+        roots = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        raise InvalidSignatureError("error loading Fulcio CA certificates") from None
+    try:
+        leaves = x509.load_pem_x509_certificates(certificate_pem)
+    except ValueError as exc:
+        raise InvalidSignatureError(f"parsing leaf certificate: {exc}") from None
+    if len(leaves) != 1:
+        raise InvalidSignatureError("unexpected multiple certificates present in signature certificate data"
+                                    if leaves else "no certificate found in signature certificate data")
+    leaf = leaves[0]
+    intermediates: list[Any] = []
+    if chain_pem:
+        try:
+            chain = x509.load_pem_x509_certificates(chain_pem)
+        except ValueError as exc:
+            raise InvalidSignatureError(f"loading certificate chain: {exc}") from None
+        intermediates = chain[:-1]
+
+    def ca_eku(_policy: Any, _cert: Any, eku: Any) -> None:
+        if eku is not None and ExtendedKeyUsageOID.CODE_SIGNING not in eku \
+                and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+            raise ValueError("an issuing certificate does not allow code signing")
+
+    def leaf_eku(_policy: Any, _cert: Any, eku: Any) -> None:
+        if eku is None or ExtendedKeyUsageOID.CODE_SIGNING not in eku:
+            raise ValueError("the certificate does not allow code signing")
+
+    ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC,
+                                                                   ca_eku)
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC,
+                                                                    leaf_eku)
+    when = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    try:
+        verifier = (PolicyBuilder().store(Store(roots)).time(when)
+                    .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy).build_client_verifier())
+        verifier.verify(leaf, intermediates)
+    except (VerificationError, ValueError) as exc:
+        raise InvalidSignatureError(f"veryfing leaf certificate failed: {exc}") from None
+    try:
+        issuer = fulcio_issuer(leaf)
+        emails = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.RFC822Name)
+    except x509.ExtensionNotFound:
+        emails = []
+    except (x509.DuplicateExtension, ValueError) as exc:
+        raise InvalidSignatureError(f"invalid Fulcio certificate extensions: {exc}") from None
+    if issuer != oidc_issuer:
+        raise InvalidSignatureError(f"Unexpected Fulcio OIDC issuer {issuer!r}")
+    if subject_email not in emails:
+        raise InvalidSignatureError(f"Required email {subject_email!r} not found (got {emails!r})")
+    return leaf.public_key()
+
+
 def public_key_pem(key: Any) -> bytes:
     """Re-marshal a public key as SubjectPublicKeyInfo PEM (what cosign logs in Rekor)."""
     from cryptography.hazmat.primitives import serialization

@@ -43,12 +43,13 @@ from registry.signatures import (
     SIGSTORE_PAYLOAD_TYPE,
     SIGSTORE_SET_ANNOTATION,
     SIGSTORE_SIGNATURE_ANNOTATION,
+    SIGSTORE_SIGNATURE_MIME_TYPE,
     SigstoreSignature,
     SimpleSigningSignature,
     make_signature_payload,
     sign_sigstore_payload,
 )
-from tests.harness.signing import CosignKey, GPGSigner, key_data, make_rekor_set
+from tests.harness.signing import CosignKey, FulcioCA, GPGSigner, key_data, make_rekor_set
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
@@ -400,7 +401,7 @@ def test_sigstore_identity_rules_and_keys(cosign: CosignKey, tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("extra", "reason"), [
     ({"fulcio": {"caData": key_data(b"ca"), "oidcIssuer": "https://i", "subjectEmail": "a@b"},
-      "rekorPublicKeyData": key_data(b"r")}, "sigstoreSigned with fulcio is not supported by tether"),
+      "rekorPublicKeyData": key_data(b"r")}, "parsing public key 1 of rekorPublicKey"),
     ({"pki": {"caRootsData": key_data(b"ca"), "subjectEmail": "a@b"}}, "pki is not supported"),
 ])
 def test_unsupported_sigstore_options_fail_closed(extra: dict[str, Any], reason: str, cosign: CosignKey) -> None:
@@ -500,3 +501,45 @@ def test_sigstore_with_rekor_sets(cosign: CosignKey) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     bad = sigstore_policy(cosign.public_pem, rekorPublicKeyData=key_data(ed_pem))
     assert "Rekor public key 1 is not using ECDSA" in evaluate_policy(bad, img, [good]).reason
+
+
+def test_sigstore_keyless_fulcio(cosign: CosignKey, tmp_path: Path) -> None:
+    ca, other_ca, rekor = FulcioCA.generate(), FulcioCA.generate(), CosignKey.generate()
+    img = image_for("example.com/ns/app:1")
+    (tmp_path / "fulcio.pem").write_bytes(ca.ca_pem)
+    policy = parse_policy(json.dumps({"default": [{
+        "type": "sigstoreSigned", "rekorPublicKeyData": key_data(rekor.public_pem),
+        "fulcio": {"caPath": str(tmp_path / "fulcio.pem"), "oidcIssuer": "https://issuer.example",
+                   "subjectEmail": "dev@example.com"},
+        "signedIdentity": {"type": "matchRepoDigestOrExact"}}]}))
+    common = {"manifest_digest": img.manifest_digest, "docker_reference": "example.com/ns/app:1"}
+
+    def sign(signer: FulcioCA = ca, **options: Any) -> SigstoreSignature:
+        values = {"email": "dev@example.com", "oidc_issuer": "https://issuer.example", **options}
+        return signer.sign_image(rekor, **common, **values)
+
+    assert evaluate_policy(policy, img, [sign()]).allowed
+    assert evaluate_policy(policy, img, [sign(issuer_v2=True)]).allowed
+    cases = [
+        ("other e-mail", sign(email="eve@example.com"), "Required email 'dev@example.com' not found"),
+        ("other issuer", sign(oidc_issuer="https://evil.example"), "Unexpected Fulcio OIDC issuer"),
+        ("logged after expiry", sign(set_at=1700000000 + 3600), "veryfing leaf certificate failed"),
+        ("untrusted CA", sign(other_ca), "veryfing leaf certificate failed"),
+        ("not code signing", sign(code_signing=False), "veryfing leaf certificate failed"),
+        ("no chain", sign(with_chain=False), "veryfing leaf certificate failed"),
+        ("no certificate", SigstoreSignature(SIGSTORE_SIGNATURE_MIME_TYPE, sign().payload, {
+            k: v for k, v in sign().annotations.items() if k != "dev.sigstore.cosign/certificate"}),
+         "missing dev.sigstore.cosign/certificate annotation"),
+        ("SET by another log", ca.sign_image(CosignKey.generate(), **common, email="dev@example.com",
+                                             oidc_issuer="https://issuer.example"),
+         "cryptographic signature verification of Rekor SET failed"),
+    ]
+    for what, sig, reason in cases:
+        decision = evaluate_policy(policy, img, [sig])
+        assert not decision.allowed, what
+        assert reason in decision.reason, (what, decision.reason)
+    # a certificate swapped in after logging: the SET names another certificate
+    good, other = sign(), sign()
+    swapped = SigstoreSignature(good.mime_type, good.payload, {
+        **good.annotations, "dev.sigstore.cosign/bundle": other.annotations["dev.sigstore.cosign/bundle"]})
+    assert "does not match" in evaluate_policy(policy, img, [swapped]).reason

@@ -8,6 +8,7 @@ Formats as containers/image writes them (``docker/docker_image_dest.go`` for att
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import shutil
@@ -159,3 +160,102 @@ def make_rekor_set(rekor: CosignKey, *, public_pem: bytes, signature: SigstoreSi
     canonical = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
     set_signature = rekor.private.sign(canonical, ec.ECDSA(hashes.SHA256()))
     return json.dumps({"SignedEntryTimestamp": base64.b64encode(set_signature).decode(), "Payload": entry})
+
+
+@dataclass(frozen=True)
+class FulcioCA:
+    """A Fulcio-like CA (root + intermediate) issuing short-lived code-signing certificates for e-mails."""
+
+    root_key: Any
+    root: Any
+    intermediate_key: Any
+    intermediate: Any
+
+    @staticmethod
+    def _ca(subject: str, key: Any, issuer: Any | None, issuer_key: Any) -> Any:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tether.test"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (x509.CertificateBuilder().subject_name(name)
+                   .issuer_name(issuer.subject if issuer is not None else name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+                   .not_valid_after(datetime.datetime(2040, 1, 1, tzinfo=datetime.UTC))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0),
+                                  critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                                key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                                decipher_only=False), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                                  critical=False))
+        if issuer is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CODE_SIGNING]),
+                                            critical=False)
+        return builder.sign(issuer_key, hashes.SHA384())
+
+    @classmethod
+    def generate(cls) -> FulcioCA:
+        root_key = ec.generate_private_key(ec.SECP384R1())
+        root = cls._ca("sigstore-test", root_key, None, root_key)
+        inter_key = ec.generate_private_key(ec.SECP384R1())
+        inter = cls._ca("sigstore-test-intermediate", inter_key, root, root_key)
+        return cls(root_key, root, inter_key, inter)
+
+    @property
+    def ca_pem(self) -> bytes:
+        return bytes(self.root.public_bytes(serialization.Encoding.PEM))
+
+    @property
+    def chain_pem(self) -> bytes:
+        return bytes(self.intermediate.public_bytes(serialization.Encoding.PEM)) + self.ca_pem
+
+    def issue(self, *, email: str, oidc_issuer: str, at: int, issuer_v2: bool = False,
+              code_signing: bool = True) -> tuple[Any, bytes]:
+        """A leaf key and its certificate (PEM), valid for 10 minutes from ``at`` - 60 s."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = datetime.datetime.fromtimestamp(at - 60, datetime.UTC)
+        if issuer_v2:
+            raw = oidc_issuer.encode()
+            issuer_ext = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8"),
+                                                    bytes([0x0C, len(raw)]) + raw)
+        else:
+            issuer_ext = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1"),
+                                                    oidc_issuer.encode())
+        eku = x509.oid.ExtendedKeyUsageOID.CODE_SIGNING if code_signing else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.intermediate.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(start + datetime.timedelta(minutes=10))
+                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                             crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()),
+                               critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
+                .add_extension(issuer_ext, critical=False)
+                .sign(self.intermediate_key, hashes.SHA384()))
+        return key, bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def sign_image(self, rekor: CosignKey, *, manifest_digest: str, docker_reference: str, email: str,
+                   oidc_issuer: str, at: int = 1700000000, set_at: int | None = None, with_chain: bool = True,
+                   **issue_options: Any) -> SigstoreSignature:
+        """A keyless cosign signature: payload signed by a fresh leaf, certificate + chain + Rekor SET annotations."""
+        key, cert_pem = self.issue(email=email, oidc_issuer=oidc_issuer, at=at, **issue_options)
+        payload = make_signature_payload(manifest_digest=manifest_digest, docker_reference=docker_reference,
+                                         kind=SIGSTORE_PAYLOAD_TYPE, timestamp=at)
+        sig = sign_sigstore_payload(key, payload, annotations={"dev.sigstore.cosign/certificate": cert_pem.decode()})
+        annotations = dict(sig.annotations)
+        if with_chain:
+            annotations["dev.sigstore.cosign/chain"] = self.chain_pem.decode()
+        annotations["dev.sigstore.cosign/bundle"] = make_rekor_set(
+            rekor, public_pem=cert_pem, signature=sig, integrated_time=set_at if set_at is not None else at)
+        return SigstoreSignature(sig.mime_type, sig.payload, annotations)
