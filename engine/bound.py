@@ -502,12 +502,17 @@ def discover_bound_images(root: Path | str) -> tuple[BoundImage, ...]:
         dir_rel = resolve_in_root(root, BOUND_IMAGE_DIR)
     except NotFoundInRootError:
         return ()
+    except OSError as exc:
+        raise BoundImageError(f"Querying bound images in {root}: {exc}") from None
     directory = root / dir_rel if dir_rel else root
     if not directory.is_dir():
         return ()
     images: list[BoundImage] = []
     problems: list[str] = []
-    names = sorted(os.listdir(os.fsencode(directory)))
+    try:
+        names = sorted(os.listdir(os.fsencode(directory)))
+    except OSError as exc:
+        raise BoundImageError(f"Querying bound images in {root}: reading {BOUND_IMAGE_DIR}: {exc}") from None
     for raw in names:
         try:
             name = raw.decode("utf-8")
@@ -518,6 +523,8 @@ def discover_bound_images(root: Path | str) -> tuple[BoundImage, ...]:
             images.append(_parse_entry(root, dir_rel, name))
         except BoundImageError as exc:
             problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"{name}: {exc}")
     if problems:
         raise BoundImageError(f"Querying bound images in {root}: " + "\n  ".join(["", *problems]).lstrip())
     return tuple(images)
