@@ -592,11 +592,14 @@ class GPGKeyring:
     """A throwaway GNUPGHOME holding only the trusted keys of one requirement.
 
     containers/image ``newEphemeralGPGSigningMechanism``: the trusted identities are exactly the
-    fingerprints of the keys imported from the policy's key material. Use as a context manager.
+    fingerprints of the keys imported from the policy's key material. Keys are imported with ``gpg``
+    (never starting an agent), signatures verified with ``gpgv`` against that keyring only.
+    Use as a context manager.
     """
 
-    def __init__(self, key_blobs: Sequence[bytes], *, gpg: str = "gpg") -> None:
+    def __init__(self, key_blobs: Sequence[bytes], *, gpg: str = "gpg", gpgv: str = "gpgv") -> None:
         self._gpg = gpg
+        self._gpgv = gpgv
         self._home = tempfile.mkdtemp(prefix="tether-gpg-")
         self.fingerprints: tuple[str, ...] = ()
         try:
@@ -625,7 +628,8 @@ class GPGKeyring:
         shutil.rmtree(self._home, ignore_errors=True)
 
     def _run(self, args: list[str], *, stdin: bytes | None = None, check: bool = False) -> str:
-        cmd = [self._gpg, "--homedir", self._home, "--batch", "--no-tty", "--no-auto-key-locate",
+        # --no-autostart: importing public keys must not leave a gpg-agent behind.
+        cmd = [self._gpg, "--homedir", self._home, "--batch", "--no-tty", "--no-autostart", "--no-auto-key-locate",
                "--no-auto-key-retrieve", "--trust-model", "always", "--status-fd", "1", *args]
         try:
             proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=60,
@@ -644,15 +648,15 @@ class GPGKeyring:
             sig_path = Path(tmp, "signature")
             out_path = Path(tmp, "plaintext")
             sig_path.write_bytes(blob)
-            cmd = [self._gpg, "--homedir", self._home, "--batch", "--no-tty", "--no-auto-key-locate",
-                   "--no-auto-key-retrieve", "--trust-model", "always", "--status-fd", "1",
-                   "--output", str(out_path), "--decrypt", str(sig_path)]
+            # gpgv only verifies (no decryption, no agent); --output extracts the signed payload.
+            cmd = [self._gpgv, "--homedir", self._home, "--keyring", str(Path(self._home, "pubring.kbx")),
+                   "--status-fd", "1", "--output", str(out_path), str(sig_path)]
             try:
                 proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False,
                                       env={**os.environ, "GNUPGHOME": self._home, "LC_ALL": "C"})
             except FileNotFoundError:
                 raise InvalidSignatureError(
-                    f"cannot verify GPG signatures: {self._gpg!r} is not installed") from None
+                    f"cannot verify GPG signatures: {self._gpgv!r} is not installed") from None
             except subprocess.TimeoutExpired:
                 raise InvalidSignatureError("gpg timed out") from None
             status = [line.split() for line in proc.stdout.decode(errors="replace").splitlines()
