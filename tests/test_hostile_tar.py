@@ -57,7 +57,11 @@ def apply(request: pytest.FixtureRequest, sandbox: dict[str, Path]) -> Runner:
     def run(tar: bytes, *, mode: str = "overlay") -> object:
         before_outside = snapshot(sandbox["outside"])
         before_tmp = sorted(os.listdir(sandbox["tmp"]))
-        x = cls(sandbox["target"], mode=mode, tar_split_path=sandbox["tmp"] / "layer.tar-split.gz")  # type: ignore[arg-type]
+        split = sandbox["tmp"] / "layer.tar-split.gz"
+        x = (LayerExtractor(sandbox["target"], mode=mode, tar_split_path=split)  # type: ignore[arg-type]
+             if cls is LayerExtractor else
+             ProcessLayerExtractor(sandbox["target"], mode=mode, tar_split_path=split,  # type: ignore[arg-type]
+                                   spawn_threshold=0))
         try:
             try:
                 x.feed(tar)
