@@ -19,6 +19,7 @@ Lookaside URLs for one image are ``<base>/<repo path>@<algo>=<hex>/signature-<n>
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import posixpath
 import urllib.parse
@@ -213,6 +214,41 @@ def load_registries_d(directory: Path | None = None, *, home: str | None = None,
     return RegistriesD(default_docker=default, docker=docker, builtin_lookaside=builtin)
 
 
+def _yaml_scalar(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def render_registries_d(docker: Mapping[str, RegistryNamespace], *,
+                        default_docker: RegistryNamespace | None = None) -> str:
+    """A registries.d YAML file for ``docker`` scopes (e.g. what ``tether mirror sync`` writes so that hosts
+    pulling from the mirror find its lookaside store and sigstore attachments)."""
+
+    def block(ns: RegistryNamespace, indent: str) -> list[str]:
+        lines = []
+        for key, value in (("lookaside", ns.lookaside), ("lookaside-staging", ns.lookaside_staging),
+                           ("sigstore", ns.sigstore), ("sigstore-staging", ns.sigstore_staging)):
+            if value:
+                lines.append(f"{indent}{key}: {_yaml_scalar(value)}")
+        if ns.use_sigstore_attachments is not None:
+            lines.append(f"{indent}use-sigstore-attachments: {'true' if ns.use_sigstore_attachments else 'false'}")
+        return lines or [f"{indent}{{}}"]
+
+    out = ["# Written by tether: signature storage for these registries (containers-registries.d(5))."]
+    if default_docker is not None:
+        out.append("default-docker:")
+        out.extend(block(default_docker, "  "))
+    if docker:
+        out.append("docker:")
+        for scope, ns in docker.items():
+            body = block(ns, "    ")
+            if body == ["    {}"]:
+                out.append(f"  {_yaml_scalar(scope)}: {{}}")
+            else:
+                out.append(f"  {_yaml_scalar(scope)}:")
+                out.extend(body)
+    return "\n".join(out) + "\n"
+
+
 __all__ = [
     "RegistriesD",
     "RegistryNamespace",
@@ -220,4 +256,5 @@ __all__ = [
     "load_registries_d",
     "lookaside_signature_url",
     "parse_registries_d_file",
+    "render_registries_d",
 ]

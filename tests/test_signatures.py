@@ -264,3 +264,15 @@ async def test_signature_extension_replaces_lookaside(tmp_path: Path) -> None:
     not_offered = _ExtensionClient(None)
     sigs = await fetch_signatures(client=not_offered, repository=repo, manifest_digest=D, registries_d=regd)  # type: ignore[arg-type]
     assert sigs == (SimpleSigningSignature(b"\xa3lookaside"),)
+
+
+def test_render_registries_d_round_trips(tmp_path: Path) -> None:
+    from registry.registries_d import parse_registries_d_file, render_registries_d
+
+    docker = {"mirror.local:5000/team": RegistryNamespace(lookaside="file:///srv/sigs", use_sigstore_attachments=True),
+              "mirror.local:5000/other": RegistryNamespace(use_sigstore_attachments=False),
+              'odd"scope': RegistryNamespace()}
+    text = render_registries_d(docker, default_docker=RegistryNamespace(lookaside="https://sigs.example/x y"))
+    default, parsed = parse_registries_d_file(text, source="rendered")
+    assert parsed == docker
+    assert default == RegistryNamespace(lookaside="https://sigs.example/x y")
