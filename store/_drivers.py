@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from store.errors import StoreError
@@ -38,6 +39,14 @@ __all__ = [
 ]
 
 LAYER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _no_crash(point: str) -> None:
+    del point
+
+
+#: Set by :mod:`store.containers_storage` to its kill -9 test hook.
+crash_hook: Callable[[str], None] = _no_crash
 LINK_ID_LENGTH = 26  # overlay.go idLength
 DEFAULT_PERMS = 0o555  # overlay.go / vfs driver.go defaultPerms
 
@@ -100,12 +109,16 @@ def overlay_install(root: Path, layer_id: str, parent: str | None, staged_diff: 
         mode, uid, gid = parent_diff_owner_mode(root, "overlay", parent)
         os.chown(staged_diff, uid, gid)
         os.chmod(staged_diff, mode)
+    crash_hook("overlay-after-layer-dir")
     os.rename(staged_diff, layer_dir / "diff")
+    crash_hook("overlay-after-diff-rename")
     link = generate_link_id()
     while (links / link).is_symlink():
         link = generate_link_id()
     _write_small(layer_dir / "link", link.encode("ascii"), 0o644)
+    crash_hook("overlay-after-link-file")
     os.symlink(f"../{layer_id}/diff", links / link)
+    crash_hook("overlay-after-symlink")
     for name in ("work", "merged"):
         (layer_dir / name).mkdir(mode=0o700)
         os.chown(layer_dir / name, rootuid, rootgid)

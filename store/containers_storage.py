@@ -107,6 +107,9 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+_drivers.crash_hook = _crash_point
+
+
 class _Extractor(Protocol):
     def feed(self, chunk: bytes) -> None: ...
     def finish(self) -> Any: ...
@@ -375,6 +378,7 @@ class Store:
                     self.staging_base.rmdir()  # only when empty
             with self._images_lock.exclusive():
                 images = _read_json_array(self.images_dir / "images.json")
+                self._finish_pending_deletes(layers, images)
                 ids = {str(r["id"]) for r in images}
                 for entry in self.images_dir.iterdir():
                     if entry.name.startswith(".tmp-"):
@@ -834,7 +838,12 @@ class Store:
     # ---------------------------------------------------------------- deleting
 
     def delete_image(self, image_id: str) -> tuple[str, ...]:
-        """Delete an image and the layers no other image or container uses (store.go ``DeleteImage``)."""
+        """Delete an image and the layers no other image or container uses (store.go ``DeleteImage``).
+
+        Crash safety beyond c/storage: the layers to remove are written to a journal
+        (``R/tether/pending-deletes/<image-id>.json``) before the image record goes, so that a kill
+        between the two leaves nothing unreferenced for ever: :meth:`open` finishes the job.
+        """
         with self._layers_lock.exclusive():
             layers = self._load_layers()
             with self._images_lock.exclusive():
@@ -846,36 +855,55 @@ class Store:
                 users = [str(c.get("id")) for c in containers if c.get("image") == image.id]
                 if users:
                     raise StoreError(f"deleting image {image.id} in {self.root}: used by container {users[0]}")
-                children: dict[str, list[str]] = {}
-                for layer in layers.all():
-                    children.setdefault(str(layer.get("parent") or ""), []).append(str(layer["id"]))
-                other_tops: set[str] = set()
-                for other in images:
-                    if other["id"] != image.id:
-                        other_tops.add(str(other.get("layer") or ""))
-                        other_tops.update(other.get("mapped-layers") or [])
-                container_layers = {str(c.get("layer")) for c in containers}
                 remaining = [r for r in images if r["id"] != image.id]
+                chain = list(image.mapped_layers)
+                current = image.top_layer or ""
+                by_id = layers.by_id()
+                while current and current not in chain:
+                    chain.append(current)
+                    current = str((by_id.get(current) or {}).get("parent") or "")
+                to_remove = _removable_layers(chain, layers, remaining, containers)
+                journal = self._journal_dir / f"{image.id}.json"
+                journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                atomic_write(journal, json.dumps({"image": image.id, "layers": chain}).encode())
+                _crash_point("delete-after-journal")
                 atomic_write(
                     self.images_dir / "images.json", go_json_dumps([ordered(r, IMAGE_FIELD_ORDER) for r in remaining])
                 )
                 self._images_lock.touch()
+                _crash_point("delete-after-image-record")
                 _drivers.remove_tree(self.images_dir / image.id)
-                to_remove: list[str] = list(image.mapped_layers)
-                current = image.top_layer or ""
-                by_id = layers.by_id()
-                while current:
-                    if current in container_layers or current in other_tops:
-                        break
-                    checks = [current, *image.mapped_layers] if current == image.top_layer else [current]
-                    if any(child not in to_remove for c in checks for child in children.get(c, [])):
-                        break
-                    to_remove.append(current)
-                    current = str((by_id.get(current) or {}).get("parent") or "")
             for layer_id in to_remove:
-                if layer_id in layers.by_id():
-                    self._delete_layer_locked(layers, layer_id, save=True)
+                self._delete_layer_locked(layers, layer_id, save=True)
+                _crash_point("delete-after-layer")
+            journal.unlink(missing_ok=True)
         return tuple(to_remove)
+
+    @property
+    def _journal_dir(self) -> Path:
+        return self.root / "tether" / "pending-deletes"
+
+    def _finish_pending_deletes(self, layers: _Layers, images: list[dict[str, Any]]) -> bool:
+        """Redo what a killed :meth:`delete_image` left (layers lock and images lock held)."""
+        if not self._journal_dir.is_dir():
+            return False
+        changed = False
+        image_ids = {str(r["id"]) for r in images}
+        containers = _read_json_array(self.containers_dir / "containers.json")
+        for journal in sorted(self._journal_dir.glob("*.json")):
+            try:
+                entry = json.loads(journal.read_bytes())
+                image_id, chain = str(entry["image"]), [str(x) for x in entry["layers"]]
+            except (ValueError, KeyError, TypeError, OSError):
+                journal.unlink(missing_ok=True)
+                continue
+            if image_id not in image_ids:  # the record went: finish removing its layers
+                _drivers.remove_tree(self.images_dir / image_id)
+                for layer_id in _removable_layers(chain, layers, images, containers):
+                    self._delete_layer_locked(layers, layer_id, save=True)
+                    changed = True
+            journal.unlink(missing_ok=True)
+        return changed
 
     # ---------------------------------------------------------------- export and check
 
@@ -1054,6 +1082,31 @@ class _ReadOnlyStore:
         with lock.shared():
             raws = _read_json_array(self.root / f"{self.driver}-images" / "images.json")
         return [image_from_raw(r, read_only=True) for r in raws]
+
+
+def _removable_layers(chain: Sequence[str], layers: _Layers, other_images: Sequence[Mapping[str, Any]],
+                      containers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """store.go ``DeleteImage``'s walk: from the top of ``chain`` down, stop at the first layer another
+    image uses as its top (or mapped) layer, a container uses, or that has a child not being removed.
+    Layers of ``chain`` already gone are skipped."""
+    present = layers.by_id()
+    children: dict[str, list[str]] = {}
+    for layer in layers.all():
+        children.setdefault(str(layer.get("parent") or ""), []).append(str(layer["id"]))
+    used: set[str] = set()
+    for other in other_images:
+        used.add(str(other.get("layer") or ""))
+        used.update(str(x) for x in other.get("mapped-layers") or [])
+    used.update(str(c.get("layer") or "") for c in containers)
+    slated = set(chain)
+    out: list[str] = []
+    for layer_id in chain:
+        if layer_id not in present:
+            continue
+        if layer_id in used or any(child not in slated for child in children.get(layer_id, [])):
+            break
+        out.append(layer_id)
+    return out
 
 
 def detect_driver(root: Path) -> str | None:

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from store import containers_storage
 from store.containers_storage import CRASH_ENV, Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman, podman_for
 from tests.harness.registry import RunningRegistry
+from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +40,10 @@ POINTS = [
     "layer-staged",
     "layer-before-incomplete-record",
     "layer-after-incomplete-record",
+    "overlay-after-layer-dir",
+    "overlay-after-diff-rename",
+    "overlay-after-link-file",
+    "overlay-after-symlink",
     "layer-after-install",
     "layer-after-tar-split",
     "layer-after-complete-record",
@@ -55,6 +61,13 @@ def run_pull(root: Path, host: str, ref: str, driver: str, crash_at: str | None 
         env[CRASH_ENV] = crash_at
     return subprocess.run([sys.executable, "-c", PULL_SCRIPT, str(root), host, ref, driver],
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def _applier(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not real_applier_available():
+        monkeypatch.setattr(containers_storage, "extractor_factory",
+                            lambda target, mode, split: StubExtractor(target, mode=mode, tar_split_path=split))
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +125,8 @@ def _kill_and_recover(point: str, driver: str, podman: Podman, registry: Running
         layers_json = podman.root / f"{driver}-layers" / "layers.json"
         if layers_json.exists():  # c/storage deletes incomplete layers when it loads under the write lock
             assert not [r for r in json.loads(layers_json.read_text()) if r.get("flags", {}).get("incomplete")]
-    proc = run_pull(podman.root, registry.host, "store/crash:v1", driver)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == image.image_id
+    record = pull_into_store(Store.open(podman.root, driver=driver), registry.host, "store/crash:v1")
+    assert record.id == image.image_id
     listed = podman.images()
     assert [i["Id"] for i in listed] == [image.image_id]
     inspect = podman.json("image", "inspect", image.image_id)[0]
@@ -122,3 +134,42 @@ def _kill_and_recover(point: str, driver: str, podman: Podman, registry: Running
     Store.open(podman.root)  # a further open cleans nothing more and finds the store healthy
     assert_no_orphans(podman.root, driver)
     assert len(Store.open(podman.root).list_layers()) == 3
+
+
+DELETE_SCRIPT = """
+import sys
+from pathlib import Path
+from store.containers_storage import Store
+print(",".join(Store.open(Path(sys.argv[1])).delete_image(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("point", ["delete-after-journal", "delete-after-image-record", "delete-after-layer"])
+def test_kill_during_delete(point: str, registry: RunningRegistry, tmp_path: Path) -> None:
+    base = factory.build_layer([factory.file("base", "shared")])
+    keep = factory.build_image([base, factory.build_layer([factory.file("keep", "k")])])
+    gone = factory.build_image([base, factory.build_layer([factory.file("gone", "g")]),
+                                factory.build_layer([factory.file("gone2", "g2")])])
+    factory.push_image(registry.host, "store/del-keep:v1", keep)
+    factory.push_image(registry.host, "store/del-gone:v1", gone)
+    podman = podman_for(tmp_path)
+    try:
+        for ref in ("store/del-keep:v1", "store/del-gone:v1"):
+            pull_into_store(Store.open(podman.root), registry.host, ref)
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{CRASH_ENV: point})
+        proc = subprocess.run([sys.executable, "-c", DELETE_SCRIPT, str(podman.root), gone.image_id],
+                              capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        ids = {i["Id"] for i in podman.images()}  # podman loads whatever the kill left
+        assert keep.image_id in ids
+        store = Store.open(podman.root)  # finishes (or forgets) the interrupted delete
+        if gone.image_id in {i.id for i in store.list_images()}:
+            assert point == "delete-after-journal"
+            assert len(store.delete_image(gone.image_id)) == 2
+        assert {i["Id"] for i in podman.images()} == {keep.image_id}
+        assert len(store.list_layers()) == 2  # the shared base and keep's own layer
+        assert not (podman.root / "tether" / "pending-deletes").exists() or \
+            os.listdir(podman.root / "tether" / "pending-deletes") == []
+        assert_no_orphans(podman.root, "overlay")
+    finally:
+        subprocess.run(["umount", "-R", str(podman.runroot)], capture_output=True)
