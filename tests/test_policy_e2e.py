@@ -48,6 +48,7 @@ class World:
     index_digest: str
     instance_digest: str
     layouts: Path
+    layer_digests: tuple[str, ...]
 
 
 def _tamper_sigstore(sig: SigstoreSignature) -> SigstoreSignature:
@@ -135,7 +136,8 @@ def world(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -
         f'docker:\n  "{host}/cosign":\n    use-sigstore-attachments: true\n'
         f'  "{host}/gpg":\n    lookaside: {lookaside.as_uri()}\n')
     yield World(registry=registry, policy=policy, home=home, tmp=tmp, digest=digest,
-                index_digest=index.manifest_digest, instance_digest=inst.manifest_digest, layouts=layouts)
+                index_digest=index.manifest_digest, instance_digest=inst.manifest_digest, layouts=layouts,
+                layer_digests=tuple(layer.digest for layer in image.layers))
 
 
 def _options(world: World, root: Path) -> CommonOptions:
@@ -161,6 +163,11 @@ def _podman_pull(world: World, ref: str, tmp: Path) -> subprocess.CompletedProce
         for mounted in (podman.root / "overlay", podman.runroot):
             subprocess.run(["umount", "-R", str(mounted)], capture_output=True, check=False)
         subprocess.run(["rm", "-rf", str(podman.runroot)], check=False)
+
+
+def _layer_gets(world: World, kind: str, case: str) -> list[str]:
+    return [line for line in world.registry.access_log()
+            if f'"GET /v2/{kind}/{case}/blobs/' in line and any(d in line for d in world.layer_digests)]
 
 
 DEBIAN_SIGSTORE_DISABLED = "Debian-local change: sigstore disabled"
@@ -195,13 +202,15 @@ async def test_tether_and_podman_agree(world: World, kind: str, case: str, tmp_p
         else:
             assert podman.returncode == 0, podman.stderr
         assert [r.id for r in store.list_images()] == [report.results[0].image_id]
+        assert _layer_gets(world, kind, case)  # the log filter below does see layer downloads
         return
     error = report.results[0].error or ""
     assert not report.ok
     assert f"rule transports.docker[\"{world.registry.host}/{kind}\"][0]" in error, error
     assert EXPECTED_REASONS[(kind, case)] in error, error
-    # rejected before any layer: nothing in the store, no layer staged
+    # rejected before any layer: nothing in the store, no layer staged, no layer even downloaded (by either)
     assert store.list_images() == [] and store.list_layers() == []
+    assert _layer_gets(world, kind, case) == []
     assert podman.returncode != 0
     assert "Source image rejected" in podman.stderr, podman.stderr
     if case == "unsigned":
