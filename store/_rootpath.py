@@ -22,6 +22,7 @@ from store.errors import HostileArchiveError
 __all__ = ["RootResolver", "confine"]
 
 _MAX_SYMLINKS: Final = 40  # Linux's MAXSYMLINKS, what the kernel would allow inside the chroot
+_MAX_PATH: Final = 4096  # PATH_MAX: no longer name can be created inside the chroot either
 
 
 def confine(name: bytes) -> bytes:
@@ -74,16 +75,30 @@ class RootResolver:
         hit = self._cache.get(rel)
         if hit is not None:
             return hit
-        if not rel:
+        if len(rel) > _MAX_PATH:
+            raise HostileArchiveError(f"path of {entry!r} is longer than PATH_MAX")
+        cache = self._cache
+        root_hit = cache.get(b"")
+        if root_hit is None:
             st = os.lstat(self.root)
-            res = ((self.root + b"/") if self.root != b"/" else b"/", bool(st.st_mode & stat.S_ISGID))
-            self._cache[rel] = res
-            return res
-        parent, _, base = rel.rpartition(b"/")
-        pdir, _ = self.resolve_dir(parent, entry=entry)
-        res = self._walk(pdir, [base], entry)
-        self._cache[rel] = res
-        return res
+            root_hit = ((self.root + b"/") if self.root != b"/" else b"/", bool(st.st_mode & stat.S_ISGID))
+            cache[b""] = root_hit
+        if not rel:
+            return root_hit
+        # Walk down from the deepest cached ancestor, caching every level (iterative: names can be deep).
+        parts = rel.split(b"/")
+        i = len(parts) - 1
+        cur = root_hit
+        while i > 0:
+            anc = cache.get(b"/".join(parts[:i]))
+            if anc is not None:
+                cur = anc
+                break
+            i -= 1
+        for j in range(i, len(parts)):
+            cur = self._walk(cur[0], [parts[j]], entry)
+            cache[b"/".join(parts[: j + 1])] = cur
+        return cur
 
     def _walk(self, start: bytes, comps: list[bytes], entry: bytes) -> tuple[bytes, bool]:
         """Physically resolve ``comps`` from the real directory ``start`` (trailing slash) inside the root."""

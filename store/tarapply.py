@@ -820,6 +820,11 @@ class TarApplier:
             os.utime(path, ns=(at, mt), follow_symlinks=False)
         self._dirs.clear()
 
+    @property
+    def current(self) -> bytes:
+        """The name of the entry being applied (for error messages)."""
+        return self._cur_name
+
     def close_open_file(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -863,6 +868,9 @@ class LayerExtractor:
             raise StoreError("LayerExtractor.feed after finish/abort or a failure")
         try:
             self._decomp.feed(chunk)
+        except OSError as e:
+            self._fail(e)
+            raise StoreError(f"applying layer into {self.target_dir}: entry {self._applier.current!r}: {e}") from e
         except BaseException as e:
             self._fail(e)
             raise
@@ -875,6 +883,9 @@ class LayerExtractor:
             self._decomp.finish()
             self._applier.end()
             self._ts.close()
+        except OSError as e:
+            self._fail(e)
+            raise StoreError(f"applying layer into {self.target_dir}: entry {self._applier.current!r}: {e}") from e
         except BaseException as e:
             self._fail(e)
             raise

@@ -245,3 +245,10 @@ def test_zero_block_followed_by_garbage_is_refused(apply: Runner) -> None:
 def test_not_a_tar_at_all(apply: Runner) -> None:
     with pytest.raises(HostileArchiveError):
         apply(io.BytesIO(b"<html>not a layer</html>".ljust(2048, b" ")).getvalue())
+
+
+def test_very_deep_names_are_refused_without_recursion_errors(apply: Runner, sandbox: dict[str, Path]) -> None:
+    apply(member("a/" * 1000 + "f", data=b"deep but legal") + END)
+    assert (sandbox["target"] / ("a/" * 1000 + "f")).read_bytes() == b"deep but legal"
+    with pytest.raises(HostileArchiveError, match="PATH_MAX"):
+        apply(member("b/" * 3000 + "g", data=b"x") + END)
