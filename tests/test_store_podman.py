@@ -73,7 +73,10 @@ def pushed(registry: RunningRegistry) -> dict[str, Any]:
     index = factory.build_index([factory.simple_image(8, files=2), factory.simple_image(9, files=2,
                                                                                         architecture="arm64")])
     factory.push_image(registry.host, "store/multi:v1", index)
-    return {"rich": image, "simple": simple, "index": index}
+    docker = factory.build_image([image.layers[0], factory.build_layer([factory.file("docker", "schema2")])],
+                                 docker=True, created="2023-11-14T22:13:20.123456789+02:00")
+    factory.push_image(registry.host, "store/docker:v1", docker)
+    return {"rich": image, "simple": simple, "index": index, "docker": docker}
 
 
 def tree_listing(root: Path) -> dict[str, tuple[Any, ...]]:
@@ -136,7 +139,7 @@ def test_same_image_same_records(registry: RunningRegistry, pushed: dict[str, An
                                  tether_podman: Podman) -> None:
     """Pulled by podman into store A, by tether into store B: layers.json/images.json agree on every
     field but times and link ids, and the big-data files are byte-identical."""
-    for ref in ("store/rich:v1", "store/multi:v1"):
+    for ref in ("store/rich:v1", "store/multi:v1", "store/docker:v1"):
         podman.pull(f"{registry.host}/{ref}")
         pull_into_store(Store.open(tether_podman.root), registry.host, ref)
     a, b = podman.root, tether_podman.root
