@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from registry.errors import ConfigError, PolicyError
+from registry.errors import ConfigError, PolicyError, RegistryError
 from registry.policy import (
     DockerReference,
     Policy,
@@ -106,7 +106,7 @@ async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, trans
                 signatures = await fetch_signatures(
                     client=client, repository=_physical_repository(image), manifest_digest=image.manifest_digest,
                     registries_d=registries_d, sigstore=needs_sigstore_signatures(match.requirements), http=http)
-            except PolicyError as exc:
+            except RegistryError as exc:  # PolicyError, or the registry failing on the attachments
                 raise PolicyError(f"{pimage.description}: reading signatures: {exc}") from None
         else:
             # containers/image's oci layout source has no signatures.
