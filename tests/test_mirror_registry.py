@@ -107,6 +107,14 @@ async def test_sync_to_registry_byte_for_byte_with_mounts_and_skips(
     assert sum(r.blobs_copied for r in again.images) == 0
     assert len(uploads(dest)) == before
 
+    # A reference pinned by digest keeps its index whole (a new index would break the pin) and is pushed by digest.
+    pinned = f"{source.host}/team/multi@{MULTI.manifest_digest}"
+    report = await sync([pinned], to=f"docker://{dest.host}/pinned", options=options, platforms=[AMD64])
+    assert report.ok, report.summary()
+    assert report.images[0].destination == f"{dest.host}/pinned/multi@{MULTI.manifest_digest}"
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{report.images[0].destination}").stdout
+    assert raw.encode() == MULTI.manifest
+
     # --scoped --all-platforms: the index is kept whole (same digest), the host keeps its port after "_".
     scoped = await sync([names[2]], to=f"docker://{dest.host}", options=options, scoped=True, all_platforms=True)
     assert scoped.ok, scoped.summary()
