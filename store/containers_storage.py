@@ -30,7 +30,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -42,7 +42,6 @@ from store._gojson import (
     go_json_string,
     normalize_go_time,
     now_go_time,
-    parse_go_time,
 )
 from store._records import (
     IMAGE_FIELD_ORDER,
@@ -1177,20 +1176,15 @@ def lookup_image(images: Sequence[ImageRecord], text: str) -> ImageRecord | None
 
 
 def _created_text(config: bytes, created: datetime | None) -> str:
-    """``created`` as c/image records it: the config's ``created`` re-marshalled by Go (nanoseconds and
-    offset kept), else the given time, else now."""
-    config_text: str | None = None
+    """``created`` as c/image records it: the config's ``created`` whenever it has one (storage_dest.go
+    ``Commit``: ``man.Inspect(...).Created``), re-marshalled as Go does (nanoseconds and offset kept);
+    else the given time, else now."""
     with contextlib.suppress(ValueError, AttributeError):
         value = json.loads(config).get("created")
         if isinstance(value, str):
             config_text = normalize_go_time(value)
-    if config_text is not None:
-        if created is None:
-            return config_text
-        parsed = parse_go_time(config_text)
-        wanted = created if created.tzinfo else created.replace(tzinfo=UTC)
-        if parsed is not None and parsed[0] == wanted:
-            return config_text
+            if config_text is not None:
+                return config_text
     if created is not None:
         return format_go_time(created)
     return now_go_time()
