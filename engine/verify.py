@@ -32,9 +32,9 @@ from registry.signatures import Signature, fetch_signatures
 
 if TYPE_CHECKING:
     import httpx
-    from registry.client import RegistryClient
 
     from engine.sources import SourceImage
+    from registry.client import RegistryClient
     from registry.reference import Reference
 
 
