@@ -57,6 +57,8 @@ def register(subparsers: Any) -> None:
                       help="TLS verification for the destination registry (default: as --tls-verify)")
     sync.add_argument("--remove-signatures", action="store_true",
                       help="docker:// destinations: do not copy signatures (sigstore attachments, lookaside files)")
+    sync.add_argument("--progress", choices=("auto", "bar", "plain", "none"), default="auto",
+                      help="progress display: live on a TTY (auto), plain lines, none")
     sync.add_argument("--jobs", "-j", type=int, default=None, metavar="N", help="blobs copied at once (default: 6)")
     sync.add_argument("images", nargs="*", metavar="IMAGE")
     sync.set_defaults(func=run_sync)
@@ -117,6 +119,10 @@ def run_sync(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
 
+    from engine.progress import make_progress
+
+    progress = make_progress("none" if args.format == "json" else args.progress)
+
     async def main() -> Any:
         return await sync(
             requests,
@@ -129,6 +135,7 @@ def run_sync(args: argparse.Namespace) -> int:
             dest_tls_verify=args.dest_tls_verify,
             registries_conf_out=args.registries_conf_out,
             remove_signatures=args.remove_signatures,
+            progress=progress,
         )
 
     report = trio.run(main)

@@ -55,6 +55,7 @@ import trio
 
 from engine.errors import MirrorError, UsageError
 from engine.layout_source import LayoutReader, open_layout_reader
+from engine.progress import Progress
 from registry.errors import InvalidReferenceError, RegistryError
 from registry.manifest import (
     Descriptor,
@@ -848,6 +849,7 @@ async def sync(
     registries_conf_out: Path | None = None,
     remove_signatures: bool = False,
     observer: SyncObserver | None = None,
+    progress: Progress | None = None,
     client: RegistryClient | None = None,
 ) -> SyncReport:
     """Mirror ``requests`` to ``to`` (see the module doc). Returns a report; raises only for usage
@@ -916,7 +918,12 @@ async def sync(
             plans.append(plan)
         _check_collisions(plans)
 
-        await _run(plans, writer, all_platforms=all_platforms, platforms=platforms, jobs=jobs, observer=obs)
+        try:
+            await _run(plans, writer, all_platforms=all_platforms, platforms=platforms, jobs=jobs, observer=obs,
+                       progress=progress or Progress())
+        finally:
+            if progress is not None:
+                progress.close()
 
         good = [p for p in plans if p.result is None]
         problems: list[str] = []
@@ -967,8 +974,9 @@ def _write_text_atomically(path: Path, text: str) -> None:
 
 
 async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool, platforms: Sequence[Platform],
-               jobs: int, observer: SyncObserver) -> None:
+               jobs: int, observer: SyncObserver, progress: Progress) -> None:
     """Plan every image, then copy every blob once (concurrently), then write each image's manifests."""
+    from engine.progress import LayerInfo
     limiter = trio.CapacityLimiter(max(1, jobs))
     done: set[tuple[str, str]] = set()
     inflight: dict[str, trio.Event] = {}
@@ -978,13 +986,18 @@ async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool,
         if plan.result is None:
             plan.result = ImageSyncResult(source=str(plan.source_ref), destination=plan.target, digest=None,
                                           error=_describe(exc))
+            progress.image_done(str(plan.source_ref), image_id=None, error=plan.result.error)
 
     async def plan_one(plan: _ImagePlan) -> None:
+        progress.image_started(str(plan.source_ref))
         async with limiter:
             try:
                 await _plan_image(plan, all_platforms=all_platforms, platforms=platforms)
             except (RegistryError, StoreError, MirrorError, UsageError) as exc:
                 fail(plan, exc)
+                return
+        progress.image_planned(str(plan.source_ref),
+                               [LayerInfo(digest=d.digest, size=d.size, state="fetch") for d in plan.blobs.values()])
 
     async with trio.open_nursery() as nursery:
         for plan in plans:
@@ -994,6 +1007,7 @@ async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool,
         key = writer.blob_key(plan, d.digest)
         while True:
             if key in done:
+                progress.layer_done(str(plan.source_ref), d.digest)
                 return
             if d.digest in failed_blobs:
                 raise MirrorError(f"blob {d.digest}: {failed_blobs[d.digest]}")
@@ -1018,6 +1032,7 @@ async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool,
                         nonlocal sent
                         sent += n
                         observer.blob_bytes(d.digest, sent)
+                        progress.layer_bytes(str(plan.source_ref), d.digest, sent)
 
                     async with plan.fetcher.open_blob(d) as chunks:
                         await writer.write_blob(plan, d, chunks, on_bytes)
@@ -1026,6 +1041,7 @@ async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool,
                     how = "copied"
             done.add(key)
             observer.blob_done(d.digest, how)
+            progress.layer_done(str(plan.source_ref), d.digest)
         except (RegistryError, StoreError, MirrorError, OSError) as exc:
             failed_blobs[d.digest] = _describe(exc)
             raise
@@ -1042,6 +1058,9 @@ async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool,
             await writer.copy_signatures(plan)
         except* (RegistryError, StoreError, MirrorError, OSError) as group:
             fail(plan, group.exceptions[0])
+        else:
+            assert plan.top is not None
+            progress.image_done(str(plan.source_ref), image_id=plan.top.digest.split(":", 1)[-1], error=None)
 
     async with trio.open_nursery() as nursery:
         for plan in plans:

@@ -220,3 +220,20 @@ async def test_names_that_would_collide_on_a_registry_are_refused_before_copying
     with pytest.raises(UsageError, match=r"quay.io/a/app:1 and quay.io/b/app:1 would both be mirrored as "
                                          r"127.0.0.1:9/ns/app:1; use --scoped"):
         await sync([f"oci:{layout}"], to="docker://127.0.0.1:9/ns", options=options)
+
+
+def test_cli_sync_reports_progress_and_json(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    dest = tmp_path / "m"
+    argv = ["mirror", "sync", "--registries-conf", str(conf), f"oci:{source}:registry.example:5000/app:2",
+            "--to", f"oci:{dest}"]
+    assert tether([*argv, "--progress", "plain"]) == 0
+    err = capsys.readouterr().err
+    assert "registry.example:5000/app:2: 3 layers, 3 to fetch" in err
+    assert f"synced registry.example:5000/app:2 -> registry.example:5000/app:2 ({SINGLE.manifest_digest}; " \
+           "3 blobs copied" in err
+    assert tether([*argv, "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True
+    assert out["images"][0]["blobs_present"] == 3 and out["images"][0]["blobs_copied"] == 0
