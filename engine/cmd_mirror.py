@@ -86,13 +86,15 @@ def _bound_requests(args: argparse.Namespace) -> list[Any]:
     from engine.mirror import requests_from_bound
 
     if args.root is not None:
-        return requests_from_bound(discover_bound_images(args.root))
+        return requests_from_bound(discover_bound_images(args.root), root=args.root)
     from engine.deployments import list_sysroot_deployments
 
     found: list[Any] = []
     for deployment in list_sysroot_deployments(args.sysroot):
-        found.extend(discover_bound_images(deployment.root))
-    return requests_from_bound(found)
+        for req in requests_from_bound(discover_bound_images(deployment.root), root=deployment.root):
+            if req not in found:
+                found.append(req)
+    return found
 
 
 def run_sync(args: argparse.Namespace) -> int:

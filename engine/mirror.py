@@ -303,10 +303,14 @@ def render_registries_conf(
 @dataclass(frozen=True, kw_only=True)
 class SyncRequest:
     """One image to mirror: a name (registry reference, ``oci:``/``oci-archive:`` name) and, for bound
-    images with ``Arch=``, the platform its unit asks for (added to the chosen platforms)."""
+    images, what their unit asks for: ``Arch=`` (a platform added to the chosen ones), ``TLSVerify=``,
+    ``AuthFile=``, ``CertDir=`` (how the source is reached)."""
 
     name: str
     platform: Platform | None = None
+    tls_verify: bool | None = None
+    authfile: Path | None = None
+    cert_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -867,21 +871,38 @@ async def sync(
     conf, auth = load_registry_config(options)
     async with AsyncExitStack() as stack:
         expanded = await _expand_requests(reqs, stack, conf)
-        needs_client = dest.kind == "docker" or any(how[0] == "registry" for _, _, how in expanded)
-        src_client = dst_client = client
-        if client is None and needs_client:
-            from registry.client import open_registry_client
+        clients: dict[tuple[Any, ...], RegistryClient] = {}
 
-            src_client = await stack.enter_async_context(
-                open_registry_client(registries=conf, auth=auth, cert_dir=options.cert_dir,
-                                     tls_verify=options.tls_verify)
-            )
-            dst_client = src_client
-            if dest.kind == "docker" and dest_tls_verify is not None and dest_tls_verify != options.tls_verify:
-                dst_client = await stack.enter_async_context(
-                    open_registry_client(registries=conf, auth=auth, cert_dir=options.cert_dir,
-                                         tls_verify=dest_tls_verify)
+        async def client_for(authfile: Path | None, cert_dir: Path | None, tls_verify: bool | None) -> RegistryClient:
+            """One client per distinct (credentials file, cert dir, TLS verification), opened lazily."""
+            if client is not None:
+                return client
+            key = (authfile, cert_dir, tls_verify)
+            found = clients.get(key)
+            if found is None:
+                from registry.auth import load_auth_file
+                from registry.client import open_registry_client
+
+                the_auth = auth if authfile == options.auth_file_path() else load_auth_file(authfile)
+                found = await stack.enter_async_context(
+                    open_registry_client(registries=conf, auth=the_auth, cert_dir=cert_dir, tls_verify=tls_verify)
                 )
+                clients[key] = found
+            return found
+
+        async def source_client(req: SyncRequest) -> RegistryClient:
+            return await client_for(
+                req.authfile if req.authfile is not None else options.auth_file_path(),
+                req.cert_dir if req.cert_dir is not None else options.cert_dir,
+                req.tls_verify if req.tls_verify is not None else options.tls_verify,
+            )
+
+        dst_client: RegistryClient | None = None
+        if dest.kind == "docker":
+            dst_client = await client_for(
+                options.auth_file_path(), options.cert_dir,
+                dest_tls_verify if dest_tls_verify is not None else options.tls_verify,
+            )
 
         writer: _Writer
         if dest.kind == "oci":
@@ -911,8 +932,7 @@ async def sync(
             if how[0] == "layout":
                 fetcher = _LayoutFetcher(how[1], how[2])
             else:
-                assert src_client is not None
-                fetcher = _RegistryFetcher(src_client, source_ref, conf)
+                fetcher = _RegistryFetcher(await source_client(req), source_ref, conf)
             plan = _ImagePlan(key=key, request=req, source_ref=source_ref, fetcher=fetcher)
             plan.target = writer.target_for(plan)
             plans.append(plan)
@@ -1116,14 +1136,16 @@ def platforms_from_text(values: Iterable[str]) -> tuple[Platform, ...]:
     return tuple(out)
 
 
-def requests_from_bound(images: Iterable[Any]) -> list[SyncRequest]:
-    """:class:`engine.bound.BoundImage` values -> requests (``Arch=``/``OS=``/``Variant=`` kept)."""
+def requests_from_bound(images: Iterable[Any], *, root: Path) -> list[SyncRequest]:
+    """:class:`engine.bound.BoundImage` values of one deployment ``root`` -> requests, with the unit's
+    ``Arch=``/``OS=``/``Variant=``, ``TLSVerify=``, ``AuthFile=``, ``CertDir=`` (files looked up inside
+    ``root`` first, as :func:`engine.bound.pull_request_for` does for a pull)."""
+    from engine.bound import pull_requests_for
+
     out: list[SyncRequest] = []
-    for image in images:
-        platform = None
-        if getattr(image, "arch", None):
-            platform = Platform(image.os or "linux", image.arch, image.variant)
-        req = SyncRequest(name=image.image, platform=platform)
+    for pr in pull_requests_for(tuple(images), root=root):
+        req = SyncRequest(name=pr.name, platform=pr.platform, tls_verify=pr.tls_verify, authfile=pr.authfile,
+                          cert_dir=pr.cert_dir)
         if req not in out:
             out.append(req)
     return out

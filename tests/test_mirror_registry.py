@@ -342,3 +342,27 @@ async def test_sigstore_signatures_travel_with_the_image(
         assert client.get_blob(f"{dest.host}/signed/app:{tag}", layer["digest"]).status_code == 200
     with pytest.raises(ValueError):
         client.get_manifest(f"{dest.host}/plain/app:{tag}")
+
+
+def test_bound_units_pull_keys_are_honoured(source: RunningRegistry, tmp_path: Path) -> None:
+    """``--root``: each unit's TLSVerify= and Arch= apply to its image (no global --tls-verify given)."""
+    root = tmp_path / "root"
+    units = root / "usr/share/containers/systemd"
+    units.mkdir(parents=True)
+    (units / "multi.image").write_text(f"[Image]\nImage={source.host}/team/multi:3\nTLSVerify=false\nArch=arm64\n")
+    (units / "app.image").write_text(f"[Image]\nImage={source.host}/org/app:1\nTLSVerify=false\n")
+    bound = root / "usr/lib/bootc/bound-images.d"
+    bound.mkdir(parents=True)
+    for name in ("multi.image", "app.image"):
+        (bound / name).symlink_to(f"/usr/share/containers/systemd/{name}")
+    conf = tmp_path / "registries.conf"
+    conf.write_text("")
+    layout_dir = tmp_path / "mirror"
+    status = tether(["mirror", "sync", "--root", str(root), "--to", f"oci:{layout_dir}", "--registries-conf",
+                     str(conf), "--platform", "linux/amd64"])
+    assert status == 0
+    layout = OCILayout.open(layout_dir)
+    entry = layout.resolve(f"{source.host}/team/multi:3")
+    kept = [m["digest"] for m in json.loads(layout.read_blob(entry.digest))["manifests"]]
+    assert kept == [MULTI_AMD.manifest_digest, MULTI_ARM.manifest_digest]  # --platform plus the unit's Arch=
+    assert layout.resolve(f"{source.host}/org/app:1").digest == APP.manifest_digest
