@@ -643,9 +643,13 @@ class _ArchiveWriter(_LayoutWriter):
         self.archive = archive
         self.staging = archive.with_name(f".{archive.name}.tether-staging")
         layout = OCILayout.open(self.staging, create=True)
-        if archive.exists():
+        # Re-syncing adds to (and replaces in) the archive: its content is imported into the staging layout
+        # once; the marker keeps a resumed run from importing again over entries it has since replaced.
+        marker = self.staging / ".tether-imported"
+        if archive.exists() and not marker.exists():
             with OCIArchive.open(archive) as existing:
-                existing.copy_into(layout)  # re-syncing adds to (and replaces in) the archive
+                existing.copy_into(layout)
+            marker.write_bytes(b"")
         super().__init__(layout, f"oci-archive:{archive}")
 
     async def finish(self, plans: Sequence[_ImagePlan]) -> None:

@@ -237,3 +237,31 @@ def test_cli_sync_reports_progress_and_json(source: Path, tmp_path: Path, capsys
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is True
     assert out["images"][0]["blobs_present"] == 3 and out["images"][0]["blobs_copied"] == 0
+
+
+async def test_resumed_archive_sync_keeps_entries_replaced_before_the_interruption(
+    source: Path, tmp_path: Path, options: CommonOptions
+) -> None:
+    from store.oci_layout import IndexEntry
+
+    archive = tmp_path / "mirror.tar"
+    report = await sync([f"oci:{source}:registry.example:5000/app:2"], to=f"oci-archive:{archive}", options=options)
+    assert report.ok, report.summary()
+    # The state an interrupted re-sync leaves: archive imported, app:2 already replaced by another image.
+    staging = OCILayout.open(tmp_path / ".mirror.tar.tether-staging", create=True)
+    with OCIArchive.open(archive) as existing:
+        existing.copy_into(staging)
+    (staging.path / ".tether-imported").write_bytes(b"")
+    for digest, data in [*AMD.blobs(), (AMD.manifest_digest, AMD.manifest)]:
+        staging.put_blob(data, expected_digest=digest)
+    staging.add_entries([IndexEntry.build(media_type=AMD.media_type, digest=AMD.manifest_digest,
+                                          size=len(AMD.manifest), ref_name="registry.example:5000/app:2")])
+    report = await sync([f"oci:{source}:quay.io/org/multi:1"], to=f"oci-archive:{archive}", options=options,
+                        all_platforms=True)
+    assert report.ok, report.summary()
+    with OCIArchive.open(archive) as arc:
+        assert {e.ref_name: e.digest for e in arc.entries()} == {
+            "registry.example:5000/app:2": AMD.manifest_digest,
+            "quay.io/org/multi:1": MULTI.manifest_digest,
+        }
+        assert not arc.has_blob(SINGLE.config_digest)  # the replaced image's blobs are not archived
