@@ -913,6 +913,8 @@ class LayerExtractor:
         self._ts.abort()
 
 
+_MAX_FRAME: Final = 16 * 1024 * 1024
+
 _WORKER_ERRORS: Final[dict[str, type[StoreError]]] = {
     "HostileArchiveError": HostileArchiveError,
     "UnsupportedError": UnsupportedError,
@@ -978,6 +980,8 @@ class ProcessLayerExtractor:
         """Send the next chunk of the blob to the child (blocks while its pipe is full)."""
         if self._done:
             raise StoreError("ProcessLayerExtractor.feed after finish/abort or a failure")
+        if not chunk:
+            return
         if self._proc is None:
             if self._held_len + len(chunk) <= self._threshold:
                 self._held.append(chunk)
@@ -991,11 +995,24 @@ class ProcessLayerExtractor:
         self._send(chunk)
 
     def _send(self, chunk: bytes) -> None:
+        """Frames of at most 16 MiB: 4-byte big-endian length + bytes; ``b""`` sends the end frame."""
+        fd = self._stdin_fd
         view = memoryview(chunk)
         try:
-            while view:
-                n = os.write(self._stdin_fd, view)
-                view = view[n:]
+            while True:
+                piece = view[:_MAX_FRAME]
+                view = view[len(piece) :]
+                head = len(piece).to_bytes(4, "big")
+                out = memoryview(head + piece) if len(piece) < 65536 else None
+                if out is None:
+                    out = memoryview(head)
+                    while out:
+                        out = out[os.write(fd, out) :]
+                    out = piece
+                while out:
+                    out = out[os.write(fd, out) :]
+                if not view:
+                    return
         except BrokenPipeError:
             # The child stopped reading: it refused the layer (or died); report its error.
             self._done = True
@@ -1017,6 +1034,7 @@ class ProcessLayerExtractor:
             except BaseException:
                 local.abort()
                 raise
+        self._send(b"")
         return self._collect()
 
     def _collect(self) -> ExtractResult:

@@ -10,7 +10,9 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -383,3 +385,33 @@ def test_process_extractor_spawns_only_for_blobs_past_the_threshold(tmp_path: Pa
         assert (x._proc is not None) == spawned
         assert result.diff_digest.startswith("sha256:")
         assert b"".join(assemble_tar(tmp_path / f"{name}.ts.gz", target)) == gzip.decompress(blob)
+
+
+def test_child_never_finishes_a_layer_whose_feeder_died(tmp_path: Path) -> None:
+    # An uncompressed blob cut on an entry boundary is a tar Go's reader accepts; when the feeding process is
+    # killed there, the child must fail the layer rather than write a complete-looking tar-split.
+    whole = layer(images.many_small_files("d", 20))
+    cut = whole[: 512 * 4]  # header+data of the dir and the first file, no end-of-archive blocks
+    script = f"""
+import os, sys
+from pathlib import Path
+from store.tarapply import ProcessLayerExtractor
+x = ProcessLayerExtractor(Path({str(tmp_path / 'diff')!r}), mode="overlay",
+                          tar_split_path=Path({str(tmp_path / 'diff.ts.gz')!r}), spawn_threshold=0)
+x.feed({cut!r})
+print(x._proc.pid, flush=True)
+os._exit(9)
+"""
+    (tmp_path / "diff").mkdir()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}"):
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    assert not (tmp_path / "diff.ts.gz").exists()
