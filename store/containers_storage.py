@@ -212,14 +212,35 @@ def _digest_hex(digest: str) -> str:
 
 
 class _Staging:
-    """A staging directory ``R/<driver>/tether-staging/<random>/`` held with ``flock`` while alive."""
+    """A staging directory ``R/<driver>/tether-staging/<name>/``, alive while ``<name>.lock`` beside it
+    is ``flock``-ed by its writer.
+
+    The lock file is created under a temporary name, locked, then renamed into place, and exists
+    before the directory; removal goes the other way (tree, then lock file). So another process's
+    :meth:`Store.open` can tell live staging (lock held) from a killed writer's (lock free, or a
+    directory without lock file) without any timing guess.
+    """
 
     def __init__(self, base: Path) -> None:
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = base / secrets.token_hex(8)
-        self.path.mkdir(mode=0o700)
-        self._fd: int | None = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        while True:
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            name = secrets.token_hex(8)
+            tmp = base / f".tmp-{name}.lock"
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                continue  # the (empty) base was removed by a concurrent recovery
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                os.rename(tmp, base / f"{name}.lock")
+                (base / name).mkdir(mode=0o700)
+            except FileNotFoundError:
+                os.close(fd)  # a recovery took our not-yet-locked temp lock for a dead one
+                continue
+            break
+        self.path = base / name
+        self.lock_path = base / f"{name}.lock"
+        self._fd: int | None = fd
 
     def release(self) -> None:
         if self._fd is not None:
@@ -228,14 +249,16 @@ class _Staging:
 
     def remove(self) -> None:
         _drivers.remove_tree(self.path)
+        self.lock_path.unlink(missing_ok=True)
         self.release()
 
 
-def _staging_is_orphan(path: Path) -> bool:
+def _lock_is_free(path: Path) -> bool:
+    """Whether nobody holds the ``flock`` on ``path`` (its writer is gone)."""
     try:
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return True  # killed before the lock file existed
+        return False  # already removed by its owner
     except OSError:
         return False
     try:
@@ -245,6 +268,24 @@ def _staging_is_orphan(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _clean_staging(base: Path) -> None:
+    """Remove what killed writers left in the staging base (see :class:`_Staging`)."""
+    try:
+        entries = list(base.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(".lock"):
+            if _lock_is_free(entry):
+                if not entry.name.startswith(".tmp-"):
+                    _drivers.remove_tree(base / entry.name[: -len(".lock")])
+                entry.unlink(missing_ok=True)
+        elif entry.is_dir() and not (base / f"{entry.name}.lock").exists():
+            _drivers.remove_tree(entry)
+    with contextlib.suppress(OSError):
+        base.rmdir()  # only when empty
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,12 +410,7 @@ class Store:
             for split in self.layers_dir.glob(f"*{TAR_SPLIT_SUFFIX}"):
                 if split.name[: -len(TAR_SPLIT_SUFFIX)] not in known:
                     split.unlink(missing_ok=True)
-            if self.staging_base.is_dir():
-                for entry in self.staging_base.iterdir():
-                    if str(entry) not in self._live_staging and _staging_is_orphan(entry):
-                        _drivers.remove_tree(entry)
-                with contextlib.suppress(OSError):
-                    self.staging_base.rmdir()  # only when empty
+            _clean_staging(self.staging_base)
             with self._images_lock.exclusive():
                 images = _read_json_array(self.images_dir / "images.json")
                 self._finish_pending_deletes(layers, images)

@@ -18,7 +18,7 @@ from store.containers_storage import CRASH_ENV, Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman, podman_for
 from tests.harness.registry import RunningRegistry
-from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available
+from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available, release_podman
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_kill_during_pull(point: str, registry: RunningRegistry, crash_image: fa
     try:
         _kill_and_recover(point, driver, podman, registry, crash_image)
     finally:
-        subprocess.run(["umount", "-R", str(podman.runroot)], capture_output=True)
+        release_podman(podman.root, podman.runroot)
 
 
 def _kill_and_recover(point: str, driver: str, podman: Podman, registry: RunningRegistry,
@@ -172,4 +172,4 @@ def test_kill_during_delete(point: str, registry: RunningRegistry, tmp_path: Pat
             os.listdir(podman.root / "tether" / "pending-deletes") == []
         assert_no_orphans(podman.root, "overlay")
     finally:
-        subprocess.run(["umount", "-R", str(podman.runroot)], capture_output=True)
+        release_podman(podman.root, podman.runroot)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from store.containers_storage import Store
 from tests.harness import images as factory
 from tests.harness.podman import RUN_DENIED, Podman, podman_for, skopeo
 from tests.harness.registry import RunningRegistry
-from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available
+from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available, release_podman
 
 needs_applier = pytest.mark.skipif(not real_applier_available(), reason="store.tarapply/tarsplit not landed yet")
 
@@ -116,7 +115,7 @@ def tether_podman(tmp_path: Path) -> Iterator[Podman]:
     try:
         yield instance
     finally:
-        subprocess.run(["umount", "-R", str(instance.runroot)], capture_output=True)
+        release_podman(instance.root, instance.runroot)
 
 
 def test_podman_reads_what_tether_wrote(registry: RunningRegistry, pushed: dict[str, Any],
@@ -344,7 +343,7 @@ def test_additional_image_store(registry: RunningRegistry, pushed: dict[str, Any
         assert all(layer.read_only for layer in chain)
         assert store.layer_directory(chain[0]).is_relative_to(tether_podman.root)
     finally:
-        subprocess.run(["umount", "-R", str(primary.runroot)], capture_output=True)
+        release_podman(primary.root, primary.runroot)
 
 
 @needs_applier

@@ -163,7 +163,10 @@ def test_recovery_and_volatile_layers(tmp_path: Path) -> None:
     held = _Staging(other.staging_base)
     dead = other.staging_base / "deadbeef"
     dead.mkdir()
-    (dead / ".lock").write_text("")
+    (other.staging_base / "deadbeef.lock").write_text("")
+    no_lock = other.staging_base / "cafe"
+    no_lock.mkdir()
+    (other.staging_base / ".tmp-feed.lock").write_text("")
     orphan = root / "overlay" / ("f" * 64)
     (orphan / "diff").mkdir(parents=True)
     (orphan / "link").write_text("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -178,7 +181,8 @@ def test_recovery_and_volatile_layers(tmp_path: Path) -> None:
     (root / "overlay-layers" / "volatile-layers.json").write_text(json.dumps([volatile]))
     (root / "overlay" / ("b" * 64) / "diff").mkdir(parents=True)
     store = Store.open(root)
-    assert held.path.exists() and not dead.exists()
+    assert held.path.exists() and held.lock_path.exists() and not dead.exists() and not no_lock.exists()
+    assert sorted(p.name for p in other.staging_base.iterdir()) == sorted([held.path.name, held.lock_path.name])
     assert not orphan.exists() and not (root / "overlay" / "l" / "ABCDEFGHIJKLMNOPQRSTUVWXYZ").is_symlink()
     assert not (root / "overlay-layers" / ".tmp-layers.json123").exists()
     assert not (root / "overlay-images" / ("e" * 64)).exists()

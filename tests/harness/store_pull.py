@@ -210,3 +210,12 @@ def pull_into_store(store: Store, host: str, repo_tag: str, *, name: str | None 
 
 
 _stub_lock = threading.Lock()
+
+
+def release_podman(root: Path, runroot: Path) -> None:
+    """Undo what podman may leave mounted after a failed command (``podman run`` in this sandbox): its run
+    root and the driver home it bind-mounts onto itself (overlay.go ``Init``)."""
+    import subprocess
+
+    for path in (runroot, root / "overlay"):
+        subprocess.run(["umount", "-R", str(path)], capture_output=True, check=False)
