@@ -923,6 +923,8 @@ class Store:
         if not self._journal_dir.is_dir():
             return False
         changed = False
+        for tmp in self._journal_dir.glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
         image_ids = {str(r["id"]) for r in images}
         containers = _read_json_array(self.containers_dir / "containers.json")
         for journal in sorted(self._journal_dir.glob("*.json")):
