@@ -11,14 +11,13 @@ its parents, ``host[:port]``, then ``*.domain`` wildcards), ``oci`` and ``oci-ar
 path and its parent directories). Other transports' sections (``docker-daemon``, ``atomic``, ...) are
 parsed and ignored, as tether never pulls from them.
 
-Anything tether cannot evaluate (``signedBaseLayer``, ``keyType`` other than ``GPGKeys``, sigstore with
-``pki`` certificates) loads fine but **rejects** the image when it applies, naming the requirement.
-Sigstore public keys (optionally with Rekor) and Fulcio + Rekor (keyless) are evaluated.
+Anything tether cannot evaluate (``signedBaseLayer``, ``keyType`` other than ``GPGKeys``) loads fine but
+**rejects** the image when it applies, naming the requirement. Sigstore public keys (optionally with
+Rekor), Fulcio + Rekor (keyless) and X.509 PKI certificates are evaluated.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import os
@@ -41,11 +40,13 @@ from registry.signatures import (
     SignaturePayload,
     SigstoreSignature,
     SimpleSigningSignature,
+    go_b64decode,
     is_valid_digest,
     load_public_keys,
     manifest_matches_digest,
     public_key_pem,
     verify_fulcio_certificate,
+    verify_pki_certificate,
     verify_rekor_set,
     verify_sigstore_signature,
     verify_simple_signing,
@@ -338,8 +339,8 @@ class SigstoreSigned:
 
     Public keys may be combined with ``rekorPublicKey*`` (the signature's Rekor SET must then prove the key's
     use was logged); ``fulcio`` (keyless: certificate chained to the Fulcio CA at the Rekor SET's time, OIDC
-    issuer and e-mail checked) needs them. ``pki`` is parsed (so a policy using it loads) but evaluating a
-    requirement that uses it rejects the image: tether does not implement it.
+    issuer and e-mail checked) needs them; ``pki`` (certificate chained to the policy's X.509 roots now,
+    e-mail/hostname checked) must not have them.
     """
 
     key_path: str | None = None
@@ -422,7 +423,7 @@ def _b64(value: Any, key: str) -> bytes:
     if not isinstance(value, str):
         raise _Fail(key, "base64 string expected")
     try:
-        return base64.b64decode(value, validate=True)
+        return go_b64decode(value)
     except (binascii.Error, ValueError) as exc:
         raise _Fail(key, f"invalid base64: {exc}") from None
 
@@ -870,7 +871,7 @@ def _evaluate_fulcio(req: SigstoreSigned, fulcio: Mapping[str, Any], image: Poli
         if "caPath" in fulcio:
             ca_pem = _read_key_files([str(fulcio["caPath"])])[0]
         else:
-            ca_pem = base64.b64decode(str(fulcio.get("caData", "")), validate=True)
+            ca_pem = go_b64decode(str(fulcio.get("caData", "")))
         rekor_keys = _rekor_keys(req)
     except (InvalidSignatureError, binascii.Error, ValueError) as exc:
         return str(exc)
@@ -900,11 +901,57 @@ def _evaluate_fulcio(req: SigstoreSigned, fulcio: Mapping[str, Any], image: Poli
     return _summary(rejections, none)
 
 
+def _config_bytes(config: Mapping[str, Any], path_key: str, data_key: str) -> bytes | None:
+    if path_key in config:
+        return _read_key_files([str(config[path_key])])[0]
+    if data_key in config:
+        try:
+            return go_b64decode(str(config[data_key]))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidSignatureError(f"{data_key}: invalid base64: {exc}") from None
+    return None
+
+
+def _evaluate_pki(req: SigstoreSigned, pki: Mapping[str, Any], image: PolicyImage,
+                  signatures: Sequence[Signature]) -> str | None:
+    """X.509 PKI (c/image ``verifyPKI``): the certificate annotation chains to the policy's roots now."""
+    try:
+        roots = _config_bytes(pki, "caRootsPath", "caRootsData")
+        if roots is None:
+            raise InvalidSignatureError("At least one of caRootsPath and caRootsData must be specified")
+        intermediates = _config_bytes(pki, "caIntermediatesPath", "caIntermediatesData")
+    except InvalidSignatureError as exc:
+        return str(exc)
+    email = pki.get("subjectEmail")
+    hostname = pki.get("subjectHostname")
+    if not email and not hostname:
+        return "At least one of subjectEmail, subjectHostname must be specified"
+    candidates, none = _sigstore_candidates(signatures)
+    rejections: list[str] = []
+    for sig in candidates:
+        try:
+            cert = sig.annotations.get(SIGSTORE_CERTIFICATE_ANNOTATION)
+            if cert is None:
+                raise InvalidSignatureError(f"missing {SIGSTORE_CERTIFICATE_ANNOTATION} annotation")
+            chain = sig.annotations.get(SIGSTORE_CHAIN_ANNOTATION)
+            key = verify_pki_certificate(roots_pem=roots, intermediates_pem=intermediates,
+                                         certificate_pem=cert.encode(), chain_pem=chain.encode() if chain else None,
+                                         subject_email=str(email) if email else None,
+                                         subject_hostname=str(hostname) if hostname else None)
+            payload = verify_sigstore_signature(sig, [key])
+            _check_payload(payload, image, req.signed_identity)
+        except InvalidSignatureError as exc:
+            rejections.append(str(exc))
+            continue
+        return None
+    return _summary(rejections, none)
+
+
 def _evaluate_sigstore(req: SigstoreSigned, image: PolicyImage, signatures: Sequence[Signature]) -> str | None:
     if req.fulcio is not None:
         return _evaluate_fulcio(req, req.fulcio, image, signatures)
     if req.pki is not None:
-        return "sigstoreSigned with pki is not supported by tether (cannot verify X.509 PKI certificates)"
+        return _evaluate_pki(req, req.pki, image, signatures)
     try:
         if req.key_path is not None:
             pems = _read_key_files([req.key_path])

@@ -111,6 +111,14 @@ class SigstoreSignature:
 Signature = SimpleSigningSignature | SigstoreSignature
 
 
+def go_b64decode(value: str | bytes) -> bytes:
+    """Go's ``base64.StdEncoding`` decoding (also what ``encoding/json`` does for ``[]byte``): padded
+    standard alphabet, strict, except that ``\\r`` and ``\\n`` are skipped (openssl and cosign wrap lines)."""
+    if isinstance(value, str):
+        value = value.encode("ascii", errors="strict") if value.isascii() else b"\xff"
+    return base64.b64decode(value.replace(b"\r", b"").replace(b"\n", b""), validate=True)
+
+
 def parse_signature_blob(blob: bytes, *, where: str = "signature") -> Signature:
     """Decode a lookaside signature file as containers/image's ``signature.FromBlob`` does.
 
@@ -138,7 +146,7 @@ def parse_signature_blob(blob: bytes, *, where: str = "signature") -> Signature:
         try:
             obj = json.loads(chunk)
             mime = obj["mimeType"]
-            payload = base64.b64decode(obj["payload"], validate=True)
+            payload = go_b64decode(obj["payload"])
             annotations = obj.get("annotations") or {}
             if not isinstance(mime, str) or not isinstance(annotations, dict):
                 raise TypeError("bad field types")
@@ -322,7 +330,7 @@ def verify_sigstore_signature(signature: SigstoreSignature, public_keys: Sequenc
     if encoded is None:
         raise InvalidSignatureError(f"missing {SIGSTORE_SIGNATURE_ANNOTATION} annotation")
     try:
-        raw = base64.b64decode(encoded, validate=True)
+        raw = go_b64decode(encoded)
     except (binascii.Error, ValueError) as exc:
         raise InvalidSignatureError(f"base64 decoding: {exc}") from None
     verify_blob_signature(public_keys, signature.payload, raw)
@@ -342,7 +350,7 @@ def _b64_field(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise InvalidSignatureError(f"{where}: base64 string expected")
     try:
-        return base64.b64decode(value, validate=True)
+        return go_b64decode(value)
     except (binascii.Error, ValueError) as exc:
         raise InvalidSignatureError(f"{where}: {exc}") from None
 
@@ -416,7 +424,7 @@ def verify_rekor_set(rekor_keys: Sequence[Any], untrusted_set: bytes, key_or_cer
     if logged_key != _pem_body(key_or_cert_pem, "public key or cert to be matched against publicKey in Rekor SET"):
         raise InvalidSignatureError("publicKey in Rekor SET does not match")
     try:
-        raw_signature = base64.b64decode(base64_signature, validate=True)
+        raw_signature = go_b64decode(base64_signature)
     except (binascii.Error, ValueError) as exc:
         raise InvalidSignatureError(f"decoding signature base64: {exc}") from None
     if _b64_field(sig.get("content", ""), "signature.content") != raw_signature:
@@ -479,16 +487,29 @@ def fulcio_issuer(certificate: Any) -> str:
     return issuer
 
 
-def verify_fulcio_certificate(*, ca_pem: bytes, certificate_pem: bytes, chain_pem: bytes | None, at: int,
-                              oidc_issuer: str, subject_email: str) -> Any:
-    """Verify a Fulcio (keyless cosign) certificate as c/image ``verifyFulcioCertificateAtTime``: chained to
-    the trusted CA certificates (intermediates from the signature's chain, minus its last = root entry),
-    valid at ``at`` (the Rekor SET's integrated time), code-signing EKU, the OIDC issuer and the subject
-    e-mail as the policy requires. Returns the certificate's public key.
+def _load_certificates(pem: bytes | None, what: str) -> list[Any]:
+    from cryptography import x509
 
-    Chain building, signatures, validity periods and CA constraints are checked by ``cryptography``'s
-    RFC 5280/Web PKI verifier; the leaf and every intermediate must allow code signing.
-    """
+    if not pem:
+        return []
+    try:
+        return list(x509.load_pem_x509_certificates(pem))
+    except ValueError as exc:
+        raise InvalidSignatureError(f"{what}: {exc}") from None
+
+
+def _leaf_certificate(certificate_pem: bytes) -> Any:
+    leaves = _load_certificates(certificate_pem, "parsing leaf certificate")
+    if len(leaves) != 1:
+        raise InvalidSignatureError("unexpected multiple certificates present in signature certificate data"
+                                    if leaves else "no certificate found in signature certificate data")
+    return leaves[0]
+
+
+def verify_code_signing_chain(*, roots: Sequence[Any], leaf: Any, intermediates: Sequence[Any], at: int | None) -> None:
+    """Go ``x509.Certificate.Verify`` with ``KeyUsages: [CodeSigning]``, done by ``cryptography``'s RFC 5280
+    verifier: a chain from ``leaf`` through ``intermediates`` to one of ``roots``, every signature, validity
+    at ``at`` (Unix time; now if None), CA constraints; the leaf and every issuer must allow code signing."""
     import datetime
 
     from cryptography import x509
@@ -501,58 +522,118 @@ def verify_fulcio_certificate(*, ca_pem: bytes, certificate_pem: bytes, chain_pe
         VerificationError,
     )
 
+    if not roots:
+        raise InvalidSignatureError("no trusted CA certificates")
+
+    # Go: a certificate without an EKU extension allows every usage; with one, it must list code signing
+    # (or anyExtendedKeyUsage) -- for the leaf and for every issuer.
+    def code_signing_eku(_policy: Any, _cert: Any, eku: Any) -> None:
+        if eku is not None and ExtendedKeyUsageOID.CODE_SIGNING not in eku \
+                and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+            raise ValueError("the certificate does not allow code signing")
+
+    # Go: an issuer's KeyUsage, when present, must allow certificate signing; unlike the Web PKI profile
+    # it may be absent (private PKIs made with openssl often omit it).
+    def cert_sign_usage(_policy: Any, _cert: Any, usage: Any) -> None:
+        if usage is not None and not usage.key_cert_sign:
+            raise ValueError("an issuing certificate's key usage does not allow certificate signing")
+
+    ca_policy = (ExtensionPolicy.webpki_defaults_ca()
+                 .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, code_signing_eku)
+                 .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, cert_sign_usage))
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC,
+                                                                   code_signing_eku)
+    when = datetime.datetime.fromtimestamp(at, datetime.UTC) if at is not None else datetime.datetime.now(datetime.UTC)
+    try:
+        verifier = (PolicyBuilder().store(Store(list(roots))).time(when)
+                    .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy).build_client_verifier())
+        verifier.verify(leaf, list(intermediates))
+    except (VerificationError, ValueError) as exc:
+        raise InvalidSignatureError(f"veryfing leaf certificate failed: {exc}") from None
+
+
+def _san_values(leaf: Any, kind: Any) -> list[Any]:
+    from cryptography import x509
+
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return list(san.get_values_for_type(kind))
+    except x509.ExtensionNotFound:
+        return []
+    except (x509.DuplicateExtension, ValueError) as exc:
+        raise InvalidSignatureError(f"invalid certificate extensions: {exc}") from None
+
+
+def verify_fulcio_certificate(*, ca_pem: bytes, certificate_pem: bytes, chain_pem: bytes | None, at: int,
+                              oidc_issuer: str, subject_email: str) -> Any:
+    """Verify a Fulcio (keyless cosign) certificate as c/image ``verifyFulcioCertificateAtTime``: chained to
+    the trusted CA certificates (intermediates from the signature's chain, minus its last = root entry),
+    valid at ``at`` (the Rekor SET's integrated time), code-signing EKU, the OIDC issuer and the subject
+    e-mail as the policy requires. Returns the certificate's public key.
+    """
+    from cryptography import x509
+
     try:
         roots = x509.load_pem_x509_certificates(ca_pem)
     except ValueError:
         raise InvalidSignatureError("error loading Fulcio CA certificates") from None
-    try:
-        leaves = x509.load_pem_x509_certificates(certificate_pem)
-    except ValueError as exc:
-        raise InvalidSignatureError(f"parsing leaf certificate: {exc}") from None
-    if len(leaves) != 1:
-        raise InvalidSignatureError("unexpected multiple certificates present in signature certificate data"
-                                    if leaves else "no certificate found in signature certificate data")
-    leaf = leaves[0]
-    intermediates: list[Any] = []
-    if chain_pem:
-        try:
-            chain = x509.load_pem_x509_certificates(chain_pem)
-        except ValueError as exc:
-            raise InvalidSignatureError(f"loading certificate chain: {exc}") from None
-        intermediates = chain[:-1]
-
-    def ca_eku(_policy: Any, _cert: Any, eku: Any) -> None:
-        if eku is not None and ExtendedKeyUsageOID.CODE_SIGNING not in eku \
-                and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
-            raise ValueError("an issuing certificate does not allow code signing")
-
-    def leaf_eku(_policy: Any, _cert: Any, eku: Any) -> None:
-        if eku is None or ExtendedKeyUsageOID.CODE_SIGNING not in eku:
-            raise ValueError("the certificate does not allow code signing")
-
-    ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC,
-                                                                   ca_eku)
-    ee_policy = ExtensionPolicy.webpki_defaults_ee().require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC,
-                                                                    leaf_eku)
-    when = datetime.datetime.fromtimestamp(at, datetime.UTC)
-    try:
-        verifier = (PolicyBuilder().store(Store(roots)).time(when)
-                    .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy).build_client_verifier())
-        verifier.verify(leaf, intermediates)
-    except (VerificationError, ValueError) as exc:
-        raise InvalidSignatureError(f"veryfing leaf certificate failed: {exc}") from None
+    leaf = _leaf_certificate(certificate_pem)
+    chain = _load_certificates(chain_pem, "loading certificate chain")
+    verify_code_signing_chain(roots=roots, leaf=leaf, intermediates=chain[:-1], at=at)
     try:
         issuer = fulcio_issuer(leaf)
-        emails = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.RFC822Name)
-    except x509.ExtensionNotFound:
-        emails = []
     except (x509.DuplicateExtension, ValueError) as exc:
         raise InvalidSignatureError(f"invalid Fulcio certificate extensions: {exc}") from None
     if issuer != oidc_issuer:
         raise InvalidSignatureError(f"Unexpected Fulcio OIDC issuer {issuer!r}")
+    emails = _san_values(leaf, x509.RFC822Name)
     if subject_email not in emails:
         raise InvalidSignatureError(f"Required email {subject_email!r} not found (got {emails!r})")
+    return leaf.public_key()
+
+
+def _hostname_matches(pattern: str, host: str) -> bool:
+    """Go ``matchHostnames``: case-insensitive, a leading ``*`` label matches exactly one label."""
+    pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")
+    if not pattern or not host:
+        return False
+    p_labels, h_labels = pattern.split("."), host.split(".")
+    if len(p_labels) != len(h_labels):
+        return False
+    return all(p == h or (i == 0 and p == "*" and h) for i, (p, h) in enumerate(zip(p_labels, h_labels, strict=True)))
+
+
+def verify_pki_certificate(*, roots_pem: bytes, intermediates_pem: bytes | None, certificate_pem: bytes,
+                           chain_pem: bytes | None, subject_email: str | None, subject_hostname: str | None) -> Any:
+    """c/image ``verifyPKI``: the signature's certificate chains (through the policy's and the signature's
+    intermediates) to the policy's roots *now*, allows code signing, and names the required e-mail and/or
+    hostname. Returns its public key."""
+    import ipaddress
+
+    from cryptography import x509
+
+    roots = _load_certificates(roots_pem, "error loading PKI CA Roots certificates")
+    if not roots:
+        raise InvalidSignatureError("error loading PKI CA Roots certificates")
+    intermediates = _load_certificates(intermediates_pem, "loading trusted intermediate certificates")
+    intermediates += _load_certificates(chain_pem, "loading certificate chain")[:-1]
+    leaf = _leaf_certificate(certificate_pem)
+    verify_code_signing_chain(roots=roots, leaf=leaf, intermediates=intermediates, at=None)
+    if subject_email:
+        emails = _san_values(leaf, x509.RFC822Name)
+        if subject_email not in emails:
+            raise InvalidSignatureError(f"Required email {subject_email!r} not found (got {emails!r})")
+    if subject_hostname:
+        try:
+            wanted_ip = ipaddress.ip_address(subject_hostname.strip("[]"))
+        except ValueError:
+            wanted_ip = None
+        if wanted_ip is not None:
+            ok = wanted_ip in _san_values(leaf, x509.IPAddress)
+        else:
+            ok = any(_hostname_matches(name, subject_hostname) for name in _san_values(leaf, x509.DNSName))
+        if not ok:
+            raise InvalidSignatureError(f"Unexpected subject hostname: certificate is not valid for {subject_hostname}")
     return leaf.public_key()
 
 
@@ -820,7 +901,7 @@ def parse_extension_signatures(body: bytes, *, where: str = "signature list") ->
             if not isinstance(entry, dict):
                 raise TypeError("a signature entry is not an object")
             if entry.get("schemaVersion") == 2 and entry.get("type") == "atomic":
-                out.append(SimpleSigningSignature(base64.b64decode(entry.get("content") or "", validate=True)))
+                out.append(SimpleSigningSignature(go_b64decode(entry.get("content") or "")))
     except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
         raise PolicyError(f"decoding {where}: {exc}") from None
     return tuple(out)

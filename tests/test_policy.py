@@ -49,7 +49,7 @@ from registry.signatures import (
     make_signature_payload,
     sign_sigstore_payload,
 )
-from tests.harness.signing import CosignKey, FulcioCA, GPGSigner, key_data, make_rekor_set
+from tests.harness.signing import CosignKey, FulcioCA, GPGSigner, key_data, make_rekor_set, pki_sign_image
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
@@ -402,7 +402,8 @@ def test_sigstore_identity_rules_and_keys(cosign: CosignKey, tmp_path: Path) -> 
 @pytest.mark.parametrize(("extra", "reason"), [
     ({"fulcio": {"caData": key_data(b"ca"), "oidcIssuer": "https://i", "subjectEmail": "a@b"},
       "rekorPublicKeyData": key_data(b"r")}, "parsing public key 1 of rekorPublicKey"),
-    ({"pki": {"caRootsData": key_data(b"ca"), "subjectEmail": "a@b"}}, "pki is not supported"),
+    ({"pki": {"caRootsData": key_data(b"ca"), "subjectEmail": "a@b"}},
+     "missing dev.sigstore.cosign/certificate annotation"),
 ])
 def test_unsupported_sigstore_options_fail_closed(extra: dict[str, Any], reason: str, cosign: CosignKey) -> None:
     policy = parse_policy(json.dumps({"default": [{"type": "sigstoreSigned", "signedIdentity":
@@ -543,3 +544,44 @@ def test_sigstore_keyless_fulcio(cosign: CosignKey, tmp_path: Path) -> None:
     swapped = SigstoreSignature(good.mime_type, good.payload, {
         **good.annotations, "dev.sigstore.cosign/bundle": other.annotations["dev.sigstore.cosign/bundle"]})
     assert "does not match" in evaluate_policy(policy, img, [swapped]).reason
+
+
+def test_sigstore_pki_certificates() -> None:
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+
+    ca, other_ca = FulcioCA.generate(), FulcioCA.generate()
+    img = image_for("example.com/ns/app:1")
+    common = {"manifest_digest": img.manifest_digest, "docker_reference": "example.com/ns/app:1"}
+
+    def policy(**pki: Any) -> Any:
+        return parse_policy(json.dumps({"default": [{"type": "sigstoreSigned", "signedIdentity":
+                                                     {"type": "matchRepoDigestOrExact"},
+                                                     "pki": {"caRootsData": key_data(ca.ca_pem), **pki}}]}))
+
+    by_email = policy(subjectEmail="ci@example.com")
+    assert evaluate_policy(by_email, img, [pki_sign_image(ca, **common)]).allowed
+    by_host = policy(subjectHostname="build.example.com")
+    assert evaluate_policy(by_host, img, [pki_sign_image(ca, **common, dns_names=["*.example.com"])]).allowed
+    # intermediates may come from the policy instead of the signature
+    inter_pem = ca.intermediate.public_bytes(serialization.Encoding.PEM)
+    with_inter = policy(subjectEmail="ci@example.com", caIntermediatesData=key_data(inter_pem))
+    assert evaluate_policy(with_inter, img, [pki_sign_image(ca, **common, with_chain=False)]).allowed
+    cases = [
+        (by_email, pki_sign_image(ca, **common, email="eve@example.com"), "Required email 'ci@example.com' not found"),
+        (by_host, pki_sign_image(ca, **common, dns_names=["*.example.com"], email="x@y"), ""),
+        (policy(subjectHostname="a.b.example.com"), pki_sign_image(ca, **common, dns_names=["*.example.com"]),
+         "Unexpected subject hostname"),
+        (by_email, pki_sign_image(ca, **common, at=int(time.time()) - 86400), "veryfing leaf certificate failed"),
+        (by_email, pki_sign_image(other_ca, **common), "veryfing leaf certificate failed"),
+        (by_email, pki_sign_image(ca, **common, with_chain=False), "veryfing leaf certificate failed"),
+        (by_email, pki_sign_image(ca, **common, code_signing=False), "veryfing leaf certificate failed"),
+    ]
+    for index, (pol, sig, reason) in enumerate(cases):
+        decision = evaluate_policy(pol, img, [sig])
+        if reason == "":  # hostname policies ignore the e-mail
+            assert decision.allowed, decision.reason
+            continue
+        assert not decision.allowed, index
+        assert reason in decision.reason, (index, decision.reason)

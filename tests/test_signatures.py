@@ -276,3 +276,12 @@ def test_render_registries_d_round_trips(tmp_path: Path) -> None:
     default, parsed = parse_registries_d_file(text, source="rendered")
     assert parsed == docker
     assert default == RegistryNamespace(lookaside="https://sigs.example/x y")
+
+
+def test_go_base64_skips_line_breaks_only() -> None:
+    from registry.signatures import go_b64decode
+
+    assert go_b64decode("aGVs\nbG8=\r\n") == b"hello"  # openssl/cosign wrap base64 at 64/76 columns
+    for bad in ("aGVs bG8=", "aGVsbG8", "aGVs\tbG8=", "é"):
+        with pytest.raises(ValueError):
+            go_b64decode(bad)

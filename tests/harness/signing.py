@@ -215,7 +215,7 @@ class FulcioCA:
         return bytes(self.intermediate.public_bytes(serialization.Encoding.PEM)) + self.ca_pem
 
     def issue(self, *, email: str, oidc_issuer: str, at: int, issuer_v2: bool = False,
-              code_signing: bool = True) -> tuple[Any, bytes]:
+              code_signing: bool = True, dns_names: Sequence[str] = ()) -> tuple[Any, bytes]:
         """A leaf key and its certificate (PEM), valid for 10 minutes from ``at`` - 60 s."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
@@ -240,7 +240,8 @@ class FulcioCA:
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()),
                                critical=False)
-                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
+                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email),
+                                                            *(x509.DNSName(n) for n in dns_names)]), critical=True)
                 .add_extension(issuer_ext, critical=False)
                 .sign(self.intermediate_key, hashes.SHA384()))
         return key, bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -259,3 +260,18 @@ class FulcioCA:
         annotations["dev.sigstore.cosign/bundle"] = make_rekor_set(
             rekor, public_pem=cert_pem, signature=sig, integrated_time=set_at if set_at is not None else at)
         return SigstoreSignature(sig.mime_type, sig.payload, annotations)
+
+
+def pki_sign_image(ca: FulcioCA, *, manifest_digest: str, docker_reference: str, email: str = "ci@example.com",
+                   at: int | None = None, with_chain: bool = True, **issue_options: Any) -> SigstoreSignature:
+    """A cosign signature with a certificate from a private X.509 PKI (no Rekor): sigstoreSigned ``pki``."""
+    import time
+
+    at = int(time.time()) if at is None else at
+    key, cert_pem = ca.issue(email=email, oidc_issuer="https://unused.example", at=at, **issue_options)
+    payload = make_signature_payload(manifest_digest=manifest_digest, docker_reference=docker_reference,
+                                     kind=SIGSTORE_PAYLOAD_TYPE, timestamp=at)
+    extra = {"dev.sigstore.cosign/certificate": cert_pem.decode()}
+    if with_chain:
+        extra["dev.sigstore.cosign/chain"] = ca.chain_pem.decode()
+    return sign_sigstore_payload(key, payload, annotations=extra)
