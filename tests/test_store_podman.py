@@ -368,3 +368,22 @@ def test_copy_image_between_stores(registry: RunningRegistry, pushed: dict[str, 
     for key in ("digest", "layer", "metadata", "big-data-names", "big-data-sizes", "big-data-digests", "created"):
         assert dst_img[key] == src_img[key], key
     assert dst.check() == []
+
+
+def test_podman_reuses_tether_layers(registry: RunningRegistry, pushed: dict[str, Any], tether_podman: Podman) -> None:
+    """podman pulling an image tether already committed finds every layer (by chain id / digests) and
+    downloads nothing; its records stay as tether wrote them."""
+    image = pushed["rich"]
+    pull_into_store(Store.open(tether_podman.root), registry.host, "store/rich:v1")
+    layers_before = json.loads((tether_podman.root / "overlay-layers" / "layers.json").read_text())
+
+    def layer_gets() -> int:
+        return sum(1 for line in registry.access_log() for layer in image.layers
+                   if f'"GET /v2/store/rich/blobs/{layer.digest}' in line)
+
+    before = layer_gets()
+    assert before >= len(image.layers)  # tether fetched them (the log does record blob GETs)
+    tether_podman.run("pull", "--tls-verify=false", f"{registry.host}/store/rich:v1")
+    assert layer_gets() == before
+    assert json.loads((tether_podman.root / "overlay-layers" / "layers.json").read_text()) == layers_before
+    assert [i["Id"] for i in tether_podman.images()] == [image.image_id]
