@@ -6,6 +6,7 @@ import collections
 import gzip
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -48,6 +49,43 @@ def assert_store_clean(store: Store) -> None:
     staging = store.root / STAGING_SUBDIR
     assert not staging.exists() or list(staging.iterdir()) == []
     assert store.check() == []
+
+
+def open_sockets() -> int:
+    """Sockets this process holds open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def extractor_children() -> list[int]:
+    """Child processes of this process still alive (the store's extractor workers)."""
+    mine = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if int(fields[1]) != mine or fields[0] == b"Z":
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"_extract_worker" in cmdline:
+            found.append(int(entry))
+    return found
 
 
 def blob_gets(registry: RunningRegistry, repos: set[str]) -> collections.Counter[str]:
@@ -287,6 +325,7 @@ async def test_digest_mismatch_fails_one_image_others_complete_rerun_finishes(
     original = corrupt_blob(reg, bad_top.digest)
     options = make_options(tmp_path, reg)
     store = open_store(options)
+    sockets = open_sockets()
     report = await pull([f"{reg.host}/fail/good:1", f"{reg.host}/fail/bad:1"], store=store, options=options)
     assert not report.ok
     by_name = {r.request.name: r for r in report.results}
@@ -294,6 +333,7 @@ async def test_digest_mismatch_fails_one_image_others_complete_rerun_finishes(
     failed = by_name[f"{reg.host}/fail/bad:1"]
     assert failed.error is not None and bad_top.digest in failed.error
     assert f"{reg.host}/fail/bad:1" in report.summary()
+    assert open_sockets() == sockets and extractor_children() == []
     assert_store_clean(store)
     assert [img.id for img in store.list_images()] == [good.image_id]
     # repair the blob; the rerun keeps what was completed and fetches only the missing layer
@@ -328,10 +368,12 @@ async def test_registry_killed_mid_pull_leaves_store_clean_and_rerun_completes(
     options = make_options(tmp_path, reg)
     store = open_store(options)
     killer = KillOnFirstBytes(reg)
+    sockets = open_sockets()
     report = await pull([PullRequest(f"{reg.host}/kill/app:1", retries=0)], store=store, options=options,
                         jobs=1, progress=killer)
     assert killer.killed
     assert not report.ok and report.results[0].error
+    assert open_sockets() == sockets and extractor_children() == []
     assert_store_clean(store)
     assert store.list_images() == []
     reg.start()
