@@ -247,7 +247,7 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="tether vs podman pull vs skopeo on a local docker-registry")
-    parser.add_argument("cases", nargs="*", default=list(CASES), choices=[*CASES, []],
+    parser.add_argument("cases", nargs="*", metavar="CASE",
                         help=f"cases to run (default: all of {', '.join(CASES)})")
     parser.add_argument("--reps", type=int, default=3, help="runs per tool and case (default 3)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/tether-bench"),
@@ -256,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="results file (default benchmarks/results/<time>.json)")
     args = parser.parse_args(argv)
+    unknown = [case for case in args.cases if case not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    args.cases = args.cases or list(CASES)
 
     sys.path.insert(0, str(REPO_ROOT))
     from tests.harness.registry import start_registry
