@@ -499,11 +499,11 @@ async def _plan_image(plan: _ImagePlan, *, all_platforms: bool, platforms: Seque
         raw = filter_index(raw, [d.digest for d in chosen])
         digest = compute_digest(raw)
     plan.platforms = tuple(_platform_text(d.platform) for d in chosen)
-    await _plan_children(plan, parsed, chosen)
+    await _plan_children(plan, chosen)
     plan.top = _Manifest(digest, media_type, raw)
 
 
-async def _plan_children(plan: _ImagePlan, index: ImageIndex, chosen: Sequence[Descriptor]) -> None:
+async def _plan_children(plan: _ImagePlan, chosen: Sequence[Descriptor]) -> None:
     for d in chosen:
         if d.size > MAX_MANIFEST_SIZE:
             raise MirrorError(f"{plan.fetcher.description}: manifest {d.digest} is {d.size} bytes")
@@ -512,12 +512,11 @@ async def _plan_children(plan: _ImagePlan, index: ImageIndex, chosen: Sequence[D
             raise MirrorError(f"{plan.fetcher.description}: manifest {d.digest} does not match its descriptor")
         child = parse_manifest(child_raw, d.media_type)
         if isinstance(child, ImageIndex):  # nested index: everything under it
-            await _plan_children(plan, child, child.manifests)
+            await _plan_children(plan, child.manifests)
         else:
             _add_blobs(plan, child)
         if all(c.digest != d.digest for c in plan.children):
             plan.children.append(_Manifest(d.digest, d.media_type or child.media_type, child_raw))
-    del index
 
 
 def _add_blobs(plan: _ImagePlan, manifest: ImageManifest) -> None:
