@@ -178,8 +178,20 @@ def _make_writable_and_remove(path: Path) -> None:
         shutil.rmtree(path, onerror=onerror)
 
 
+def layer_is_mounted(root: Path, driver: str, layer_id: str) -> bool:
+    """Whether podman has the layer mounted (``podman image mount``, a container's ``merged``)."""
+    if driver == "overlay":
+        return os.path.ismount(root / "overlay" / layer_id / "merged")
+    return os.path.ismount(root / "vfs" / "dir" / layer_id)
+
+
 def remove_layer_dirs(root: Path, driver: str, layer_id: str) -> None:
-    """Driver ``Remove``: the link symlink (read from ``link``) and the layer directory."""
+    """Driver ``Remove``: the link symlink (read from ``link``) and the layer directory.
+
+    Refuses a mounted layer: removing through a mount would delete (or whiteout) what it shows.
+    """
+    if layer_is_mounted(root, driver, layer_id):
+        raise StoreError(f"removing layer {layer_id} in {root}: it is mounted")
     if driver == "overlay":
         layer_dir = root / "overlay" / layer_id
         try:

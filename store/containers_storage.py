@@ -430,7 +430,8 @@ class Store:
         if not home.is_dir():
             return
         for entry in home.iterdir():
-            if _drivers.LAYER_ID_RE.match(entry.name) and entry.name not in known and entry.is_dir():
+            if (_drivers.LAYER_ID_RE.match(entry.name) and entry.name not in known and entry.is_dir()
+                    and not _drivers.layer_is_mounted(self.root, self.driver, entry.name)):
                 _drivers.remove_layer_dirs(self.root, self.driver, entry.name)
         if self.driver == "overlay":
             links = home / "l"
@@ -898,6 +899,12 @@ class Store:
                     chain.append(current)
                     current = str((by_id.get(current) or {}).get("parent") or "")
                 to_remove = _removable_layers(chain, layers, remaining, containers)
+                mounted = [x for x in to_remove if _drivers.layer_is_mounted(self.root, self.driver, x)]
+                if mounted:
+                    raise StoreError(
+                        f"deleting image {image.id} in {self.root}: layer {mounted[0]} is mounted (podman image "
+                        "unmount it first)"
+                    )
                 journal = self._journal_dir / f"{image.id}.json"
                 journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 atomic_write(journal, json.dumps({"image": image.id, "layers": chain}).encode())
@@ -936,7 +943,10 @@ class Store:
                 continue
             if image_id not in image_ids:  # the record went: finish removing its layers
                 _drivers.remove_tree(self.images_dir / image_id)
-                for layer_id in _removable_layers(chain, layers, images, containers):
+                removable = _removable_layers(chain, layers, images, containers)
+                if any(_drivers.layer_is_mounted(self.root, self.driver, x) for x in removable):
+                    continue  # try again at the next open, once podman unmounted it
+                for layer_id in removable:
                     self._delete_layer_locked(layers, layer_id, save=True)
                     changed = True
             journal.unlink(missing_ok=True)

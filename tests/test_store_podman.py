@@ -387,3 +387,21 @@ def test_podman_reuses_tether_layers(registry: RunningRegistry, pushed: dict[str
     assert layer_gets() == before
     assert json.loads((tether_podman.root / "overlay-layers" / "layers.json").read_text()) == layers_before
     assert [i["Id"] for i in tether_podman.images()] == [image.image_id]
+
+
+def test_delete_refuses_mounted_image(registry: RunningRegistry, pushed: dict[str, Any],
+                                      tether_podman: Podman) -> None:
+    image = pushed["simple"]
+    store = Store.open(tether_podman.root)
+    pull_into_store(store, registry.host, "store/simple:v1")
+    name = f"{registry.host}/store/simple:v1"
+    mounted = Path(tether_podman.run("image", "mount", name).stdout.strip())
+    try:
+        with pytest.raises(containers_storage.StoreError, match="mounted"):
+            store.delete_image(image.image_id)
+        assert [i["Id"] for i in tether_podman.images()] == [image.image_id]
+        assert any(mounted.iterdir())
+    finally:
+        tether_podman.run("image", "unmount", name)
+    assert len(store.delete_image(image.image_id)) == len(image.layers)
+    assert tether_podman.images() == []
