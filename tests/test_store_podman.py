@@ -15,6 +15,7 @@ import pytest
 
 from store import containers_storage
 from store.containers_storage import Store
+from store.errors import StoreError
 from tests.harness import images as factory
 from tests.harness.podman import RUN_DENIED, Podman, podman_for, skopeo
 from tests.harness.registry import RunningRegistry
@@ -397,7 +398,7 @@ def test_delete_refuses_mounted_image(registry: RunningRegistry, pushed: dict[st
     name = f"{registry.host}/store/simple:v1"
     mounted = Path(tether_podman.run("image", "mount", name).stdout.strip())
     try:
-        with pytest.raises(containers_storage.StoreError, match="mounted"):
+        with pytest.raises(StoreError, match="mounted"):
             store.delete_image(image.image_id)
         assert [i["Id"] for i in tether_podman.images()] == [image.image_id]
         assert any(mounted.iterdir())
