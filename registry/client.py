@@ -181,7 +181,7 @@ class RegistryClient:
         self._max_connections = max_connections_per_host
         self.retry_policy = retry_policy
         self._exit_stack = exit_stack
-        self._clients: dict[tuple[str, bool], httpx.AsyncClient] = {}
+        self._clients: dict[tuple[str, bool, bool], httpx.AsyncClient] = {}
         self._endpoints: dict[tuple[str, bool], _Endpoint] = {}
         self._tokens = TokenCache(clock=trio.current_time)
         self._token_locks: dict[Hashable, trio.Lock] = {}
@@ -216,8 +216,15 @@ class RegistryClient:
             return insecure
         return not self._tls_verify
 
-    def _http_client(self, host: str, insecure: bool) -> httpx.AsyncClient:
-        key = (host, insecure)
+    def _http_client(self, host: str, insecure: bool, *, bulk: bool = False) -> httpx.AsyncClient:
+        """The httpx client for ``host``: HTTP/2 where the server offers it over TLS, except for
+        ``bulk`` transfers (blob bodies), which use HTTP/1.1 connections.
+
+        Measured on loopback TLS (2 cores): a blob GET over h2 (pure-Python framing, 16 KiB DATA
+        frames, per-stream window updates) ran at 44 MB/s where HTTP/1.1 ran at 120-200 MB/s; API
+        requests (ping, tokens, manifests, HEADs) keep h2's single multiplexed connection.
+        """
+        key = (host, insecure, bulk)
         client = self._clients.get(key)
         if client is None:
             context = ssl_context_for(
@@ -225,7 +232,7 @@ class RegistryClient:
             )
             policy = self.retry_policy
             client = httpx.AsyncClient(
-                http2=True,
+                http2=not bulk,
                 verify=context,
                 limits=httpx.Limits(
                     max_connections=self._max_connections, max_keepalive_connections=self._max_connections
@@ -348,7 +355,12 @@ class RegistryClient:
         self, endpoint: _Endpoint, realm: str, service: str | None, scopes: tuple[str, ...], creds: _Credentials | None
     ) -> BearerToken:
         """distribution docs/spec/auth/token.md (GET) and oauth.md (POST refresh_token grant)."""
-        realm_url = httpx.URL(realm)
+        try:
+            realm_url = httpx.URL(realm)
+            if realm_url.scheme not in ("https", "http") or not realm_url.host:
+                raise ValueError(realm)
+        except (httpx.InvalidURL, ValueError):
+            raise AuthenticationError(f"{endpoint.host}: the Bearer challenge's realm is not a URL") from None
         realm_host = realm_url.netloc.decode("ascii")
         client = self._http_client(realm_host, endpoint.insecure if realm_host == endpoint.host else False)
         what = f"requesting a token for {endpoint.host} ({' '.join(scopes)})"
@@ -419,6 +431,7 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
         retry: bool = True,
+        bulk: bool = False,
     ) -> httpx.Response:
         """One authenticated request (streaming response), retried per policy; 401s cured once.
 
@@ -427,7 +440,7 @@ class RegistryClient:
         :class:`AuthenticationError`.
         """
         base = await self._ping(endpoint)
-        client = self._http_client(endpoint.host, endpoint.insecure)
+        client = self._http_client(endpoint.host, endpoint.insecure, bulk=bulk)
         url = httpx.URL(base + path_or_url) if isinstance(path_or_url, str) else path_or_url
         scopes = tuple(dict.fromkeys(scopes))
         reauthenticated = False
@@ -609,7 +622,7 @@ class RegistryClient:
             match = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link or "")
             if match is None:
                 return tuple(tags)
-            url = request_url.join(match.group(1))
+            url = _join(request_url, match.group(1))
         raise RegistryError(f"listing tags of {ref.name}: more than {max_pages} pages")
 
     # ---- blobs
@@ -662,6 +675,7 @@ class RegistryClient:
             creds=creds,
             headers=headers,
             retry=False,
+            bulk=True,
         )
         for _ in range(_MAX_REDIRECTS):
             if response.status_code not in _REDIRECTS:
@@ -670,15 +684,15 @@ class RegistryClient:
             await response.aclose()
             if not location:
                 raise RegistryError(f"GET {_http.display_url(response.request.url)}: redirect without Location")
-            target = response.request.url.join(location)
+            target = _join(response.request.url, location)
             base = httpx.URL(await self._ping(endpoint))
             if (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port):
                 response = await self._call(
-                    endpoint, "GET", target, scopes=scopes, creds=creds, headers=headers, retry=False
+                    endpoint, "GET", target, scopes=scopes, creds=creds, headers=headers, retry=False, bulk=True
                 )
             else:
                 netloc = target.netloc.decode("ascii")
-                client = self._http_client(netloc, False)
+                client = self._http_client(netloc, False, bulk=True)
 
                 response = await _http.send(client, client.build_request("GET", target, headers=headers))
         await response.aclose()
@@ -727,9 +741,8 @@ class RegistryClient:
             await response.aclose()
             if location:
                 try:
-                    cancel = await self._call(
-                        endpoint, "DELETE", response.request.url.join(location), scopes=scopes, creds=creds, retry=False
-                    )
+                    target = _join(response.request.url, location)
+                    cancel = await self._call(endpoint, "DELETE", target, scopes=scopes, creds=creds, retry=False)
                     await cancel.aclose()
                 except RegistryError as exc:  # the registry purges abandoned uploads anyway
                     logger.debug("cancelling the upload started instead of a mount: %s", exc)
@@ -762,7 +775,15 @@ class RegistryClient:
                 "Content-Range": f"{start}-{start + len(data) - 1}",
             }
             answer = await self._call(
-                endpoint, "PATCH", location, scopes=scopes, creds=creds, headers=headers, content=data, retry=False
+                endpoint,
+                "PATCH",
+                location,
+                scopes=scopes,
+                creds=creds,
+                headers=headers,
+                content=data,
+                retry=False,
+                bulk=True,
             )
             if answer.status_code != 202:
                 raise await _http.status_error(answer)
@@ -794,7 +815,7 @@ class RegistryClient:
         final = location.copy_merge_params({"digest": descriptor.digest})
         headers = {"Content-Type": "application/octet-stream"}
         response = await self._call(
-            endpoint, "PUT", final, scopes=scopes, creds=creds, headers=headers, content=body, retry=False
+            endpoint, "PUT", final, scopes=scopes, creds=creds, headers=headers, content=body, retry=False, bulk=True
         )
         if response.status_code != 201:
             raise await _http.status_error(response)
@@ -835,7 +856,18 @@ def _upload_location(response: httpx.Response) -> httpx.URL:
             f"{response.request.method} {_http.display_url(response.request.url)}: "
             f"{response.status_code} without a Location header"
         )
-    return response.request.url.join(location)
+    return _join(response.request.url, location)
+
+
+def _join(base: httpx.URL, location: str) -> httpx.URL:
+    """``location`` (a Location/Link target) resolved against ``base``; only http(s) URLs."""
+    try:
+        target = base.join(location)
+    except (httpx.InvalidURL, ValueError):
+        raise RegistryError(f"{_http.display_url(base)}: invalid URL {location[:200]!r}") from None
+    if target.scheme not in ("http", "https") or not target.host:
+        raise RegistryError(f"{_http.display_url(base)}: refusing to follow {target.scheme}: URL")
+    return target
 
 
 def _with_message(error: RegistryError, message: str) -> RegistryError:
