@@ -1,11 +1,12 @@
 """Child process for :class:`store.tarapply.ProcessLayerExtractor`: ``python -m store._extract_worker``.
 
-Protocol: argv[1] is a JSON object ``{"target_dir", "mode", "tar_split_path"}``; stdin carries the raw
-(compressed or not) blob bytes as frames (4-byte big-endian length, then the bytes), ended by a frame of
-length 0; an EOF before that frame (the parent died or aborted) fails the layer; on success one JSON
-line ``{"ok": <ExtractResult.to_json()>}`` is written to stdout and the exit status is 0; on a refused
-or failed layer ``{"error": <class name>, "message": ...}`` and exit status 1.  Runs with umask 0 (as
-containers/storage's applier does), so created modes are exact without extra chmods.
+Protocol, per layer (a worker serves several layers one after another): a frame holding the JSON object
+``{"target_dir", "mode", "tar_split_path"}``, then the raw (compressed or not) blob bytes as frames (4-byte
+big-endian length, then the bytes), then a frame of length 0.  An EOF before that frame (the parent died or
+aborted) fails the layer.  Each layer gets one JSON line on stdout: ``{"ok": <ExtractResult.to_json()>}``,
+or ``{"error": <class name>, "message": ...}`` after which the worker exits with status 1; EOF between
+layers ends it with status 0.  Runs with umask 0 (as containers/storage's applier does), so created modes
+are exact without extra chmods.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 from store.errors import StoreError
 from store.tarapply import LayerExtractor
@@ -21,14 +23,11 @@ from store.tarapply import LayerExtractor
 _READ = 1024 * 1024
 
 
-def main(argv: list[str]) -> int:
-    params = json.loads(argv[1])
-    os.umask(0)
-    out = sys.stdout
+def _run_one(stdin: BinaryIO, out: TextIO, params: dict[str, str]) -> bool:
+    """One layer: data frames until the end frame; one JSON line out.  False when the layer failed."""
     try:
-        extractor = LayerExtractor(Path(params["target_dir"]), mode=params["mode"],
+        extractor = LayerExtractor(Path(params["target_dir"]), mode=params["mode"],  # type: ignore[arg-type]
                                    tar_split_path=Path(params["tar_split_path"]))
-        stdin = open(sys.stdin.fileno(), "rb", buffering=_READ, closefd=False)  # noqa: SIM115
         try:
             while True:
                 head = stdin.read(4)
@@ -49,11 +48,28 @@ def main(argv: list[str]) -> int:
         out.write(json.dumps({"error": type(e).__name__, "message": str(e),
                               "module": type(e).__module__}) + "\n")
         out.flush()
-        return 1
+        return False
     out.write(json.dumps({"ok": result.to_json()}) + "\n")
     out.flush()
-    return 0
+    return True
+
+
+def main() -> int:
+    """Serve layers one after another (the parent keeps idle workers for its next layers) until stdin
+    closes between layers; exit 1 after a failed layer (the parent never reuses such a worker)."""
+    os.umask(0)
+    stdin = open(sys.stdin.fileno(), "rb", buffering=_READ, closefd=False)  # noqa: SIM115
+    while True:
+        head = stdin.read(4)
+        if not head:
+            return 0
+        n = int.from_bytes(head, "big")
+        raw = stdin.read(n) if len(head) == 4 else b""
+        if len(head) < 4 or len(raw) < n:
+            return 1
+        if not _run_one(stdin, sys.stdout, json.loads(raw)):
+            return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

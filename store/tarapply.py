@@ -31,12 +31,14 @@ types are refused (containers/storage's applier refuses the latter too).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
 import os
 import shutil
 import stat
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -922,6 +924,86 @@ _WORKER_ERRORS: Final[dict[str, type[StoreError]]] = {
 }
 
 
+class _Worker:
+    """One ``python -m store._extract_worker`` child; reusable for the next layer after a success."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "store._extract_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, bufsize=0, env=env,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin_fd = self.proc.stdin.fileno()
+        self.stdout = self.proc.stdout
+        with contextlib.suppress(OSError):
+            import fcntl
+
+            fcntl.fcntl(self.stdin_fd, 1031, 1024 * 1024)  # F_SETPIPE_SZ: fewer wake-ups per MiB
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stderr_text(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self.stderr.seek(0)
+            return self.stderr.read().decode("utf-8", "replace").strip()
+        return ""
+
+    def close(self, *, kill: bool = False) -> None:
+        proc = self.proc
+        if kill and proc.poll() is None:
+            proc.kill()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+        with contextlib.suppress(OSError):
+            self.stderr.close()
+
+
+# Idle workers kept for the next layers: a child costs ~0.1-0.2 s of CPU to start (interpreter + imports).
+_POOL: list[_Worker] = []
+_POOL_LOCK = threading.Lock()
+_POOL_MAX: Final = max(2, os.cpu_count() or 2)
+
+
+def _take_worker() -> _Worker:
+    with _POOL_LOCK:
+        while _POOL:
+            w = _POOL.pop()
+            if w.alive():
+                return w
+            w.close()
+    return _Worker()
+
+
+def _give_back(w: _Worker) -> None:
+    with _POOL_LOCK:
+        if len(_POOL) < _POOL_MAX and w.alive():
+            _POOL.append(w)
+            return
+    w.close()
+
+
+@atexit.register
+def _close_idle_workers() -> None:
+    with _POOL_LOCK:
+        idle = list(_POOL)
+        _POOL.clear()
+    for w in idle:
+        w.close()
+
+
 class ProcessLayerExtractor:
     """:class:`LayerExtractor`'s interface, with the work done in a child process
     (``python -m store._extract_worker``), so that several layers extracting at once use every core.
@@ -933,7 +1015,8 @@ class ProcessLayerExtractor:
 
     A child costs ~0.1-0.2 s of CPU to start, more than a small layer takes to apply: the first
     ``spawn_threshold`` bytes are held back, and a blob that ends before reaching it is applied in this
-    process at ``finish`` (0 spawns the child at once).
+    process at ``finish`` (0 starts the child at once).  Children that applied a layer successfully are kept
+    idle (up to the number of CPUs) and reused for the next layers; they exit when this process does.
     """
 
     def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path,
@@ -947,6 +1030,8 @@ class ProcessLayerExtractor:
         self._held: list[bytes] = []
         self._held_len = 0
         self._proc: Any = None
+        self._worker: Any = None
+        self._released = False
         self._stdin_fd = -1
         self._done = False
         if spawn_threshold <= 0:
@@ -954,27 +1039,13 @@ class ProcessLayerExtractor:
 
     def _spawn(self) -> None:
         import json
-        import subprocess
-        import sys
-        import tempfile
 
+        self._worker = _take_worker()
+        self._proc = self._worker.proc
+        self._stdin_fd = self._worker.stdin_fd
         params = json.dumps({"target_dir": os.fspath(os.path.abspath(self.target_dir)), "mode": self._mode,
                              "tar_split_path": os.fspath(os.path.abspath(self._tar_split_path))})
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _collect/abort
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "store._extract_worker", params],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0, env=env,
-            close_fds=True,
-        )
-        assert self._proc.stdin is not None
-        self._stdin_fd = self._proc.stdin.fileno()
-        with contextlib.suppress(OSError):
-            import fcntl
-
-            fcntl.fcntl(self._stdin_fd, 1031, 1024 * 1024)  # F_SETPIPE_SZ: fewer wake-ups per MiB
+        self._send(params.encode())
 
     def feed(self, chunk: bytes) -> None:
         """Send the next chunk of the blob to the child (blocks while its pipe is full)."""
@@ -1040,20 +1111,21 @@ class ProcessLayerExtractor:
     def _collect(self) -> ExtractResult:
         import json
 
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        out = proc.stdout.read()
-        proc.stdout.close()
-        rc = proc.wait()
-        self._stderr.seek(0)
-        err_text = self._stderr.read().decode("utf-8", "replace").strip()
-        self._stderr.close()
-        line = out.decode("utf-8", "replace").strip().splitlines()
-        msg = json.loads(line[-1]) if line else {}
-        if rc == 0 and "ok" in msg:
+        w = self._worker
+        line = b""
+        with contextlib.suppress(OSError):
+            line = w.stdout.readline()
+        try:
+            msg = json.loads(line) if line.strip() else {}
+        except ValueError:
+            msg = {}
+        self._released = True
+        if "ok" in msg:
+            _give_back(w)
             return ExtractResult.from_json(msg["ok"])
+        w.close()  # a worker that failed a layer exits; never reused
+        rc = w.proc.returncode
+        err_text = w.stderr_text()
         self._remove_tar_split()
         if "error" in msg:
             cls_name = str(msg["error"])
@@ -1084,16 +1156,9 @@ class ProcessLayerExtractor:
             self._done = True
             self._held = []
             return
-        if self._done and proc.returncode is not None:
-            return
+        if self._released:
+            return  # finished (worker back in the pool or gone): nothing to undo
         self._done = True
-        if proc.poll() is None:
-            proc.kill()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        proc.wait()
-        if not self._stderr.closed:
-            self._stderr.close()
+        self._released = True
+        self._worker.close(kill=True)
         self._remove_tar_split()
