@@ -62,7 +62,7 @@ from registry.manifest import (
     parse_image_config,
     parse_manifest,
 )
-from registry.reference import Reference
+from registry.reference import DEFAULT_DOMAIN, DOCKER_REGISTRY_HOST, Reference
 from registry.registries_conf import AUTHENTICATION_FILE_HELPER, PullSource, RegistriesConf, pull_sources
 
 __all__ = [
@@ -227,8 +227,10 @@ class RegistryClient:
         key = (host, insecure, bulk)
         client = self._clients.get(key)
         if client is None:
+            # certs.d is keyed by the reference's domain as written: docker.io, not registry-1.docker.io
+            cert_host = DEFAULT_DOMAIN if host == DOCKER_REGISTRY_HOST else host
             context = ssl_context_for(
-                host, cert_dir=self._cert_dir, verify=not insecure, search_dirs=self._cert_search_dirs
+                cert_host, cert_dir=self._cert_dir, verify=not insecure, search_dirs=self._cert_search_dirs
             )
             policy = self.retry_policy
             client = httpx.AsyncClient(
