@@ -406,3 +406,21 @@ def test_delete_refuses_mounted_image(registry: RunningRegistry, pushed: dict[st
         tether_podman.run("image", "unmount", name)
     assert len(store.delete_image(image.image_id)) == len(image.layers)
     assert tether_podman.images() == []
+
+
+@needs_applier
+def test_copy_image_overlay_to_vfs(registry: RunningRegistry, pushed: dict[str, Any], tether_podman: Podman,
+                                   tmp_path: Path) -> None:
+    image = pushed["rich"]
+    src = Store.open(tether_podman.root)
+    pull_into_store(src, registry.host, "store/rich:v1")
+    target = podman_for(tmp_path / "vfs-target", driver="vfs")
+    dst = Store.open(target.root, driver="vfs")
+    containers_storage.copy_image(src, image.image_id, dst)
+    inspect = target.json("image", "inspect", image.image_id)[0]
+    assert inspect["RootFS"]["Layers"] == [layer.diff_id for layer in image.layers]
+    assert inspect["RepoTags"] == [f"{registry.host}/store/rich:v1"]
+    assert dst.check() == []
+    top = dst.find_image(image.image_id).top_layer or ""
+    assert (target.root / "vfs" / "dir" / top / "var/cache/new").read_text() == "fresh"
+    assert not (target.root / "vfs" / "dir" / top / "var/cache/keep").exists()
