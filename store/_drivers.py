@@ -78,9 +78,16 @@ def _write_small(path: Path, data: bytes, mode: int) -> None:
 
 
 def parent_diff_owner_mode(root: Path, driver: str, parent: str | None) -> tuple[int, int, int]:
-    """(mode, uid, gid) a new layer's top directory gets: from the parent's, else 0555 root."""
+    """(mode, uid, gid) a new layer's top directory gets, else 0555 root.
+
+    overlay.go ``create``: the mode of the parent's ``diff``, the owner of the parent's layer
+    directory; vfs ``create``: mode and owner of the parent's tree.
+    """
     if parent:
         st = os.stat(layer_tree(root, driver, parent))
+        if driver == "overlay":
+            owner = os.stat(root / "overlay" / parent)
+            return st.st_mode & 0o7777, owner.st_uid, owner.st_gid
         return st.st_mode & 0o7777, st.st_uid, st.st_gid
     return DEFAULT_PERMS, 0, 0
 
