@@ -103,6 +103,8 @@ __all__ = [
 
 #: Blobs copied at once across all images (containers/image copies up to 6 per image, images in turn).
 DEFAULT_JOBS = 6
+#: Read-back checks (manifest GETs, blob HEADs) in flight at once.
+VERIFY_JOBS = 8
 #: Bytes gathered from the network before one thread hop writes them to a layout blob.
 WRITE_GROUP_BYTES = 1024 * 1024
 #: A manifest or index is at most this big (containers/image: 4 MiB).
@@ -755,22 +757,39 @@ class _RegistryWriter:
             plan.signatures += copied.lookaside + (1 if copied.sigstore_attachment else 0)
 
     async def verify(self, plans: Sequence[_ImagePlan]) -> list[str]:
+        """Read every pushed manifest back (by tag or digest) and HEAD every blob, concurrently."""
         problems: list[str] = []
-        for plan in plans:
+        limiter = trio.CapacityLimiter(VERIFY_JOBS)
+
+        async def check_manifest(plan: _ImagePlan) -> None:
             assert plan.top is not None and plan.dest_ref is not None
             target = plan.dest_ref if plan.dest_ref.tag is None else Reference(
                 plan.dest_ref.domain, plan.dest_ref.path, plan.dest_ref.tag)
-            try:
-                fetched = await self.client.fetch_manifest(target)
-            except RegistryError as exc:
-                problems.append(f"{target}: cannot be read back: {exc}")
-                continue
+            async with limiter:
+                try:
+                    fetched = await self.client.fetch_manifest(target)
+                except RegistryError as exc:
+                    problems.append(f"{target}: cannot be read back: {exc}")
+                    return
             if fetched.digest != plan.top.digest:
                 problems.append(f"{target}: serves {fetched.digest}, expected {plan.top.digest}")
-            for digest in plan.blobs:
-                if not await self.client.blob_exists(self._repo_ref(plan), digest):
-                    problems.append(f"{target}: blob {digest} is missing")
-        return problems
+
+        async def check_blob(plan: _ImagePlan, digest: str) -> None:
+            async with limiter:
+                try:
+                    present = await self.client.blob_exists(self._repo_ref(plan), digest)
+                except RegistryError as exc:
+                    problems.append(f"{self._repo_ref(plan)}: blob {digest}: {exc}")
+                    return
+            if not present:
+                problems.append(f"{self._repo_ref(plan)}: blob {digest} is missing")
+
+        async with trio.open_nursery() as nursery:
+            for plan in plans:
+                nursery.start_soon(check_manifest, plan)
+                for digest in plan.blobs:
+                    nursery.start_soon(check_blob, plan, digest)
+        return sorted(problems)
 
     async def finish(self, plans: Sequence[_ImagePlan]) -> None:
         pass
