@@ -51,6 +51,7 @@ from registry.errors import (
 )
 from registry.manifest import (
     ACCEPTED_MANIFEST_TYPES,
+    MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE,
     Descriptor,
     ImageConfig,
@@ -83,6 +84,8 @@ _MAX_REDIRECTS = 10
 #: Blobs up to this size are uploaded with one PUT; larger ones with PATCH pieces of this size.
 MONOLITHIC_UPLOAD_MAX = 32 * 1024 * 1024
 UPLOAD_CHUNK = 32 * 1024 * 1024
+#: Seconds an endpoint that refused connections is tried last.
+UNREACHABLE_PENALTY = 30.0
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -187,6 +190,7 @@ class RegistryClient:
         self._token_locks: dict[Hashable, trio.Lock] = {}
         #: tokens fetched from token servers so far (for tests and diagnostics)
         self.tokens_fetched = 0
+        self._down_until: dict[tuple[str, bool], float] = {}
 
     # ---- plumbing
 
@@ -251,6 +255,24 @@ class RegistryClient:
             self._exit_stack.push_async_callback(client.aclose)
             self._clients[key] = client
         return client
+
+    def _source_key(self, source: PullSource) -> tuple[str, bool]:
+        return (source.reference.registry_host, self._insecure(source.insecure))
+
+    def _pinged(self, source: PullSource) -> bool:
+        endpoint = self._endpoints.get(self._source_key(source))
+        return endpoint is not None and endpoint.base is not None
+
+    def _mark_unreachable(self, source: PullSource) -> None:
+        """Remember for :data:`UNREACHABLE_PENALTY` seconds that ``source`` could not be connected to."""
+        self._down_until[self._source_key(source)] = trio.current_time() + UNREACHABLE_PENALTY
+
+    def _by_reachability(self, sources: Sequence[PullSource]) -> tuple[PullSource, ...]:
+        """``sources`` with the endpoints recently found unreachable moved last (order otherwise kept):
+        one dead mirror costs its connection attempts once, not once per blob."""
+        now = trio.current_time()
+        down = {s for s in sources if self._down_until.get(self._source_key(s), 0.0) > now}
+        return tuple(s for s in sources if s not in down) + tuple(s for s in sources if s in down)
 
     def _endpoint(self, host: str, insecure: bool) -> _Endpoint:
         key = (host, self._insecure(insecure))
@@ -526,10 +548,12 @@ class RegistryClient:
         self, sources: Sequence[PullSource], attempt: Callable[[PullSource], Awaitable[Any]]
     ) -> Any:
         errors: list[tuple[PullSource, RegistryError]] = []
-        for source in sources:
+        for source in self._by_reachability(sources):
             try:
                 return await attempt(source)
             except RegistryError as exc:
+                if isinstance(exc, ConnectionFailedError):
+                    self._mark_unreachable(source)
                 if len(sources) > 1:
                     logger.info("%s: %s; trying the next endpoint", source.reference.domain, exc)
                 errors.append((source, exc))
@@ -570,7 +594,7 @@ class RegistryClient:
                         f"{source.reference.name}@{chosen.digest}: an index inside an index is not supported"
                     )
             ordered = (source, *(s for s in sources if s != source))
-            config_raw = await self.fetch_blob((source,), parsed.config, max_size=4 * 1024 * 1024)
+            config_raw = await self.fetch_blob((source,), parsed.config, max_size=MAX_CONFIG_SIZE)
             try:
                 config = parse_image_config(config_raw)
             except ManifestError as exc:
@@ -944,7 +968,7 @@ class _BlobReader:
         size = self.descriptor.size
         policy = self.client.retry_policy
         errors: list[tuple[str, RegistryError]] = []
-        for source in self.sources:
+        for source in self.client._by_reachability(self.sources):
             failures = 0
             while self.offset < size:
                 before = self.offset
@@ -967,9 +991,13 @@ class _BlobReader:
                     await self.close_response()
                     failures = 0 if self.offset > before else failures + 1
                     limit = policy.connect_attempts if isinstance(exc, ConnectionFailedError) else policy.attempts
+                    if isinstance(exc, ConnectionFailedError) and not self.client._pinged(source):
+                        limit = 1  # the ping has already spent its connection attempts
                     if failures >= limit:
                         errors.append((source.reference.domain, exc))
                         logger.info("%s; giving up on this endpoint", exc)
+                        if isinstance(exc, ConnectionFailedError):
+                            self.client._mark_unreachable(source)
                         break
                     logger.info("%s; resuming at byte %d", exc, self.offset)
                     retry_after = exc.retry_after if isinstance(exc, _RetryableStatus) else None

@@ -263,3 +263,23 @@ async def test_wrong_content_range_moves_on() -> None:
                 async for _ in chunks:
                     pass
     assert calls[0] is None and calls[1] == "bytes=6-"
+
+
+async def test_unreachable_mirror_costs_its_attempts_once() -> None:
+    mirror_calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal mirror_calls
+        if request.url.host == "mirror.test":
+            mirror_calls += 1
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/v2/":
+            return httpx.Response(200)
+        return httpx.Response(200, content=b"layer-bytes")
+
+    mirror = PullSource(parse_reference("mirror.test/app:1"), insecure=False, mirror=True)
+    async with await _client(handler) as client:  # type: ignore[attr-defined]
+        for _ in range(3):
+            async with client.open_blob([mirror, _source()], Descriptor("x", D, 11)) as chunks:
+                assert b"".join([chunk async for chunk in chunks]) == b"layer-bytes"
+    assert mirror_calls == RetryPolicy(attempts=2, base_delay=0).connect_attempts
