@@ -393,8 +393,12 @@ class Store:
             (self.runroot / f"{self.driver}-layers").mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _recover(self) -> None:
-        """Remove incomplete layers, orphaned layer/image dirs, temp files and dead staging dirs."""
-        with self._layers_lock.exclusive():
+        """Remove incomplete layers, orphaned layer/image dirs, temp files and dead staging dirs.
+
+        Under ``storage.lock`` (held by c/storage while it (re)initialises the graph driver, e.g. podman's
+        shutdown unmounting the overlay home), then ``layers.lock``, then ``images.lock``: c/storage's order.
+        """
+        with get_lockfile(self.root / "storage.lock").exclusive(), self._layers_lock.exclusive():
             layers = self._load_layers()
             changed = False
             for raw in list(layers.records):
