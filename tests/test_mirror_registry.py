@@ -304,10 +304,15 @@ def test_tether_pulls_through_a_pull_through_cache(
     assert any("/v2/org/app/manifests/1" in line for line in source.access_log())
     proxied = {p.name for p in (proxy.data_dir / "docker/registry/v2/blobs/sha256").glob("*/*")}
     assert {d.split(":")[1] for d, _ in APP.blobs()} <= proxied
-    # With the source down, the cache still serves what it holds.
+    # A fleet host names images by their source and has the cache as a registries.conf mirror; with the
+    # source down, the cache serves what it holds.
     source.stop()
-    again = tether_pull(tmp_path / "store2", conf, f"{proxy.host}/org/app:1")
-    assert {image["Id"] for image in again.images()} == {APP.image_id}
+    fleet = tmp_path / "fleet.conf"
+    fleet.write_text(f'[[registry]]\nlocation = "{source.host}"\ninsecure = true\n\n'
+                     f'[[registry.mirror]]\nlocation = "{proxy.host}"\ninsecure = true\n')
+    again = tether_pull(tmp_path / "store2", fleet, f"{source.host}/org/app:1")
+    assert {n: i["Id"] for i in again.images() for n in i.get("Names") or []} == {
+        f"{source.host}/org/app:1": APP.image_id}
 
 
 
