@@ -732,13 +732,17 @@ class Store:
         created: datetime | None,
         index_manifest: bytes | None = None,
         index_digest: str | None = None,
+        signatures: Sequence[bytes] = (),
     ) -> ImageRecord:
         """Record an image as containers/image 5.23 ``storageImageDestination.Commit`` does.
 
         Big data, in c/image's order: the config under its digest, ``manifest-<index digest>`` when
-        pulled through an index, ``manifest-<digest>``, ``manifest``, and an empty
-        ``signature-<manifest hex>``; ``metadata`` is ``{"signatures-sizes":{"<digest>":[]}}``;
-        ``digest`` is the first manifest digest recorded; names are moved from other images.
+        pulled through an index, ``manifest-<digest>``, ``manifest``, ``signatures`` (only when there
+        are some) and ``signature-<manifest hex>`` (the concatenated signatures, empty without);
+        ``metadata`` is ``{"signature-sizes":[...],"signatures-sizes":{"<digest>":[...]}}`` (the first
+        key only with signatures); ``digest`` is the first manifest digest recorded; names are moved
+        from other images. ``signatures`` are in c/image's ``signature.Blob`` form (simple signing: the
+        OpenPGP bytes; sigstore: ``"\x00sigstore-json\n"`` + its JSON).
         """
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
         if image_id != _digest_hex(config_digest):
@@ -748,9 +752,17 @@ class Store:
             big.append((f"{MANIFEST_PREFIX}-{index_digest}", index_manifest, index_digest))
         big.append((f"{MANIFEST_PREFIX}-{manifest_digest}", manifest, manifest_digest))
         big.append((MANIFEST_PREFIX, manifest, manifest_digest))
-        empty_digest = "sha256:" + hashlib.sha256(b"").hexdigest()
-        big.append((f"signature-{_digest_hex(manifest_digest)}", b"", empty_digest))
-        metadata = go_json_string({"signatures-sizes": {manifest_digest: []}})
+        sig_blob = b"".join(signatures)
+        sig_digest = "sha256:" + hashlib.sha256(sig_blob).hexdigest()
+        if sig_blob:
+            big.append(("signatures", sig_blob, sig_digest))
+        big.append((f"signature-{_digest_hex(manifest_digest)}", sig_blob, sig_digest))
+        sizes = [len(sig) for sig in signatures]
+        meta: dict[str, Any] = {}
+        if sizes:  # storageImageDestination.SignatureSizes, omitempty
+            meta["signature-sizes"] = sizes
+        meta["signatures-sizes"] = {manifest_digest: sizes}
+        metadata = go_json_string(meta)
         created_text = _created_text(config, created)
         return self._write_image(
             image_id=image_id,

@@ -424,3 +424,24 @@ def test_copy_image_overlay_to_vfs(registry: RunningRegistry, pushed: dict[str, 
     top = dst.find_image(image.image_id).top_layer or ""
     assert (target.root / "vfs" / "dir" / top / "var/cache/new").read_text() == "fresh"
     assert not (target.root / "vfs" / "dir" / top / "var/cache/keep").exists()
+
+
+def test_commit_with_signatures(registry: RunningRegistry, pushed: dict[str, Any], tether_podman: Podman) -> None:
+    """Signatures recorded as c/image does: ``signatures`` + ``signature-<hex>`` big data, sizes in metadata."""
+    image = pushed["simple"]
+    store = Store.open(tether_podman.root)
+    record = pull_into_store(store, registry.host, "store/simple:v1")
+    sigs = [b"\x89first-signature", b"\x00sigstore-json\n{}"]
+    store.commit_image(image_id=record.id, top_layer=record.top_layer or "", names=list(record.names),
+                       manifest=image.manifest, manifest_digest=image.manifest_digest, config=image.config,
+                       created=None, signatures=sigs)
+    raw = json.loads((tether_podman.root / "overlay-images" / "images.json").read_text())[0]
+    hexd = image.manifest_digest.split(":")[1]
+    assert raw["big-data-names"] == [image.config_digest, f"manifest-{image.manifest_digest}", "manifest",
+                                     f"signature-{hexd}", "signatures"]
+    assert json.loads(raw["metadata"]) == {"signature-sizes": [16, 17],
+                                           "signatures-sizes": {image.manifest_digest: [16, 17]}}
+    assert raw["metadata"].startswith('{"signature-sizes":[16,17],')
+    assert store.image_big_data(record.id, "signatures") == b"".join(sigs)
+    assert store.image_big_data(record.id, f"signature-{hexd}") == b"".join(sigs)
+    assert tether_podman.json("image", "inspect", record.id)[0]["Id"] == record.id
