@@ -289,6 +289,8 @@ def render_registries_conf(
             lines.append("insecure = true")
         lines.append(f"pull-from-mirror = {_toml_str('all' if m.by_tag else 'digest-only')}")
         for loc, ins, pfm in extra_mirrors:
+            if loc == m.mirror:  # a drop-in written by an earlier sync is already loaded
+                continue
             lines += ["", "[[registry.mirror]]", f"location = {_toml_str(loc)}"]
             if ins:
                 lines.append("insecure = true")

@@ -104,3 +104,13 @@ def test_registries_conf_dropin_routes_exactly_the_synced_repositories(tmp_path:
     assert [str(s.reference) for s in other] == ["src.example:5000/org/other:1"]
     tag_pull = pull_sources(conf2, parse_reference("quay.io/org/pinned:1"))
     assert [s.mirror for s in tag_pull] == [False]
+
+
+def test_regenerating_the_dropin_with_the_previous_one_loaded_is_stable(tmp_path: Path) -> None:
+    mapping = MirrorMapping(Reference("src.example:5000", "org/app"), "mirror.lan:5001/app", by_tag=True,
+                            by_digest=False)
+    first = render_registries_conf([mapping], mirror_insecure=False)
+    loaded = tmp_path / "with-dropin.conf"
+    loaded.write_text(first)
+    again = render_registries_conf([mapping], mirror_insecure=False, conf=load_registries_conf(path=loaded, environ={}))
+    assert tomllib.loads(again) == tomllib.loads(first)
