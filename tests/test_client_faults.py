@@ -176,3 +176,21 @@ async def test_connection_refused_gives_up_quickly(tmp_path: Path) -> None:
     async with client_for(insecure_conf(tmp_path, host)) as client:
         with pytest.raises(TransportError, match=f"GET {host}/v2/: cannot connect"):
             await client.fetch_manifest(parse_reference(f"{host}/faults/big:1"))
+
+
+async def test_consumer_stopping_early_leaves_nothing_behind(
+    registry: RunningRegistry, big_image: factory.BuiltImage, tmp_path: Path
+) -> None:
+    # (pytest runs with warnings as errors: an unclosed httpx/httpcore generator would fail this test)
+    async with client_for(insecure_conf(tmp_path, registry.host)) as client:
+        resolved = await client.resolve_image(parse_reference(f"{registry.host}/faults/big:1"))
+        for _ in range(3):
+            async with client.open_blob(resolved.sources, resolved.parsed.layers[0]) as chunks:
+                async for chunk in chunks:
+                    assert chunk
+                    break
+        # the client is still usable afterwards
+        assert await read_blob(client, resolved.sources, resolved.parsed.layers[0]) == big_image.layers[0].blob
+    import gc
+
+    gc.collect()

@@ -125,3 +125,23 @@ def test_oci_config_view_drops_docker_fields() -> None:
                             "rootfs": {"type": "layers", "diff_ids": []}})
     assert list(view) == ["architecture", "os", "config", "rootfs"]
     assert list(view["config"]) == ["Env", "Cmd"]
+
+
+def test_inspect_through_a_mirror_names_the_endpoint(
+    registry_factory: Any, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    primary, mirror = registry_factory(), registry_factory()
+    image = factory.simple_image(310, files=1, layers=1)
+    factory.push_image(mirror.host, "inspect/mirrored:1", image)
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{primary.host}"\ninsecure = true\n'
+                    f'[[registry.mirror]]\nlocation = "{mirror.host}"\ninsecure = true\n')
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {}}')
+    capsysbinary.readouterr()
+    assert main(["inspect", "--authfile", str(auth), "--registries-conf", str(conf),
+                 f"{primary.host}/inspect/mirrored:1"]) == 0
+    out = json.loads(capsysbinary.readouterr().out)
+    assert out["Name"] == f"{primary.host}/inspect/mirrored"
+    assert out["Endpoint"] == f"{mirror.host}/inspect/mirrored"
+    assert out["Digest"] == image.manifest_digest and out["RepoTags"] == ["1"]

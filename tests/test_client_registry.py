@@ -232,8 +232,12 @@ async def test_bearer_push_scope(token_registry: tuple[TokenServer, RunningRegis
     async with client_for(insecure_conf(tmp_path / "conf", running.host), auth) as client:
         await _push(client, ref, image)
         resolved = await client.resolve_image(ref)
+        other = parse_reference(f"{running.host}/team/mounted:1")
+        assert await client.mount_blob(other, image.layers[0].digest, from_repository="team/pushed")
     assert resolved.manifest.digest == image.manifest_digest
     assert "repository:team/pushed:pull,push" in server.scopes_requested()
+    # a mount needs push on the target and pull on the source, in one token
+    assert ["repository:team/mounted:pull,push", "repository:team/pushed:pull"] in [r.scopes for r in server.requests]
 
 
 # ---- mirrors, blocked registries, short names
