@@ -8,6 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from store.errors import CorruptStoreError, ImageUnknownError
 from store.oci_layout import (
@@ -288,3 +290,28 @@ def test_archive_refuses_non_archives(tmp_path: Path) -> None:
         pass
     with pytest.raises(LayoutError, match="not an OCI archive"):
         OCIArchive.open(empty)
+
+
+_names_strategy = st.sampled_from(["a:1", "a:2", "quay.io/x/y:1", None])
+
+
+@given(existing=st.lists(st.tuples(_names_strategy, st.integers(0, 5)), max_size=8),
+       new=st.lists(st.tuples(_names_strategy, st.integers(0, 5)), max_size=5))
+def test_merge_entries_properties(existing: list[tuple[str | None, int]], new: list[tuple[str | None, int]]) -> None:
+    def make(name: str | None, seed: int) -> IndexEntry:
+        return entry(str(seed), name)
+
+    before = [make(n, d) for n, d in existing]
+    added = [make(n, d) for n, d in new]
+    merged = merge_entries(before, added)
+    # The last added entry of each name is there, once; every unnamed added entry is there.
+    last = {e.ref_name: e for e in added if e.ref_name is not None}
+    for name, e in last.items():
+        assert [m for m in merged if m.ref_name == name] == [e]
+    assert all(e in merged for e in added if e.ref_name is None)
+    # Names the merge did not touch keep all their entries, in order.
+    touched = {e.ref_name for e in added}
+    assert [e for e in before if e.ref_name not in touched and e.ref_name is not None] == [
+        e for e in merged if e.ref_name not in touched and e.ref_name is not None]
+    # Merging the same entries again changes nothing.
+    assert merge_entries(merged, added) == merged
