@@ -114,3 +114,28 @@ def test_regenerating_the_dropin_with_the_previous_one_loaded_is_stable(tmp_path
     loaded.write_text(first)
     again = render_registries_conf([mapping], mirror_insecure=False, conf=load_registries_conf(path=loaded, environ={}))
     assert tomllib.loads(again) == tomllib.loads(first)
+
+
+def test_dropin_applies_as_a_registries_conf_d_file_over_the_hosts_main_file(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    etc = root / "etc/containers"
+    (etc / "registries.conf.d").mkdir(parents=True)
+    (etc / "registries.conf").write_text(
+        'unqualified-search-registries = ["src.example:5000"]\n\n'
+        '[[registry]]\nlocation = "src.example:5000"\ninsecure = true\n'
+    )
+    host_conf = load_registries_conf(root=root, environ={})
+    text = render_registries_conf(
+        [MirrorMapping(Reference("src.example:5000", "org/app"), "mirror.lan:5001/app", by_tag=True, by_digest=False)],
+        mirror_insecure=True, conf=host_conf,
+    )
+    (etc / "registries.conf.d" / "50-tether-mirror.conf").write_text(text)
+    merged = load_registries_conf(root=root, environ={})
+    assert merged.unqualified_search_registries == ("src.example:5000",)  # the main file still applies
+    sources = pull_sources(merged, parse_reference("src.example:5000/org/app:1"))
+    assert [(str(s.reference), s.insecure, s.mirror) for s in sources] == [
+        ("mirror.lan:5001/app:1", True, True),
+        ("src.example:5000/org/app:1", True, False),
+    ]
+    others = pull_sources(merged, parse_reference("src.example:5000/org/other:1"))
+    assert [(str(s.reference), s.insecure) for s in others] == [("src.example:5000/org/other:1", True)]
