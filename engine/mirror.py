@@ -157,6 +157,12 @@ def parse_destination(text: str) -> Destination:
         host, _, namespace = rest.partition("/")
         if not host or not _HOST_RE.match(host):
             raise UsageError(f"--to {text}: {host!r} is not a registry host[:port]")
+        try:
+            Reference(host, "probe")  # the reference grammar's idea of a registry: a dot, a port, or localhost
+        except InvalidReferenceError:
+            raise UsageError(
+                f"--to {text}: {host!r} is not a registry host (write it with a domain, a :port, or as localhost)"
+            ) from None
         if namespace and not all(_COMPONENT_RE.match(c) for c in namespace.split("/")):
             raise UsageError(
                 f"--to {text}: namespace {namespace!r} is not a valid repository path (lowercase letters, digits, "

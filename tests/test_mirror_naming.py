@@ -37,7 +37,9 @@ def test_parse_destination(text: str, expected: Destination) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["oci:", "oci:/d:ref", "docker://", "docker://Bad_Host", "docker://h/UPPER", "dir:/x", "/plain"]
+    "text",
+    ["oci:", "oci:/d:ref", "docker://", "docker://Bad_Host", "docker://mirror/ns", "docker://h.lan/UPPER", "dir:/x",
+     "/plain"],
 )
 def test_parse_destination_refuses(text: str) -> None:
     with pytest.raises(UsageError):
