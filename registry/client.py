@@ -654,9 +654,10 @@ class RegistryClient:
     # ---- blobs
 
     def open_blob(
-        self, sources: Sequence[PullSource], descriptor: Descriptor, *, chunk_size: int = 1 << 20
+        self, sources: Sequence[PullSource], descriptor: Descriptor, *, chunk_size: int = 0
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """Stream a blob, verified: its bytes in chunks of about ``chunk_size``.
+        """Stream a blob, verified: its bytes as received (``chunk_size`` > 0: joined into pieces of at
+        least that size, which costs a copy; measured ~15% more client CPU for 1 MiB pieces).
 
         Never more than ``descriptor.size`` bytes are accepted; the digest is checked when the
         last byte has arrived (:class:`DigestMismatchError` from the iterator then). Drops are
