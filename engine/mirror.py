@@ -30,8 +30,10 @@ Blobs already at the destination are skipped (layout: present with the right siz
 move concurrently (``--jobs``) and once each, however many images share them. Manifests are written
 after all their blobs, children before the index, and a layout's index.json entry last, so an
 interrupted sync leaves no reference to a partial image; a re-run skips every blob that arrived.
-At the end the destination is checked (manifests fetched back and compared by digest, every blob's
-presence and size).
+At the end the destination is checked: a registry's manifests are read back and compared by digest and
+every blob is HEADed; a layout's entries must name the written digests and every blob they reach must be
+present with its size (its content was hashed when written). Signatures (sigstore attachments, lookaside
+files) are copied along for registry -> registry, unless ``remove_signatures``.
 
 ``--registries-conf-out`` writes a registries.conf.d drop-in (:func:`render_registries_conf`) that
 sends exactly the synced repositories to the mirror.
