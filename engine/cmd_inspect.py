@@ -100,13 +100,16 @@ async def inspect_image(
         tags = await client.list_tags(served) if list_tags else ()
     top = resolved.index or resolved.manifest
     image_config = resolved.config
+    # Go marshals a nil map/slice as null and an empty one as {}/[]: keep the config's own distinction
+    container = image_config.raw.get("config")
+    container = container if isinstance(container, dict) else {}
     out: dict[str, Any] = {
         "Name": resolved.reference.name,
         "Digest": top.digest,
         "RepoTags": list(tags),
         "Created": go_time(image_config.raw.get("created")),
         "DockerVersion": image_config.docker_version or "",
-        "Labels": dict(image_config.labels) or None,
+        "Labels": dict(image_config.labels) if isinstance(container.get("Labels"), dict) else None,
         "Architecture": image_config.architecture,
     }
     if image_config.variant:
@@ -122,7 +125,7 @@ async def inspect_image(
         }
         for layer in resolved.parsed.layers
     ]
-    out["Env"] = list(image_config.env) or None
+    out["Env"] = list(image_config.env) if isinstance(container.get("Env"), list) else None
     out["Endpoint"] = served.reference.name
     return go_json(out) + b"\n"
 
