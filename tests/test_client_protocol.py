@@ -283,3 +283,17 @@ async def test_unreachable_mirror_costs_its_attempts_once() -> None:
             async with client.open_blob([mirror, _source()], Descriptor("x", D, 11)) as chunks:
                 assert b"".join([chunk async for chunk in chunks]) == b"layer-bytes"
     assert mirror_calls == RetryPolicy(attempts=2, base_delay=0).connect_attempts
+
+
+async def test_list_tags_follows_link_pages() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(200)
+        if request.url.params.get("last") is None:
+            return httpx.Response(200, json={"name": "app", "tags": ["a", "b"]},
+                                  headers={"Link": '</v2/app/tags/list?n=2&last=b>; rel="next"'})
+        assert request.url.params.get("last") == "b"
+        return httpx.Response(200, json={"name": "app", "tags": ["c"]})
+
+    async with await _client(handler) as client:  # type: ignore[attr-defined]
+        assert await client.list_tags(_source()) == ("a", "b", "c")
