@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from registry.challenge import Challenge, parse_www_authenticate
 
@@ -85,3 +87,38 @@ def test_get_is_case_insensitive_with_default() -> None:
     assert challenge.get("realm") == "r"
     assert challenge.get("service") is None
     assert challenge.get("service", "d") == "d"
+
+
+# ---- properties
+
+_TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_tokens = st.text(alphabet=_TCHARS, min_size=1, max_size=12)
+_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from("\t€"),
+                  max_size=30)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@given(st.lists(st.tuples(_tokens, st.dictionaries(_tokens, _values, min_size=1, max_size=4)), min_size=1,
+                max_size=4))
+def test_round_trip(challenges: list[tuple[str, dict[str, str]]]) -> None:
+    header = ", ".join(
+        scheme + " " + ", ".join(f"{name}={_quote(value)}" for name, value in params.items())
+        for scheme, params in challenges
+    )
+    parsed = parse_www_authenticate(header)
+    expected = []
+    for scheme, params in challenges:
+        first: dict[str, str] = {}
+        for name, value in params.items():
+            first.setdefault(name.lower(), value)
+        expected.append((scheme.lower(), first))
+    assert [(c.scheme, dict(c.params)) for c in parsed] == expected
+
+
+@given(st.text(max_size=80))
+def test_never_raises(text: str) -> None:
+    for challenge in parse_www_authenticate(text):
+        assert challenge.scheme
