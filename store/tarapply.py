@@ -55,6 +55,8 @@ __all__ = [
     "ExtractResult",
     "LayerExtractor",
     "Mode",
+    "ProcessLayerExtractor",
+    "prewarm_workers",
 ]
 
 Mode = Literal["overlay", "vfs"]
@@ -993,6 +995,18 @@ def _give_back(w: _Worker) -> None:
             _POOL.append(w)
             return
     w.close()
+
+
+def prewarm_workers(count: int | None = None) -> None:
+    """Start idle extraction workers now (up to ``count``, default the CPU count), so that the first layers
+    of a pull do not wait for an interpreter to start: call it when a pull begins.  Returns at once (the
+    children import in the background)."""
+    want = min(count if count is not None else _POOL_MAX, _POOL_MAX)
+    with _POOL_LOCK:
+        missing = want - len(_POOL)
+    started = [_Worker() for _ in range(max(0, missing))]
+    for w in started:
+        _give_back(w)
 
 
 @atexit.register

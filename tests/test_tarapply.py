@@ -415,3 +415,18 @@ os._exit(9)
             break
         time.sleep(0.05)
     assert not (tmp_path / "diff.ts.gz").exists()
+
+
+def test_prewarmed_workers_are_reused(tmp_path: Path) -> None:
+    import store.tarapply as tarapply
+
+    tarapply.prewarm_workers(2)
+    with tarapply._POOL_LOCK:
+        idle = {w.proc.pid for w in tarapply._POOL}
+    assert len(idle) >= 2
+    blob = gzip.compress(layer([images.file("f", b"x")]))
+    result = extract(blob, tmp_path / "diff", process=True)
+    assert result.diff_digest == images.sha256_digest(gzip.decompress(blob))
+    with tarapply._POOL_LOCK:
+        after = {w.proc.pid for w in tarapply._POOL}
+    assert after & idle  # the worker that applied the layer went back to the pool, or another stayed idle
