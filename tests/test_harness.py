@@ -79,3 +79,12 @@ def test_registry_restarts_on_same_port_with_its_data(registry_factory: object, 
     assert json.loads(out)["Digest"] == image.manifest_digest
     denied = skopeo("inspect", "--tls-verify=false", f"docker://{reg.host}/auth/app:1", check=False)
     assert denied.returncode != 0
+
+
+def test_podman_runs_a_container_from_a_factory_image(registry: RunningRegistry, podman: Podman) -> None:
+    layer = im.build_layer([*im.busybox_entries(), im.file("etc/motd", "bound and ready\n")])
+    image = im.build_image([layer], cmd=["/bin/cat", "/etc/motd"])
+    im.push_image(registry.host, "harness/run:1", image)
+    podman.pull(f"{registry.host}/harness/run:1")
+    out = podman.run("run", "--rm", "--net=none", f"{registry.host}/harness/run:1")
+    assert out.stdout == "bound and ready\n"

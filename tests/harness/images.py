@@ -171,6 +171,16 @@ def build_tar(entries: Iterable[Entry], *, format: int = tarfile.PAX_FORMAT) -> 
     return buf.getvalue()
 
 
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: a static binary runnable in a scratch image
+
+
+def busybox_entries() -> list[Entry]:
+    """``/bin/busybox`` (static) with ``sh``, ``cat``, ``ls`` and ``echo`` links, for images podman runs."""
+    entries = [directory("bin"), file("bin/busybox", BUSYBOX.read_bytes(), mode=0o755)]
+    entries += [symlink(f"bin/{tool}", "busybox") for tool in ("sh", "cat", "ls", "echo", "id", "stat")]
+    return entries
+
+
 def compress(data: bytes, compression: Compression) -> bytes:
     if compression == "gzip":
         return gzip.compress(data, compresslevel=1, mtime=0)

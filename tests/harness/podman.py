@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -10,6 +12,25 @@ from pathlib import Path
 from typing import Any
 
 RUN_DENIED = "setrlimit"  # crun in this sandbox: "setrlimit `RLIMIT_NOFILE`: Operation not permitted"
+
+# This VM has hybrid cgroups and no CAP_SYS_RESOURCE-backed rlimit raise: crun refuses both. runc with the
+# cgroupfs manager and containers.conf without podman's default ulimits (nofile=1048576) runs containers.
+RUN_CONTAINERS_CONF = """[containers]
+default_ulimits = []
+"""
+
+
+def container_env(runroot: Path) -> dict[str, str]:
+    """The environment for podman here: a containers.conf that lets ``podman run`` work in this sandbox."""
+    conf = runroot / "tether-tests-containers.conf"
+    if not conf.exists():
+        conf.write_text(RUN_CONTAINERS_CONF)
+    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+
+def runtime_flags() -> list[str]:
+    """Global podman flags for running containers on this VM (runc + cgroupfs when runc is installed)."""
+    return ["--runtime", "runc", "--cgroup-manager", "cgroupfs"] if shutil.which("runc") else []
 
 
 @dataclass(frozen=True)
@@ -26,10 +47,12 @@ class Podman:
         return f"[{self.driver}@{self.root}+{self.runroot}]"
 
     def base(self) -> list[str]:
-        return ["podman", "--root", str(self.root), "--runroot", str(self.runroot), "--storage-driver", self.driver]
+        return ["podman", "--root", str(self.root), "--runroot", str(self.runroot), "--storage-driver", self.driver,
+                *runtime_flags()]
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base(), *args], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([*self.base(), *args], capture_output=True, text=True, timeout=timeout,
+                              env=container_env(self.runroot))
         if check and proc.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
