@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -249,7 +250,8 @@ class RegistryClient:
                 ),
                 headers={"User-Agent": USER_AGENT, "Docker-Distribution-API-Version": "registry/2.0"},
                 follow_redirects=False,
-                trust_env=False,
+                # HTTP(S)_PROXY/NO_PROXY as Go's ProxyFromEnvironment (c/image): never for loopback hosts
+                trust_env=not _is_loopback(host),
                 transport=self._transport,
             )
             self._exit_stack.push_async_callback(client.aclose)
@@ -870,6 +872,21 @@ class RegistryClient:
         if served and served.startswith("sha256:") and served != digest:
             raise DigestMismatchError(f"PUT {ref}: the registry stored digest {served}, expected {digest}")
         return digest
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address, with or without a port (Go httpproxy ``useProxy``)."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _basic(username: str, password: str) -> str:

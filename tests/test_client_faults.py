@@ -194,3 +194,20 @@ async def test_consumer_stopping_early_leaves_nothing_behind(
     import gc
 
     gc.collect()
+
+
+async def test_http_proxy_from_environment(
+    registry: RunningRegistry, big_image: factory.BuiltImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is honoured for non-loopback registries (as Go's ProxyFromEnvironment does for c/image):
+    a name that does not resolve reaches the registry through the proxy."""
+    with FaultyProxy(registry.host) as forward:
+        monkeypatch.setenv("HTTP_PROXY", f"http://{forward.host}")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://{forward.host}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        name = "registry.invalid:5000"
+        async with client_for(insecure_conf(tmp_path, name)) as client:
+            fetched = await client.fetch_manifest(parse_reference(f"{name}/faults/big:1"))
+        assert fetched.digest == big_image.manifest_digest
+        assert any(r.path == f"http://{name}/v2/faults/big/manifests/1" for r in forward.requests)

@@ -297,3 +297,14 @@ async def test_list_tags_follows_link_pages() -> None:
 
     async with await _client(handler) as client:  # type: ignore[attr-defined]
         assert await client.list_tags(_source()) == ("a", "b", "c")
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1:5000", True), ("localhost", True), ("localhost:80", True), ("[::1]:5000", True),
+     ("::1", True), ("quay.io", False), ("10.0.0.1:5000", False), ("registry-1.docker.io", False)],
+)
+def test_proxies_never_for_loopback(host: str, loopback: bool) -> None:
+    from registry.client import _is_loopback
+
+    assert _is_loopback(host) is loopback
