@@ -56,12 +56,13 @@ class RootResolver:
     directories are created as containers/storage's ``MkdirAll`` creates them (0755, owned by root).
     """
 
-    __slots__ = ("_cache", "_create", "root")
+    __slots__ = ("_cache", "_create", "cache", "root")
 
     def __init__(self, root: bytes, *, create: bool) -> None:
         self.root = root.rstrip(b"/") or b"/"
         self._create = create
         self._cache: dict[bytes, tuple[bytes, bool]] = {}
+        self.cache = self._cache  # read-only view for hot paths: lexical dir -> (real dir + "/", setgid)
 
     def invalidate(self) -> None:
         """Forget every resolution (a directory or symlink was removed or replaced)."""

@@ -77,6 +77,7 @@ _MAX_NS: Final = (1 << 63) - 1
 _REG, _REGA, _LINK, _SYMLINK, _CHAR, _BLOCK, _DIR, _FIFO, _CONT = b"0", b"\0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"
 _XHDR, _XGLOBAL, _GNU_LONGNAME, _GNU_LONGLINK, _GNU_SPARSE = b"x", b"g", b"L", b"K", b"S"
 _HEADER_ONLY: Final = frozenset((_LINK, _SYMLINK, _CHAR, _BLOCK, _DIR, _FIFO))
+_APPLIED_TYPES: Final = frozenset((_REG, _DIR, _SYMLINK, _LINK, _FIFO, _CHAR, _BLOCK))
 
 _O_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -231,6 +232,7 @@ class TarApplier:
         self._overlay = mode == "overlay"
         self._root = os.fsencode(os.path.abspath(target_dir))
         self._resolver = RootResolver(self._root, create=True)
+        self._resolved = self._resolver.cache
         self._ts = tar_split
         self._root_user = os.geteuid() == 0
         self._umask = _read_umask()
@@ -557,7 +559,12 @@ class TarApplier:
         if fd >= 0 and e is not None:
             self._fd = -1
             try:
-                self._finish_file(fd, e)
+                mt = e.mtime_ns
+                if (e.uid or e.gid or e.xattrs or self._cur_sgid or not self._root_user or e.mode & self._umask
+                        or not 0 <= mt <= _MAX_NS or e.atime_ns > mt):
+                    self._finish_file(fd, e)
+                else:  # the common case: owned by root, mode exact from open(), no xattrs
+                    os.utime(fd, ns=(mt, mt))
             finally:
                 os.close(fd)
         self._cur = None
@@ -608,10 +615,11 @@ class TarApplier:
         if not rel:
             self._apply_root(e)
             return
-        if t not in (_REG, _DIR, _SYMLINK, _LINK, _FIFO, _CHAR, _BLOCK):
+        if t not in _APPLIED_TYPES:
             raise UnsupportedError(f"unsupported tar entry type {t!r} for {name!r} (containers/storage "
                                    "refuses it too)")
-        dpath, sgid = self._resolver.resolve_dir(parent, entry=name)
+        hit = self._resolved.get(parent)  # the resolver's cache, looked up inline (hot path)
+        dpath, sgid = hit if hit is not None else self._resolver.resolve_dir(parent, entry=name)
         path = dpath + base
         self._cur_sgid = sgid
         if self._unpacked is not None:
@@ -625,8 +633,6 @@ class TarApplier:
                 self._replace(path, False, name)
                 fd = os.open(path, _O_CREATE, mode)
             self._fd = fd
-            if not data_size:
-                return
             return
         if t == _DIR:
             merged = False
