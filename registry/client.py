@@ -977,7 +977,8 @@ class _BlobReader:
     async def close_response(self) -> None:
         if self.response is not None:
             response, self.response = self.response, None
-            await response.aclose()
+            with trio.CancelScope(shield=True):  # also when the pull is being cancelled
+                await response.aclose()
 
     def _what(self, source: PullSource) -> str:
         return f"blob {self.descriptor.digest} of {source.reference.name}"

@@ -211,3 +211,19 @@ async def test_http_proxy_from_environment(
             fetched = await client.fetch_manifest(parse_reference(f"{name}/faults/big:1"))
         assert fetched.digest == big_image.manifest_digest
         assert any(r.path == f"http://{name}/v2/faults/big/manifests/1" for r in forward.requests)
+
+
+async def test_cancelled_mid_blob_then_client_still_works(
+    registry: RunningRegistry, big_image: factory.BuiltImage, tmp_path: Path
+) -> None:
+    import trio.lowlevel
+
+    async with client_for(insecure_conf(tmp_path, registry.host)) as client:
+        resolved = await client.resolve_image(parse_reference(f"{registry.host}/faults/big:1"))
+        with trio.CancelScope() as scope:
+            async with client.open_blob(resolved.sources, resolved.parsed.layers[0]) as chunks:
+                async for _ in chunks:
+                    scope.cancel()
+                    await trio.lowlevel.checkpoint()  # the cancellation lands here, mid-stream
+        assert scope.cancelled_caught
+        assert await read_blob(client, resolved.sources, resolved.parsed.layers[0]) == big_image.layers[0].blob
