@@ -283,3 +283,46 @@ def test_vfs_trees_agree_with_podman_vfs(tmp_path: Path, registry: Any) -> None:
         import shutil
 
         shutil.rmtree(pod.runroot, ignore_errors=True)
+
+
+@needs_root
+def test_layers_podman_builds_and_pushes_extract_identically(tmp_path: Path, registry: Any, podman: Any) -> None:
+    """Layers written by Go's archive/tar (buildah's COPY, podman push) rather than by Python or GNU tar."""
+    import httpx
+
+    ctx = tmp_path / "ctx"
+    (ctx / "etc" / "deep" / ("x" * 120)).mkdir(parents=True)
+    (ctx / "etc" / "deep" / ("x" * 120) / ("long-" * 30)).write_bytes(b"long")
+    (ctx / "bin").mkdir()
+    (ctx / "bin" / "suid").write_bytes(b"\x7fELF" * 300)
+    os.chmod(ctx / "bin" / "suid", 0o4755)
+    os.link(ctx / "bin" / "suid", ctx / "bin" / "suid-hard")
+    os.symlink("suid", ctx / "bin" / "alias")
+    (ctx / os.fsdecode(b"raw-\xe9")).write_bytes(b"latin1")
+    (ctx / "emptydir").mkdir()
+    os.setxattr(ctx / "etc", "user.tag", b"v")
+    (tmp_path / "Containerfile").write_text("FROM scratch\nCOPY . /\n")
+    podman.run("build", "-q", "-t", "localhost/tarsplit-built:1", "-f", str(tmp_path / "Containerfile"), str(ctx))
+    ref = f"{registry.host}/tarsplit/built:1"
+    podman.run("push", "--tls-verify=false", "localhost/tarsplit-built:1", ref)
+    base = f"http://{registry.host}/v2/tarsplit/built"
+    with httpx.Client(timeout=60) as client:
+        manifest = client.get(f"{base}/manifests/1", headers={"Accept": ", ".join([
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json"])}).json()
+        blob = client.get(f"{base}/blobs/{manifest['layers'][0]['digest']}").content
+    records = json.loads((podman.root / "overlay-layers" / "layers.json").read_bytes())
+    assert len(records) == 1
+    rec = records[0]
+    podman_split = podman.root / "overlay-layers" / f"{rec['id']}.tar-split.gz"
+    podman_diff = podman.root / "overlay" / rec["id"] / "diff"
+    result = extract(blob, tmp_path / "ours")
+    assert result.diff_digest == rec["diff-digest"]
+    assert result.diff_size == rec["diff-size"]
+    assert list(result.uidset) == rec.get("uidset", []) and list(result.gidset) == rec.get("gidset", [])
+    ours_split = tmp_path / "ours.tar-split.gz"
+    assert strip_final_empty(list(read_tar_split(ours_split))) == strip_final_empty(
+        list(read_tar_split(podman_split)))
+    assert diff_snapshots(snapshot(podman_diff), snapshot(tmp_path / "ours")) == []
+    theirs = b"".join(assemble_tar(podman_split, podman_diff))
+    assert images.sha256_digest(theirs) == rec["diff-digest"] == images.sha256_digest(rebuilt(tmp_path / "ours"))
