@@ -152,7 +152,9 @@ class LockFile:
 
 def get_lockfile(path: Path, *, read_only: bool = False) -> LockFile:
     """The process-wide :class:`LockFile` for ``path`` (c/storage ``GetLockfile``/``GetROLockfile``)."""
-    key = os.path.abspath(path)
+    # realpath, not just abspath: two spellings of one file (bootc's /usr/lib/bootc/storage symlink) must
+    # share one object, or closing one descriptor would drop the other's POSIX lock.
+    key = os.path.realpath(path)
     with _registry_lock:
         existing = _registry.get(key)
         if existing is not None:
