@@ -990,10 +990,15 @@ class _Worker:
 _POOL: list[_Worker] = []
 _POOL_LOCK = threading.Lock()
 _POOL_MAX: Final = max(2, os.cpu_count() or 2)
+_POOL_PID = os.getpid()
 
 
 def _take_worker() -> _Worker:
+    global _POOL_PID
     with _POOL_LOCK:
+        if os.getpid() != _POOL_PID:  # a forked copy of this process must not share its parent's workers
+            _POOL.clear()
+            _POOL_PID = os.getpid()
         while _POOL:
             w = _POOL.pop()
             if w.alive():
