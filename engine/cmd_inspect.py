@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from engine.errors import UsageError
 from engine.options import CommonOptions, add_common_options, common_options_from_args
+
+if TYPE_CHECKING:
+    from registry.manifest import Descriptor, ImageConfig
 
 # image-spec specs-go/v1/config.go field order (what skopeo's --config prints, via c/image OCIConfig)
 _OCI_IMAGE_FIELDS = ("created", "author", "architecture", "variant", "os", "os.version", "os.features",
@@ -34,7 +36,8 @@ def register(subparsers: Any) -> None:
         help="show an image's manifest, config and layers in a registry (as skopeo inspect does)",
         description="Print IMAGE's metadata as skopeo inspect does (same JSON keys), plus Endpoint: the "
                     "repository actually used (a mirror, or the primary). IMAGE is docker://NAME or a "
-                    "registry reference; short names are resolved through registries.conf.",
+                    "registry reference (short names resolved through registries.conf), oci:DIR[:REF] or "
+                    "oci-archive:FILE[:REF].",
     )
     add_common_options(parser, store=False)
     parser.add_argument("--raw", action="store_true",
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 async def inspect_image(
     name: str, options: CommonOptions, *, raw: bool = False, config: bool = False, list_tags: bool = True
 ) -> bytes:
-    """The bytes ``tether inspect`` prints for ``name``."""
+    """The bytes ``tether inspect`` prints for ``name`` (a registry image, ``oci:`` or ``oci-archive:``)."""
     from engine.options import load_registry_config
     from registry.client import open_registry_client
     from registry.errors import RegistryError
@@ -70,7 +73,7 @@ async def inspect_image(
 
     parsed = parse_image_name(name)
     if not isinstance(parsed, DockerName):
-        raise UsageError(f"inspect {name}: only registry images (docker://) can be inspected")
+        return await _inspect_layout(parsed, options, raw=raw, config=config)
     conf, auth = load_registry_config(options)
     candidates = (parsed.reference,) if parsed.reference is not None else resolve_short_name(conf, parsed.name)
     async with open_registry_client(
@@ -93,29 +96,62 @@ async def inspect_image(
                     raise
         assert resolved is not None
         if config:
-            if raw:
-                return resolved.config_raw
-            return go_json(oci_config_view(resolved.config.raw)) + b"\n"
+            return resolved.config_raw if raw else go_json(oci_config_view(resolved.config.raw)) + b"\n"
         served = resolved.manifest.source
         tags = await client.list_tags(served) if list_tags else ()
     top = resolved.index or resolved.manifest
-    image_config = resolved.config
+    return _inspect_output(
+        name=resolved.reference.name,
+        digest=top.digest,
+        tags=tags,
+        image_config=resolved.config,
+        layers=resolved.parsed.layers,
+        endpoint=served.reference.name,
+    )
+
+
+async def _inspect_layout(parsed: Any, options: CommonOptions, *, raw: bool, config: bool) -> bytes:
+    """``oci:``/``oci-archive:``: as skopeo, no ``Name`` (no docker reference) and no tags."""
+    from engine.sources import open_layout_source
+
+    async with open_layout_source(parsed, options=options) as source:
+        image = await source.resolve(platform=options.wanted_platform())
+    if raw and not config:
+        return image.index_raw if image.index_raw is not None else image.manifest_raw
+    if config:
+        return image.config_raw if raw else go_json(oci_config_view(image.config.raw)) + b"\n"
+    return _inspect_output(
+        name=None,
+        digest=image.index_digest or image.manifest_digest,
+        tags=(),
+        image_config=image.config,
+        layers=image.manifest.layers,
+        endpoint=str(parsed),
+    )
+
+
+def _inspect_output(
+    *, name: str | None, digest: str, tags: Sequence[str], image_config: ImageConfig,
+    layers: Sequence[Descriptor], endpoint: str,
+) -> bytes:
     # Go marshals a nil map/slice as null and an empty one as {}/[]: keep the config's own distinction
     container = image_config.raw.get("config")
     container = container if isinstance(container, dict) else {}
-    out: dict[str, Any] = {
-        "Name": resolved.reference.name,
-        "Digest": top.digest,
+    out: dict[str, Any] = {}
+    if name:  # `json:",omitempty"`
+        out["Name"] = name
+    out.update({
+        "Digest": digest,
         "RepoTags": list(tags),
         "Created": go_time(image_config.raw.get("created")),
         "DockerVersion": image_config.docker_version or "",
         "Labels": dict(image_config.labels) if isinstance(container.get("Labels"), dict) else None,
         "Architecture": image_config.architecture,
-    }
+    })
     if image_config.variant:
         out["Variant"] = image_config.variant
     out["Os"] = image_config.os
-    out["Layers"] = [layer.digest for layer in resolved.parsed.layers]
+    out["Layers"] = [layer.digest for layer in layers]
     out["LayersData"] = [
         {
             "MIMEType": layer.media_type,
@@ -123,10 +159,10 @@ async def inspect_image(
             "Size": layer.size,
             "Annotations": dict(layer.annotations) or None,
         }
-        for layer in resolved.parsed.layers
+        for layer in layers
     ]
     out["Env"] = list(image_config.env) if isinstance(container.get("Env"), list) else None
-    out["Endpoint"] = served.reference.name
+    out["Endpoint"] = endpoint
     return go_json(out) + b"\n"
 
 

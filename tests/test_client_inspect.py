@@ -145,3 +145,19 @@ def test_inspect_through_a_mirror_names_the_endpoint(
     assert out["Name"] == f"{primary.host}/inspect/mirrored"
     assert out["Endpoint"] == f"{mirror.host}/inspect/mirrored"
     assert out["Digest"] == image.manifest_digest and out["RepoTags"] == ["1"]
+
+
+def test_inspect_oci_layout_matches_skopeo(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    image = factory.simple_image(320, files=1, labels={"k": "v"})
+    index = factory.build_index([image, factory.simple_image(321, files=1, architecture="arm64")])
+    layout = tmp_path / "layout"
+    factory.write_oci_layout(layout, {"one": image, "multi": index})
+    for ref, raw in ((f"oci:{layout}:one", image.manifest), (f"oci:{layout}:multi", index.manifest)):
+        ours = json.loads(_tether(capsysbinary, tmp_path, ref))
+        theirs = json.loads(subprocess.run(["skopeo", "inspect", ref], check=True, capture_output=True).stdout)
+        keys = [k for k in SKOPEO_KEYS if k != "Name"]
+        assert "Name" not in ours and "Name" not in theirs
+        assert {k: ours[k] for k in keys} == {k: theirs[k] for k in keys}
+        assert ours["Endpoint"] == ref
+        assert _tether(capsysbinary, tmp_path, "--raw", ref) == raw
+    assert _tether(capsysbinary, tmp_path, "--config", "--raw", f"oci:{layout}:multi") == image.config
