@@ -79,3 +79,39 @@ def test_two_tethers_same_store(registry: RunningRegistry, tmp_path: Path) -> No
     assert {i.id for i in store.list_images()} == {images[0].image_id, images[1].image_id}
     assert len(store.list_layers()) == 3
     assert_no_orphans(root, "overlay")
+
+
+def test_running_podman_service_sees_tether_changes(registry: RunningRegistry, podman: Podman) -> None:
+    """A long-lived podman (``system service``) holding the store in memory reloads after tether writes:
+    the 64-byte last-writer tokens in layers.lock/images.lock tell it the store changed."""
+    import time
+
+    import httpx
+
+    image = factory.simple_image(77, files=3)
+    factory.push_image(registry.host, "store/svc:v1", image)
+    sock = podman.runroot / "api.sock"
+    log = podman.runroot / "service.log"
+    with open(log, "wb") as log_file:
+        service = subprocess.Popen([*podman.base(), "system", "service", "--time", "0", f"unix://{sock}"],
+                                   stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        for _ in range(300):  # readiness, not timing: wait for the socket to appear
+            if sock.exists() or service.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert sock.exists(), log.read_text()
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://d/v4.0.0/libpod",
+                          timeout=60) as api:
+            assert api.get("/images/json").json() == []
+            store = Store.open(podman.root)
+            pull_into_store(store, registry.host, "store/svc:v1")
+            listed = api.get("/images/json").json()
+            assert [i["Id"] for i in listed] == [image.image_id]
+            inspect = api.get(f"/images/{image.image_id}/json").json()
+            assert inspect["RootFS"]["Layers"] == [layer.diff_id for layer in image.layers]
+            store.delete_image(image.image_id)
+            assert api.get("/images/json").json() == []
+    finally:
+        service.terminate()
+        service.wait(timeout=60)
