@@ -55,7 +55,6 @@ from store._records import (
     chain_id,
     compression_code,
     dedupe,
-    image_digests,
     image_from_raw,
     layer_from_raw,
     layer_incomplete,
@@ -1308,8 +1307,3 @@ def _source_created_text(store: Store, image: ImageRecord) -> str | None:
         if raw.get("id") == image.id and isinstance(raw.get("created"), str):
             return str(raw["created"])
     return None
-
-
-def image_digest_list(raw: Mapping[str, Any]) -> tuple[str, ...]:
-    """images.go ``recomputeDigests`` order of an images.json entry's digests."""
-    return image_digests(raw)

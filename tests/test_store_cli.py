@@ -11,7 +11,6 @@ from store.containers_storage import Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
-from tests.harness.store_pull import real_applier_available
 
 
 def test_images_json_matches_podman(registry: RunningRegistry, podman: Podman,
@@ -48,7 +47,6 @@ def test_images_json_matches_podman(registry: RunningRegistry, podman: Podman,
     assert len(Store.open(podman.root).list_layers()) == 2
 
 
-@pytest.mark.skipif(not real_applier_available(), reason="store.tarapply/tarsplit not landed yet")
 def test_check_finds_tampering(registry: RunningRegistry, podman: Podman, capsys: pytest.CaptureFixture[str]) -> None:
     image = factory.simple_image(44, files=3)
     factory.push_image(registry.host, "store/cli-check:v1", image)

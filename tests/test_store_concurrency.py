@@ -7,22 +7,12 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
-
-from store import containers_storage
 from store.containers_storage import Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
-from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available
+from tests.harness.store_pull import pull_into_store
 from tests.test_store_crash import assert_no_orphans, run_pull
-
-
-@pytest.fixture(autouse=True)
-def _applier(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not real_applier_available():
-        monkeypatch.setattr(containers_storage, "extractor_factory",
-                            lambda target, mode, split: StubExtractor(target, mode=mode, tar_split_path=split))
 
 
 def images_sharing_a_base(count: int, seed: int) -> list[factory.BuiltImage]:

@@ -13,23 +13,19 @@ from typing import Any
 
 import pytest
 
-from store import containers_storage
 from store.containers_storage import CRASH_ENV, Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman, podman_for
 from tests.harness.registry import RunningRegistry
-from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available, release_podman
+from tests.harness.store_pull import pull_into_store, release_podman
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PULL_SCRIPT = """
 import sys
 from pathlib import Path
-from store import containers_storage
 from store.containers_storage import Store
-from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available
-if not real_applier_available():
-    containers_storage.extractor_factory = lambda t, m, s: StubExtractor(t, mode=m, tar_split_path=s)
+from tests.harness.store_pull import pull_into_store
 store = Store.open(Path(sys.argv[1]), driver=sys.argv[4])
 record = pull_into_store(store, sys.argv[2], sys.argv[3])
 print(record.id)
@@ -62,12 +58,6 @@ def run_pull(root: Path, host: str, ref: str, driver: str, crash_at: str | None 
     return subprocess.run([sys.executable, "-c", PULL_SCRIPT, str(root), host, ref, driver],
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
 
-
-@pytest.fixture(autouse=True)
-def _applier(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not real_applier_available():
-        monkeypatch.setattr(containers_storage, "extractor_factory",
-                            lambda target, mode, split: StubExtractor(target, mode=mode, tar_split_path=split))
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,7 @@ from store.errors import StoreError
 from tests.harness import images as factory
 from tests.harness.podman import RUN_DENIED, Podman, podman_for, skopeo
 from tests.harness.registry import RunningRegistry
-from tests.harness.store_pull import StubExtractor, pull_into_store, real_applier_available, release_podman
-
-needs_applier = pytest.mark.skipif(not real_applier_available(), reason="store.tarapply/tarsplit not landed yet")
-
-
-@pytest.fixture(autouse=True)
-def _applier(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not real_applier_available():
-        monkeypatch.setattr(containers_storage, "extractor_factory",
-                            lambda target, mode, split: StubExtractor(target, mode=mode, tar_split_path=split))
+from tests.harness.store_pull import pull_into_store, release_podman
 
 
 def rich_image(seed: int) -> factory.BuiltImage:
@@ -232,7 +223,6 @@ def test_tether_reads_what_podman_pulled(registry: RunningRegistry, pushed: dict
     assert chain[0].compression == 2 and chain[1].compression == 4 and chain[2].compression == 0
 
 
-@needs_applier
 def test_export_and_check_on_podman_store(registry: RunningRegistry, pushed: dict[str, Any], podman: Podman) -> None:
     image = pushed["rich"]
     podman.pull(f"{registry.host}/store/rich:v1")
@@ -244,7 +234,6 @@ def test_export_and_check_on_podman_store(registry: RunningRegistry, pushed: dic
     assert store.check() == []
 
 
-@needs_applier
 def test_podman_save_skopeo_copy_and_mount(registry: RunningRegistry, pushed: dict[str, Any],
                                           tether_podman: Podman, tmp_path: Path) -> None:
     image = pushed["rich"]
@@ -347,7 +336,6 @@ def test_additional_image_store(registry: RunningRegistry, pushed: dict[str, Any
         release_podman(primary.root, primary.runroot)
 
 
-@needs_applier
 def test_copy_image_between_stores(registry: RunningRegistry, pushed: dict[str, Any], podman: Podman,
                                    tether_podman: Podman) -> None:
     image = pushed["rich"]
@@ -408,7 +396,6 @@ def test_delete_refuses_mounted_image(registry: RunningRegistry, pushed: dict[st
     assert tether_podman.images() == []
 
 
-@needs_applier
 def test_copy_image_overlay_to_vfs(registry: RunningRegistry, pushed: dict[str, Any], tether_podman: Podman,
                                    tmp_path: Path) -> None:
     image = pushed["rich"]

@@ -1,24 +1,16 @@
 """Test helpers for store/: a minimal synchronous "engine" that pulls an image over plain HTTP into a
-:class:`store.containers_storage.Store` (stage -> publish in parent order -> commit), and a stub layer
-applier used only while ``store.tarapply`` is not available.
+:class:`store.containers_storage.Store` (stage -> publish in parent order -> commit), independent of engine/.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
-import os
-import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import httpx
-import zstandard
 
 from store.containers_storage import ImageRecord, StagedLayer, Store, chain_id
 
@@ -28,85 +20,6 @@ MANIFEST_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ])
-
-
-def real_applier_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(name) is not None for name in ("store.tarapply", "store.tarsplit"))
-
-
-class StubExtractor:
-    """Buffers the blob and extracts it with :mod:`tarfile` at the end (no tar-split). Tests only."""
-
-    def __init__(self, target: Path, *, mode: str, tar_split_path: Path) -> None:
-        self.target = target
-        self.mode = mode
-        self.buf = bytearray()
-
-    def feed(self, chunk: bytes) -> None:
-        self.buf += chunk
-
-    def abort(self) -> None:
-        self.buf.clear()
-
-    def finish(self) -> Any:
-        data = bytes(self.buf)
-        compression = 0
-        if data[:2] == b"\x1f\x8b":
-            data, compression = gzip.decompress(data), 2
-        elif data[:4] == b"\x28\xb5\x2f\xfd":
-            data, compression = zstandard.ZstdDecompressor().decompressobj().decompress(data), 4
-        uids: set[int] = set()
-        gids: set[int] = set()
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            members = []
-            for member in tar.getmembers():
-                name = os.path.normpath(member.name.lstrip("/"))
-                base = os.path.basename(name)
-                if not base.startswith(".wh."):
-                    uids.add(member.uid)
-                    gids.add(member.gid)
-                if name in (".", ""):
-                    continue
-                parent = os.path.dirname(name)
-                if base == ".wh..wh..opq":
-                    path = self.target / parent
-                    path.mkdir(parents=True, exist_ok=True)
-                    if self.mode == "overlay":
-                        os.setxattr(path, "trusted.overlay.opaque", b"y")
-                    else:
-                        import shutil
-
-                        for child in path.iterdir():
-                            if child.is_dir() and not child.is_symlink():
-                                shutil.rmtree(child)
-                            else:
-                                child.unlink()
-                    continue
-                if base.startswith(".wh."):
-                    victim = self.target / parent / base[4:]
-                    if self.mode == "overlay":
-                        victim.parent.mkdir(parents=True, exist_ok=True)
-                        os.mknod(victim, 0o020000, os.makedev(0, 0))
-                        os.chmod(victim, 0)
-                    elif victim.is_dir() and not victim.is_symlink():
-                        import shutil
-
-                        shutil.rmtree(victim)
-                    else:
-                        victim.unlink(missing_ok=True)
-                    continue
-                member.name = name
-                members.append(member)
-            tar.extractall(self.target, members=members, numeric_owner=True, filter="fully_trusted")
-        return SimpleNamespace(
-            diff_digest="sha256:" + hashlib.sha256(data).hexdigest(),
-            diff_size=len(data),
-            compression=compression,
-            uidset=sorted(uids),
-            gidset=sorted(gids),
-        )
 
 
 @dataclass(frozen=True)
@@ -208,8 +121,6 @@ def pull_into_store(store: Store, host: str, repo_tag: str, *, name: str | None 
             index_digest=fetched.index_digest,
         )
 
-
-_stub_lock = threading.Lock()
 
 
 def release_podman(root: Path, runroot: Path) -> None:
