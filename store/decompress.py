@@ -14,13 +14,13 @@ from __future__ import annotations
 import bz2
 import lzma
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from isal import isal_zlib
 
 from store.errors import StoreError
 
-_ISAL_ERROR: type[Exception] = isal_zlib.error
+_ISAL_ERROR: Any = isal_zlib.error
 
 __all__ = [
     "COMPRESSION_CODES",
@@ -204,8 +204,9 @@ class _Zstd:
                 sink(bytes(b))
                 return len(b)
 
+        out: Any = _Out()
         self._writer = zstandard.ZstdDecompressor().stream_writer(
-            _Out(), write_size=OUTPUT_PIECE  # type: ignore[arg-type], write_return_read=True
+            out, write_size=OUTPUT_PIECE, write_return_read=True
         )
         self._walker = _ZstdFrameWalker()
 
