@@ -326,3 +326,21 @@ def test_layers_podman_builds_and_pushes_extract_identically(tmp_path: Path, reg
     assert diff_snapshots(snapshot(podman_diff), snapshot(tmp_path / "ours")) == []
     theirs = b"".join(assemble_tar(podman_split, podman_diff))
     assert images.sha256_digest(theirs) == rec["diff-digest"] == images.sha256_digest(rebuilt(tmp_path / "ours"))
+
+
+@needs_root
+def test_tars_without_end_marker_and_base256_numbers_round_trip(tmp_path: Path) -> None:
+    big_ids = images.Entry("big-ids", "file", b"x", 0o644, uid=10_000_000, gid=3_000_000)
+    gnu = images.build_tar([images.file("a", b"1"), big_ids], format=tarfile.GNU_FORMAT)
+    assert b"\x80" in gnu[:2048]  # the ids needed GNU base-256 fields
+    result = extract(gnu, tmp_path / "gnu")
+    st = os.lstat(tmp_path / "gnu" / "big-ids")
+    assert (st.st_uid, st.st_gid) == (10_000_000, 3_000_000)
+    assert result.uidset == (0, 10_000_000)
+    assert rebuilt(tmp_path / "gnu") == gnu
+    # Go's reader (and so podman) accepts a stream that ends on an entry boundary or after one zero block.
+    whole = images.build_tar([images.file("a", b"1" * 700)], format=tarfile.USTAR_FORMAT)
+    for n, cut in enumerate((whole[: 512 + 1024], whole[: 512 + 1024 + 512])):
+        result = extract(cut, tmp_path / f"cut{n}")
+        assert result.diff_size == len(cut)
+        assert rebuilt(tmp_path / f"cut{n}") == cut
