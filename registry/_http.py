@@ -40,6 +40,8 @@ log = logging.getLogger("registry.http")
 #: Error bodies are read up to this many bytes (a hostile server cannot make us buffer more).
 MAX_ERROR_BODY = 64 * 1024
 _MAX_DETAIL = 300
+#: How much of an unwanted HTTP/2 response body is read (and discarded) rather than cut (see _abandon).
+MAX_H2_DISCARD = 16 * 1024 * 1024
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
@@ -120,6 +122,16 @@ async def _abandon(response: httpx.Response, iterator: AsyncIterator[bytes]) -> 
     connection makes the innermost raise, which finishes every generator in it.
     """
     with trio.CancelScope(shield=True):
+        if response.http_version == "HTTP/2":
+            # httpcore's h2 does not credit the connection's flow-control window for data of a stream
+            # closed early: enough of that stalls every other stream of the connection. Reading the
+            # rest (up to a bound) returns the credit and ends the generators normally.
+            discarded = 0
+            with contextlib.suppress(Exception):
+                async for chunk in iterator:
+                    discarded += len(chunk)
+                    if discarded > MAX_H2_DISCARD:
+                        break
         await response.aclose()
         with contextlib.suppress(Exception):
             await iterator.__anext__()
@@ -179,6 +191,14 @@ async def read_capped(response: httpx.Response, limit: int, *, what: str) -> tup
             total += len(chunk)
     finally:
         await response.aclose()
+
+
+async def discard(response: httpx.Response) -> None:
+    """Read (up to :data:`MAX_ERROR_BODY`) and close a response whose body is not wanted, so that an
+    HTTP/2 connection's flow-control window gets its credit back and HTTP/1.1 connections are reused."""
+    with contextlib.suppress(RegistryError):
+        await read_capped(response, MAX_ERROR_BODY, what="body")
+    await response.aclose()
 
 
 def _error_code_and_detail(body: bytes) -> tuple[str | None, str | None]:

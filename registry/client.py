@@ -318,7 +318,7 @@ class RegistryClient:
                 failures,
                 policy.attempts - 1,
             )
-            await response.aclose()
+            await _http.discard(response)
             await trio.sleep(policy.delay(failures, retry_after=retry_after))
 
     async def _ping(self, endpoint: _Endpoint) -> str:
@@ -348,7 +348,7 @@ class RegistryClient:
                     continue
                 if response.status_code in (200, 401):
                     endpoint.challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
-                    await response.aclose()
+                    await _http.discard(response)
                     endpoint.base = f"{scheme}://{endpoint.host}"
                     return endpoint.base
                 last_error = await _http.status_error(response, what=f"pinging container registry {endpoint.host}")
@@ -487,7 +487,7 @@ class RegistryClient:
                 return response
             reauthenticated = True
             challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
-            await response.aclose()
+            await _http.discard(response)
             bearer = next((c for c in challenges if c.scheme == "bearer"), None)
             if bearer is not None and bearer.get("error") == "insufficient_scope" and bearer.get("scope"):
                 extra = tuple(s for s in (bearer.get("scope") or "").split(" ") if s)
@@ -517,7 +517,7 @@ class RegistryClient:
         where = f"GET {_http.display_url(response.request.url)}"
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
-            await response.aclose()
+            await _http.discard(response)
             raise ManifestError(f"{where}: manifest is {declared} bytes, more than the {MAX_MANIFEST_SIZE} byte limit")
         raw, truncated = await _http.read_capped(response, MAX_MANIFEST_SIZE, what="manifest")
         if truncated:
@@ -710,7 +710,7 @@ class RegistryClient:
             if response.status_code not in _REDIRECTS:
                 return response
             location = response.headers.get("location")
-            await response.aclose()
+            await _http.discard(response)
             if not location:
                 raise RegistryError(f"GET {_http.display_url(response.request.url)}: redirect without Location")
             target = _join(response.request.url, location)
@@ -724,7 +724,7 @@ class RegistryClient:
                 client = self._http_client(netloc, False, bulk=True)
 
                 response = await _http.send(client, client.build_request("GET", target, headers=headers))
-        await response.aclose()
+        await _http.discard(response)
         raise RegistryError(f"GET {_http.display_url(response.request.url)}: too many redirects")
 
     # ---- push
@@ -743,10 +743,10 @@ class RegistryClient:
             creds=await self._credentials(ref.name),
         )
         if response.status_code == 200:
-            await response.aclose()
+            await _http.discard(response)
             return True
         if response.status_code == 404:
-            await response.aclose()
+            await _http.discard(response)
             return False
         raise await _http.status_error(response)
 
@@ -763,16 +763,16 @@ class RegistryClient:
         scopes = (_repository_scope(ref.path, "pull,push"), _repository_scope(from_repository, "pull"))
         response = await self._call(endpoint, "POST", url, scopes=scopes, creds=creds)
         if response.status_code == 201:
-            await response.aclose()
+            await _http.discard(response)
             return True
         if response.status_code == 202:
             location = response.headers.get("location")
-            await response.aclose()
+            await _http.discard(response)
             if location:
                 try:
                     target = _join(response.request.url, location)
                     cancel = await self._call(endpoint, "DELETE", target, scopes=scopes, creds=creds, retry=False)
-                    await cancel.aclose()
+                    await _http.discard(cancel)
                 except RegistryError as exc:  # the registry purges abandoned uploads anyway
                     logger.debug("cancelling the upload started instead of a mount: %s", exc)
             return False
@@ -790,7 +790,7 @@ class RegistryClient:
         if response.status_code != 202:
             raise await _http.status_error(response)
         location = _upload_location(response)
-        await response.aclose()
+        await _http.discard(response)
         algorithm = descriptor.digest.split(":", 1)[0]
         hasher = hashlib.new(algorithm)
         total = 0
@@ -817,7 +817,7 @@ class RegistryClient:
             if answer.status_code != 202:
                 raise await _http.status_error(answer)
             new_location = _upload_location(answer)
-            await answer.aclose()
+            await _http.discard(answer)
             return new_location
 
         async for chunk in chunks:
@@ -848,7 +848,7 @@ class RegistryClient:
         )
         if response.status_code != 201:
             raise await _http.status_error(response)
-        await response.aclose()
+        await _http.discard(response)
 
     async def put_manifest(self, ref: Reference, raw: bytes, media_type: str) -> str:
         """``PUT`` a manifest under ``ref``'s tag (else its digest); returns the manifest digest."""
@@ -868,7 +868,7 @@ class RegistryClient:
         if response.status_code not in (200, 201):
             raise await _http.status_error(response)
         served = response.headers.get("docker-content-digest")
-        await response.aclose()
+        await _http.discard(response)
         if served and served.startswith("sha256:") and served != digest:
             raise DigestMismatchError(f"PUT {ref}: the registry stored digest {served}, expected {digest}")
         return digest

@@ -91,3 +91,39 @@ async def test_cert_dir_option_and_insecure(tls_registry: RunningRegistry, pki: 
     conf = write_registries_conf(tmp_path / "b", f'[[registry]]\nlocation = "{tls_registry.host}"\ninsecure = true\n')
     async with client_for(conf, cert_dir=only_client) as client:
         assert (await client.fetch_manifest(ref)).digest == image.manifest_digest
+
+
+async def test_h2_body_cut_early_does_not_stall_other_streams(
+    tls_registry: RunningRegistry, pki: PKIFiles, tmp_path: Path
+) -> None:
+    """httpcore's h2 does not return flow-control credit for a stream closed early; the boundary reads
+    such bodies out instead, so concurrent streams on the same connection keep flowing."""
+    import hashlib
+    import os
+
+    import trio
+
+    from registry import _http
+
+    certs_d = tmp_path / "certs.d"
+    write_certs_d(certs_d, tls_registry.host, pki, client=True)
+    data = os.urandom(6 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    ref = parse_reference(f"{tls_registry.host}/secure/h2:1")
+    async with client_for(write_registries_conf(tmp_path, ""), cert_search_dirs=[certs_d]) as client:
+        await client.upload_blob(ref, Descriptor("application/octet-stream", digest, len(data)), _chunks(data))
+        endpoint = client._endpoint(tls_registry.host, False)
+        results: dict[int, tuple[int, bool]] = {}
+
+        async def read(k: int) -> None:
+            # the API (h2) client, not the bulk one: every stream shares one HTTP/2 connection
+            response = await client._call(endpoint, "GET", f"/v2/secure/h2/blobs/{digest}", scopes=(), creds=None)
+            assert response.http_version == "HTTP/2"
+            body, truncated = await _http.read_capped(response, 100_000 if k % 2 else 1 << 30, what="blob")
+            results[k] = (len(body), truncated)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for k in range(4):
+                    nursery.start_soon(read, k)
+    assert results == {0: (len(data), False), 1: (100_000, True), 2: (len(data), False), 3: (100_000, True)}
