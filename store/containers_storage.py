@@ -338,6 +338,7 @@ class Store:
         self._layers_lock: LockFile = get_lockfile(self.layers_dir / "layers.lock", read_only=read_only)
         self._images_lock: LockFile = get_lockfile(self.images_dir / "images.lock", read_only=read_only)
         self._live_staging: dict[str, _Staging] = {}
+        self._session: _Staging | None = None
 
     # ---------------------------------------------------------------- opening
 
@@ -417,6 +418,7 @@ class Store:
             with self._images_lock.exclusive():
                 images = _read_json_array(self.images_dir / "images.json")
                 self._finish_pending_deletes(layers, images)
+                self._forget_finished_sessions(layers, images)
                 ids = {str(r["id"]) for r in images}
                 for entry in self.images_dir.iterdir():
                     if entry.name.startswith(".tmp-"):
@@ -694,6 +696,7 @@ class Store:
                     incomplete=True,
                 )
                 layers.records.append(raw)
+                self._record_published(staged.layer_id)
                 _crash_point("layer-before-incomplete-record")
                 self._save_layers(layers)
                 _crash_point("layer-after-incomplete-record")
@@ -967,6 +970,69 @@ class Store:
             journal.unlink(missing_ok=True)
         return changed
 
+    # ---------------------------------------------------------------- dangling layers
+
+    @property
+    def _sessions_dir(self) -> Path:
+        return self.root / "tether" / "sessions"
+
+    def _record_published(self, layer_id: str) -> None:
+        """Note a layer this process is about to publish (layers lock held): if the image that needs it
+        is never committed (kill -9, failure), :meth:`delete_dangling_layers` can tell it from podman's."""
+        if self._session is None:
+            self._session = _Staging(self._sessions_dir)  # a flock'd "<name>.lock" + a dir for the list
+        with open(self._session.path / "layers", "a", encoding="ascii") as handle:
+            handle.write(layer_id + "\n")
+            handle.flush()
+            os.fdatasync(handle.fileno())
+
+    def _forget_finished_sessions(self, layers: _Layers, images: list[dict[str, Any]]) -> None:
+        """Drop the records of dead sessions none of whose layers is dangling any more."""
+        sessions = _dead_sessions(self._sessions_dir)
+        if not sessions:
+            return
+        dangling = set(_dangling(layers, images, _read_json_array(self.containers_dir / "containers.json")))
+        for lock, directory in sessions:
+            try:
+                listed = set((directory / "layers").read_text(encoding="ascii").split())
+            except OSError:
+                listed = set()
+            if not listed & dangling:
+                _drivers.remove_tree(directory)
+                lock.unlink(missing_ok=True)
+
+    def dangling_layers(self) -> list[str]:
+        """Complete layers no image (top or mapped layer) or container reaches, children first."""
+        with self._layers_lock.shared(), self._images_lock.shared():
+            layers = self._load_layers()
+            images = self._load_images()
+        return _dangling(layers, images, _read_json_array(self.containers_dir / "containers.json"))
+
+    def delete_dangling_layers(self) -> tuple[str, ...]:
+        """Delete the dangling layers that tether processes now gone published (a pull killed or failed
+        between publishing layers and committing its image). Layers podman creates, and those of live
+        tether processes, are never touched; mounted ones are skipped. Returns the ids removed."""
+        removed: list[str] = []
+        with self._layers_lock.exclusive(), self._images_lock.exclusive():
+            sessions = _dead_sessions(self._sessions_dir)
+            if not sessions:
+                return ()
+            layers = self._load_layers()
+            images = self._load_images()
+            containers = _read_json_array(self.containers_dir / "containers.json")
+            published: set[str] = set()
+            for _lock, directory in sessions:
+                with contextlib.suppress(OSError):
+                    published.update((directory / "layers").read_text(encoding="ascii").split())
+            for layer_id in _dangling(layers, images, containers):
+                if layer_id in published and not _drivers.layer_is_mounted(self.root, self.driver, layer_id):
+                    self._delete_layer_locked(layers, layer_id, save=True)
+                    removed.append(layer_id)
+            for lock, directory in sessions:
+                _drivers.remove_tree(directory)
+                lock.unlink(missing_ok=True)
+        return tuple(removed)
+
     # ---------------------------------------------------------------- export and check
 
     def export_layer(self, layer_id: str) -> Iterator[bytes]:
@@ -1169,6 +1235,45 @@ def _removable_layers(chain: Sequence[str], layers: _Layers, other_images: Seque
             break
         out.append(layer_id)
     return out
+
+
+def _dead_sessions(base: Path) -> list[tuple[Path, Path]]:
+    """(lock file, directory) of tether sessions whose process is gone (their flock is free)."""
+    try:
+        entries = list(base.iterdir())
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in entries:
+        if entry.name.endswith(".lock") and not entry.name.startswith(".tmp-") and _lock_is_free(entry):
+            out.append((entry, base / entry.name[: -len(".lock")]))
+    return out
+
+
+def _dangling(layers: _Layers, images: Sequence[Mapping[str, Any]],
+              containers: Sequence[Mapping[str, Any]]) -> list[str]:
+    by_id = layers.by_id()
+    keep: set[str] = set()
+    roots = [str(i.get("layer") or "") for i in images]
+    roots += [str(x) for i in images for x in i.get("mapped-layers") or []]
+    roots += [str(c.get("layer") or "") for c in containers]
+    roots += [str(r["id"]) for r in layers.volatile]
+    for root in roots:
+        current = root
+        while current and current not in keep:
+            keep.add(current)
+            current = str((by_id.get(current) or {}).get("parent") or "")
+    candidates = [r for r in layers.records if str(r["id"]) not in keep and not layer_incomplete(r)]
+    # children before parents: a layer's depth in its chain, deepest first
+    def depth(layer_id: str) -> int:
+        n = 0
+        current = layer_id
+        while current and n < 4096:
+            current = str((by_id.get(current) or {}).get("parent") or "")
+            n += 1
+        return n
+
+    return [str(r["id"]) for r in sorted(candidates, key=lambda r: -depth(str(r["id"])))]
 
 
 def detect_driver(root: Path) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from store.containers_storage import CRASH_ENV, Store
+from store.containers_storage import CRASH_ENV, Store, chain_id
 from tests.harness import images as factory
 from tests.harness.podman import Podman, podman_for
 from tests.harness.registry import RunningRegistry
@@ -161,5 +161,35 @@ def test_kill_during_delete(point: str, registry: RunningRegistry, tmp_path: Pat
         assert not (podman.root / "tether" / "pending-deletes").exists() or \
             os.listdir(podman.root / "tether" / "pending-deletes") == []
         assert_no_orphans(podman.root, "overlay")
+    finally:
+        release_podman(podman.root, podman.runroot)
+
+
+def test_dangling_layers_of_a_killed_pull_are_collected(registry: RunningRegistry, crash_image: factory.BuiltImage,
+                                                        tmp_path: Path) -> None:
+    podman = podman_for(tmp_path)
+    try:
+        proc = run_pull(podman.root, registry.host, "store/crash:v1", "overlay", crash_at="image-before-record")
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        store = Store.open(podman.root)
+        chain_ids = [layer.id for layer in store.list_layers()]
+        assert len(chain_ids) == 3 and store.list_images() == []
+        assert sorted(store.dangling_layers()) == sorted(chain_ids)
+        # a layer this (live) process published but has not committed yet is left alone
+        other = factory.simple_image(32, files=2, layers=1)
+        factory.push_image(registry.host, "store/live:v1", other)
+        live_id = chain_id(None, other.layers[0].diff_id)
+        with store.stage_layer(layer_id=live_id, parent=None) as writer:
+            writer.write(other.layers[0].blob)
+            staged = writer.finish()
+        store.publish_layer(staged, expected_diff_digest=other.layers[0].diff_id,
+                            compressed_digest=other.layers[0].digest, compressed_size=other.layers[0].size)
+        removed = store.delete_dangling_layers()
+        assert sorted(removed) == sorted(chain_ids)  # children first, only the dead session's
+        assert [layer.id for layer in store.list_layers()] == [live_id]
+        assert podman.images() == []
+        assert_no_orphans(podman.root, "overlay")
+        # the dead session's record is gone; a fresh open keeps the live one's
+        assert len(list((podman.root / "tether" / "sessions").glob("*.lock"))) == 1
     finally:
         release_podman(podman.root, podman.runroot)
