@@ -84,7 +84,12 @@ def map_exception(method: str, url: httpx.URL, exc: httpx.HTTPError) -> Registry
         if isinstance(ssl_error, ssl.SSLCertVerificationError):
             return TLSError(f"{where}: certificate verification failed: {ssl_error.verify_message}")
         reason = getattr(ssl_error, "reason", None) or ssl_error
-        return TLSError(f"{where}: TLS handshake failed: {reason}")
+        hint = ""
+        if str(reason) in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
+            # what Go reports as "server gave HTTP response to HTTPS client"
+            hint = (" (the server seems to speak plain HTTP: mark the registry insecure in registries.conf "
+                    "or use --tls-verify=false)")
+        return TLSError(f"{where}: TLS handshake failed: {reason}{hint}")
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return ConnectionFailedError(f"{where}: cannot connect: {_describe_exception(exc)}")
     if isinstance(exc, httpx.TransportError):
