@@ -727,6 +727,24 @@ class RegistryClient:
         await _http.discard(response)
         raise RegistryError(f"GET {_http.display_url(response.request.url)}: too many redirects")
 
+    async def _external_blob_response(self, url: httpx.URL, offset: int) -> httpx.Response:
+        """GET a descriptor ``urls`` entry: anonymous, TLS verified, redirects followed by hand."""
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        target = url
+        for _ in range(_MAX_REDIRECTS):
+            client = self._http_client(target.netloc.decode("ascii"), False, bulk=True)
+            response = await _http.send(client, client.build_request("GET", target, headers=headers))
+            if response.status_code not in _REDIRECTS:
+                return response
+            location = response.headers.get("location")
+            await _http.discard(response)
+            if not location:
+                raise RegistryError(f"GET {_http.display_url(target)}: redirect without Location")
+            target = _join(target, location)
+        raise RegistryError(f"GET {_http.display_url(url)}: too many redirects")
+
     # ---- push
 
     def _push_endpoint(self, ref: Reference) -> _Endpoint:
@@ -928,6 +946,24 @@ def _with_message(error: RegistryError, message: str) -> RegistryError:
 # the verified, resuming blob stream
 
 
+@dataclass(frozen=True)
+class _URLSource:
+    """A descriptor ``urls`` entry (image-spec descriptor.md; "foreign" layers): fetched anonymously."""
+
+    url: httpx.URL
+
+    @property
+    def label(self) -> str:
+        return _http.display_url(self.url)
+
+
+_BlobSource = PullSource | _URLSource
+
+
+def _label(source: _BlobSource) -> str:
+    return source.label if isinstance(source, _URLSource) else source.reference.domain
+
+
 class _RetryableStatus(TransportError):
     """A 408/429/5xx answer to a blob GET (retried like a dropped connection)."""
 
@@ -980,14 +1016,28 @@ class _BlobReader:
             with trio.CancelScope(shield=True):  # also when the pull is being cancelled
                 await response.aclose()
 
-    def _what(self, source: PullSource) -> str:
-        return f"blob {self.descriptor.digest} of {source.reference.name}"
+    def _what(self, source: _BlobSource) -> str:
+        where = source.label if isinstance(source, _URLSource) else source.reference.name
+        return f"blob {self.descriptor.digest} of {where}"
+
+    def _ordered_sources(self) -> tuple[_BlobSource, ...]:
+        """The descriptor's ``urls`` first (c/image ``getExternalBlob``; c/image then stops, tether falls
+        back to the registry endpoints), then the endpoints, recently unreachable ones last."""
+        urls: list[_BlobSource] = []
+        for text in self.descriptor.urls:
+            try:
+                url = httpx.URL(text)
+            except (httpx.InvalidURL, ValueError):
+                continue
+            if url.scheme in ("http", "https") and url.host:
+                urls.append(_URLSource(url))
+        return (*urls, *self.client._by_reachability(self.sources))
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         size = self.descriptor.size
         policy = self.client.retry_policy
         errors: list[tuple[str, RegistryError]] = []
-        for source in self.client._by_reachability(self.sources):
+        for source in self._ordered_sources():
             failures = 0
             while self.offset < size:
                 before = self.offset
@@ -1000,22 +1050,26 @@ class _BlobReader:
                             f"{self._what(source)}: the connection ended at byte {self.offset} of {size}"
                         )
                 except _SourceFailed as exc:
-                    errors.append((source.reference.domain, exc.error))
+                    errors.append((_label(source), exc.error))
                     logger.info("%s; trying the next endpoint", exc.error)
                     break
                 except TLSError as exc:
-                    errors.append((source.reference.domain, exc))
+                    errors.append((_label(source), exc))
                     break
                 except TransportError as exc:
                     await self.close_response()
                     failures = 0 if self.offset > before else failures + 1
                     limit = policy.connect_attempts if isinstance(exc, ConnectionFailedError) else policy.attempts
-                    if isinstance(exc, ConnectionFailedError) and not self.client._pinged(source):
+                    if (
+                        isinstance(exc, ConnectionFailedError)
+                        and isinstance(source, PullSource)
+                        and not self.client._pinged(source)
+                    ):
                         limit = 1  # the ping has already spent its connection attempts
                     if failures >= limit:
-                        errors.append((source.reference.domain, exc))
+                        errors.append((_label(source), exc))
                         logger.info("%s; giving up on this endpoint", exc)
-                        if isinstance(exc, ConnectionFailedError):
+                        if isinstance(exc, ConnectionFailedError) and isinstance(source, PullSource):
                             self.client._mark_unreachable(source)
                         break
                     logger.info("%s; resuming at byte %d", exc, self.offset)
@@ -1041,12 +1095,15 @@ class _BlobReader:
                 f"(served by {served})"
             )
 
-    async def _stream_from(self, source: PullSource) -> AsyncGenerator[bytes, None]:
+    async def _stream_from(self, source: _BlobSource) -> AsyncGenerator[bytes, None]:
         """The rest of the blob from ``source``, hashing as it goes; raises _SourceFailed or TransportError."""
         size = self.descriptor.size
         what = self._what(source)
         try:
-            response = await self.client._blob_response(source, self.descriptor, self.offset)
+            if isinstance(source, _URLSource):
+                response = await self.client._external_blob_response(source.url, self.offset)
+            else:
+                response = await self.client._blob_response(source, self.descriptor, self.offset)
         except TransportError:
             raise
         except RegistryError as exc:
@@ -1117,7 +1174,7 @@ class _BlobReader:
             raise
         finally:
             if served_here:
-                self.served.append((source.reference.domain, served_here))
+                self.served.append((_label(source), served_here))
         if pending:
             yield pending[0] if len(pending) == 1 else b"".join(pending)
 

@@ -308,3 +308,30 @@ def test_proxies_never_for_loopback(host: str, loopback: bool) -> None:
     from registry.client import _is_loopback
 
     assert _is_loopback(host) is loopback
+
+
+async def test_foreign_layer_urls_first_then_the_registry() -> None:
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization"), request.headers.get("range")))
+        if request.url.host == "dead.test":
+            return httpx.Response(404)
+        if request.url.host == "foreign.test":
+            # cut short (and Range ignored on the retry): the registry serves the rest
+            return httpx.Response(200, content=b"layer-", headers={"Content-Length": "11"})
+        if request.url.path == "/v2/":
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        assert request.headers.get("range") == "bytes=6-"
+        return httpx.Response(206, content=b"bytes", headers={"Content-Range": "bytes 6-10/11"})
+
+    descriptor = Descriptor("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", D, 11,
+                            urls=("ftp://ignored.test/x", "https://dead.test/l", "https://foreign.test/l"))
+    async with (
+        await _client(handler, _auth_for("u", "p")) as client,  # type: ignore[attr-defined]
+        client.open_blob([_source()], descriptor) as chunks,
+    ):
+        assert b"".join([chunk async for chunk in chunks]) == b"layer-bytes"
+    hosts = [httpx.URL(url).host for url, _, _ in seen]
+    assert hosts[:2] == ["dead.test", "foreign.test"] and "ignored.test" not in hosts
+    assert all(auth is None for url, auth, _ in seen if "registry.test" not in url)  # never credentials
