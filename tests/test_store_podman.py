@@ -260,8 +260,11 @@ def test_podman_save_skopeo_copy_and_mount(registry: RunningRegistry, pushed: di
     assert store.check() == []
 
 
-def test_podman_run_tether_image(registry: RunningRegistry, tether_podman: Podman) -> None:
-    """podman runs a container from an image tether committed (static busybox, overlay lower layers)."""
+@pytest.mark.parametrize("as_additional_store", [False, True], ids=["primary", "additionalimagestore"])
+def test_podman_run_tether_image(as_additional_store: bool, registry: RunningRegistry, tether_podman: Podman,
+                                 tmp_path: Path) -> None:
+    """podman runs a container from an image tether committed (static busybox, overlay lower layers), from
+    the store itself and, as on a bootc host, with the store as an additional image store."""
     busybox = Path("/usr/bin/busybox")
     if not busybox.exists():
         pytest.skip("no static busybox on this host to build a runnable image")
@@ -271,12 +274,20 @@ def test_podman_run_tether_image(registry: RunningRegistry, tether_podman: Podma
     ])
     factory.push_image(registry.host, "store/runnable:v1", image)
     pull_into_store(Store.open(tether_podman.root), registry.host, "store/runnable:v1")
-    proc = tether_podman.run("run", "--rm", "--network=none", f"{registry.host}/store/runnable:v1",
-                             "/bin/busybox", "cat", "/etc/message", check=False)
-    if RUN_DENIED in proc.stderr:
-        pytest.skip("podman run is not permitted in this sandbox (crun setrlimit RLIMIT_NOFILE)")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "hello from tether\n"
+    runner, extra = tether_podman, ()
+    if as_additional_store:
+        runner = podman_for(tmp_path / "primary")
+        extra = ("--storage-opt", f"additionalimagestore={tether_podman.root}")
+    try:
+        proc = runner.run(*extra, "run", "--rm", "--network=none", f"{registry.host}/store/runnable:v1",
+                          "/bin/busybox", "cat", "/etc/message", check=False)
+        if RUN_DENIED in proc.stderr:
+            pytest.skip("podman run is not permitted in this sandbox (crun setrlimit RLIMIT_NOFILE)")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "hello from tether\n"
+    finally:
+        if runner is not tether_podman:
+            release_podman(runner.root, runner.runroot)
 
 
 def test_delete_image_keeps_shared_layers(registry: RunningRegistry, pushed: dict[str, Any],
