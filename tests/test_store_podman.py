@@ -274,7 +274,8 @@ def test_podman_run_tether_image(as_additional_store: bool, registry: RunningReg
     ])
     factory.push_image(registry.host, "store/runnable:v1", image)
     pull_into_store(Store.open(tether_podman.root), registry.host, "store/runnable:v1")
-    runner, extra = tether_podman, ()
+    runner: Podman = tether_podman
+    extra: tuple[str, ...] = ()
     if as_additional_store:
         runner = podman_for(tmp_path / "primary")
         extra = ("--storage-opt", f"additionalimagestore={tether_podman.root}")
