@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     level = getattr(args, "log_level", None) or "warning"
     logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # httpx/httpcore log every URL at INFO/DEBUG; registry.http logs the exchanges with secrets redacted.
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return cast(Callable[[argparse.Namespace], int], func)(args)
     except (RegistryError, StoreError, EngineError) as exc:

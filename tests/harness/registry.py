@@ -129,6 +129,7 @@ class RunningRegistry:
     workdir: Path
     config_path: Path
     tls: bool
+    requires_client_cert: bool = False
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -168,9 +169,13 @@ class RunningRegistry:
             if self.process.poll() is not None:
                 raise RuntimeError(f"docker-registry exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                httpx.get(f"{self.url}/v2/", verify=False, timeout=1.0)
+                if self.requires_client_cert:
+                    # The probe has no client certificate; a listening socket is proof enough.
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                else:
+                    httpx.get(f"{self.url}/v2/", verify=False, timeout=1.0)
                 return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, OSError):
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"docker-registry did not answer on {self.url}: {self.log_tail()}") from None
@@ -247,6 +252,7 @@ def start_registry(
     )
     config_path = workdir / "config.yml"
     config_path.write_text(config)
-    running = RunningRegistry(port=chosen, workdir=workdir, config_path=config_path, tls=tls is not None)
+    running = RunningRegistry(port=chosen, workdir=workdir, config_path=config_path, tls=tls is not None,
+                              requires_client_cert=tls is not None and tls.client_ca is not None)
     running.start()
     return running
