@@ -222,3 +222,37 @@ def test_open_read_only_filesystem(tmp_path: Path) -> None:
             store.delete_image("x")
     finally:
         subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_unknown_fields_survive_rewrites(tmp_path: Path) -> None:
+    """Records written by a newer podman keep the fields tether does not know when tether rewrites the file."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    Store.open(root)
+    future = {"id": "d" * 64, "created": "2026-01-01T00:00:00.5Z", "diff-digest": "sha256:" + "d" * 64,
+              "diff-size": 1024, "uidset": [0], "future-field": {"x": [1, 2]}}
+    (root / "overlay" / ("d" * 64) / "diff").mkdir(parents=True)
+    (root / "overlay-layers" / "layers.json").write_text(json.dumps([future]))
+    store = Store.open(root)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    data = buf.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob = gzip.compress(data)
+    with store.stage_layer(layer_id=chain_id(None, diff_id), parent=None) as writer:
+        writer.write(blob)
+        staged = writer.finish()
+    record = store.publish_layer(staged, expected_diff_digest=diff_id,
+                                 compressed_digest="sha256:" + hashlib.sha256(blob).hexdigest(), compressed_size=None)
+    assert record.compressed_size == len(blob) and record.compression == 2 and record.diff_size == len(data)
+    written = json.loads((root / "overlay-layers" / "layers.json").read_text())
+    assert written[0] == future
+    assert list(written[1]) == ["id", "created", "compressed-diff-digest", "compressed-size", "diff-digest",
+                                "diff-size", "compression", "uidset", "gidset"]
