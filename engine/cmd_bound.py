@@ -66,6 +66,8 @@ def register(subparsers: Any) -> None:
         help="write progress as bootc's JSON lines to this file descriptor",
     )
     p.add_argument("--no-gc", action="store_true", help="do not collect garbage after the sync")
+    p.add_argument("--source", default=None, metavar="oci:DIR|oci-archive:FILE",
+                   help="take every bound image from this OCI layout or archive instead of its registry")
     p.set_defaults(func=run_sync)
 
     p = sub.add_parser("status", help="show each deployment, its bound images and whether it is ready")
@@ -305,7 +307,8 @@ def run_sync(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress, progress_fd=args.progress_fd)
     report = trio.run(
         lambda: sync_deployments(
-            deployments, store=store, options=options, jobs=args.jobs, progress=progress, gc=not args.no_gc
+            deployments, store=store, options=options, jobs=args.jobs, progress=progress, gc=not args.no_gc,
+            source=args.source,
         )
     )
     if options.format == "json":

@@ -396,9 +396,15 @@ async def sync_deployments(
     progress: Progress | None = None,
     gc: bool = True,
     pull_function: PullFunction | None = None,
+    source: str | None = None,
 ) -> SyncReport:
     """Make every deployment ready (new first); see the module docstring. Never raises for a pull failure:
-    the report says what failed. Raises :class:`StoreBusyError` if another tether holds the store."""
+    the report says what failed. Raises :class:`StoreBusyError` if another tether holds the store.
+
+    ``source`` (``oci:DIR`` or ``oci-archive:FILE``) takes every bound image from that layout instead of its
+    registry (bootc-dev/bootc#1166: switching offline); the images are still recorded under their bound
+    names, so status and GC match them. A layout that lacks one of them fails before anything is pulled.
+    """
     import trio
 
     from engine.pull import pull
@@ -432,8 +438,11 @@ async def sync_deployments(
         pulled: tuple[ImageResult, ...] = ()
         if plan.requests:
             requests = list(plan.requests)
+            to_pull = requests
+            if source is not None:
+                to_pull = await trio.to_thread.run_sync(_requests_from_layout, source, requests)
             report: PullReport = await pull_fn(
-                requests, store=store, options=options, jobs=jobs, policy="newer", progress=progress
+                to_pull, store=store, options=options, jobs=jobs, policy="newer", progress=progress
             )
             pulled = report.results
             for request, result in zip(requests, report.results, strict=True):
@@ -493,3 +502,16 @@ async def sync_deployments(
         gc_error=gc_error,
         reused=len(plan.reused),
     )
+
+
+def _requests_from_layout(source: str, requests: Sequence[PullRequest]) -> list[PullRequest]:
+    """The same requests with their names pointed into the ``source`` layout (``oci:DIR:REF``).
+
+    Raises :class:`engine.layout_source.LayoutSourceError` naming every image the layout lacks.
+    """
+    from dataclasses import replace
+
+    from engine.layout_source import layout_pull_names
+
+    names = layout_pull_names(source, [r.name for r in requests])
+    return [replace(r, name=names[r.name]) for r in requests]
