@@ -525,7 +525,9 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
 
 
 def _finish_present(run: _ImageRun, rec: ImageRecord, progress: Progress) -> None:
-    run.result = ImageResult(request=run.request, reference=rec.names[0] if rec.names else None,
+    local = run.source.local_names if run.source is not None else ()
+    name = next((n for n in local if n in rec.names), rec.names[0] if rec.names else None)
+    run.result = ImageResult(request=run.request, reference=name,
                              image_id=rec.id, manifest_digest=rec.digest, error=None,
                              layers_pulled=0, layers_reused=0)
     progress.image_done(run.label, image_id=rec.id, error=None, up_to_date=True)
