@@ -256,6 +256,11 @@ def assemble_tar(tar_split: Path, layer_dir: Path, *, chunk_size: int = 1024 * 1
                     if expected == b"\0" * 8:
                         continue
                     raise TarSplitError(f"{layer_dir}: {entry.name!r} is not a regular file")
+                if st.st_size > entry.size:
+                    # Bytes appended after extraction would not change the CRC of the recorded prefix.
+                    raise TarSplitError(
+                        f"{layer_dir}: {entry.name!r} is longer than the {entry.size} bytes recorded"
+                    )
                 crc = 0
                 left = entry.size
                 while left:

@@ -139,6 +139,9 @@ def test_reassembly_detects_a_modified_file(tmp_path: Path) -> None:
     (tmp_path / "diff" / "f").write_bytes(b"tampered")
     with pytest.raises(TarSplitError, match="checksum"):
         rebuilt(tmp_path / "diff")
+    (tmp_path / "diff" / "f").write_bytes(b"original plus appended bytes")
+    with pytest.raises(TarSplitError, match="longer than the 8 bytes recorded"):
+        rebuilt(tmp_path / "diff")
     (tmp_path / "diff" / "f").unlink()
     with pytest.raises(TarSplitError, match="cannot open"):
         rebuilt(tmp_path / "diff")
