@@ -462,8 +462,17 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
     try:
         async with AsyncExitStack() as stack:
             clients = _Clients(stack, options, connections=max(limit, 4))
-            records, layers = await trio.to_thread.run_sync(lambda: (store.list_images(), store.list_layers()))
             policy_cache: dict[str, Any] = {}
+            listed = trio.Event()
+            records: list[ImageRecord] = []
+            layers: list[LayerRecord] = []
+
+            async def list_store() -> None:
+                # Read the store while the manifests are being fetched.
+                got = await trio.to_thread.run_sync(lambda: (store.list_images(), store.list_layers()))
+                records.extend(got[0])
+                layers.extend(got[1])
+                listed.set()
 
             async def resolve_one(run: _ImageRun) -> None:
                 progress.image_started(run.label)
@@ -471,11 +480,13 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
                     source = await open_source(run.request, clients=clients, stack=stack, options=options)
                     run.source = source
                     if policy == "missing":
+                        await listed.wait()
                         found = image_up_to_date(records, names=source.local_names, digest=None)
                         if found is not None:
                             _finish_present(run, found, progress)
                             return
                     digest = await source.probe_digest()
+                    await listed.wait()
                     if digest is not None:
                         found = image_up_to_date(records, names=source.local_names, digest=digest)
                         if found is not None:
@@ -490,6 +501,7 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
                     _fail(run, exc, progress)
 
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(list_store)
                 for run in runs:
                     nursery.start_soon(resolve_one, run)
 
