@@ -418,3 +418,38 @@ def test_cli_pull_json_progress_fd_and_exit_status(tmp_path: Path, registry: Run
     events = [validate_line(line) for line in lines]
     assert events[0]["type"] == "Start"
     assert {e["type"] for e in events} >= {"ProgressBytes", "ProgressSteps"}
+
+
+# --------------------------------------------------------------------------------------------------
+# names: short names through registries.conf, oci: layouts through the layout-source hook
+
+
+async def test_short_name_tries_each_search_registry_in_order(tmp_path: Path, registry: RunningRegistry,
+                                                              registry_factory: type) -> None:
+    empty = registry_factory()  # type: ignore[operator]
+    image = factory.simple_image(961)
+    factory.push_image(registry.host, "short/app:1", image)
+    options = make_options(tmp_path, registry)
+    assert options.registries_conf is not None
+    options.registries_conf.write_text(
+        'short-name-mode = "permissive"\n'
+        f'unqualified-search-registries = ["{empty.host}", "{registry.host}"]\n'
+        f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n'
+        f'[[registry]]\nlocation = "{empty.host}"\ninsecure = true\n')
+    store = open_store(options)
+    report = await pull(["short/app:1"], store=store, options=options)
+    assert report.ok, report.summary()
+    assert report.results[0].reference == f"{registry.host}/short/app:1"
+    assert store.find_image(f"{registry.host}/short/app:1").id == image.image_id
+    assert any("/v2/short/app/manifests/1" in line for line in empty.access_log())
+
+
+async def test_oci_layout_names_go_through_the_layout_source(tmp_path: Path, registry: RunningRegistry) -> None:
+    image = factory.simple_image(971)
+    factory.write_oci_layout(tmp_path / "layout", {"app:1": image})
+    options = make_options(tmp_path, registry)
+    store = open_store(options)
+    report = await pull([f"oci:{tmp_path / 'layout'}:app:1"], store=store, options=options)
+    assert report.ok, report.summary()
+    assert report.results[0].image_id == image.image_id
+    assert_store_clean(store)
