@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
+    from engine.options import CommonOptions
     from registry.client import FetchedManifest, RegistryClient
     from registry.manifest import Descriptor, ImageConfig, ImageManifest, Platform
     from registry.reference import OCIArchiveName, OCILayoutName, Reference
     from registry.registries_conf import PullSource
-
-    from engine.options import CommonOptions
 
 #: Largest config blob accepted (containers/image: iolimits.maxConfigBodySize is 4 MiB).
 MAX_CONFIG_SIZE = 4 * 1024 * 1024
@@ -166,6 +165,7 @@ class RegistrySource:
         return fetched.digest
 
     async def resolve(self, *, platform: Platform | None) -> SourceImage:
+        from registry.errors import ManifestError
         from registry.manifest import (
             ImageIndex,
             ImageManifest,
@@ -174,8 +174,6 @@ class RegistrySource:
             parse_image_config,
             parse_manifest,
         )
-
-        from registry.errors import ManifestError
 
         ref, top = await self._fetch_top()
         parsed = parse_manifest(top.raw, top.media_type)
