@@ -274,7 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf = work / "registries.conf"
         conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
         env_vars = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf),
-                    "REGISTRY_AUTH_FILE": str(work / "auth.json"), "PYTHONPATH": str(REPO_ROOT)}
+                    "REGISTRY_AUTH_FILE": str(work / "auth.json"), "PYTHONPATH": str(REPO_ROOT),
+                    # An installed tether has its bytecode compiled; a checkout run with
+                    # PYTHONDONTWRITEBYTECODE=1 would recompile every module on every run.
+                    "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+        env_vars.pop("PYTHONDONTWRITEBYTECODE", None)
         (work / "auth.json").write_text('{"auths": {}}')
         corpus.push_corpus(layout, registry.host, env=env_vars)
         env = Env(work=work, host=registry.host, layout=layout, registries_conf=conf, env=env_vars,
