@@ -121,6 +121,10 @@ class ResolvedImage:
 # credentials (adapter over registry.auth)
 
 
+#: Cap of the signature API extension's answer (c/image: iolimits.maxSignatureListBodySize, 4 MiB).
+MAX_SIGNATURE_LIST_SIZE = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class _Credentials:
     username: str | None
@@ -149,6 +153,9 @@ class _Endpoint:
         self.insecure = insecure
         self.base: str | None = None
         self.challenges: tuple[Challenge, ...] = ()
+        # OpenShift's registry announces its signature API in the ping (c/image: docker_client.go
+        # detectPropertiesHelper, "X-Registry-Supports-Signatures: 1").
+        self.supports_signatures = False
         self.lock = trio.Lock()
 
 
@@ -348,6 +355,7 @@ class RegistryClient:
                     continue
                 if response.status_code in (200, 401):
                     endpoint.challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
+                    endpoint.supports_signatures = response.headers.get("x-registry-supports-signatures") == "1"
                     await _http.discard(response)
                     endpoint.base = f"{scheme}://{endpoint.host}"
                     return endpoint.base
@@ -744,6 +752,36 @@ class RegistryClient:
                 raise RegistryError(f"GET {_http.display_url(target)}: redirect without Location")
             target = _join(target, location)
         raise RegistryError(f"GET {_http.display_url(url)}: too many redirects")
+
+    # ---- signatures
+
+    async def fetch_signature_extension(self, repository: Reference, digest: str) -> bytes | None:
+        """The signature list of ``repository@digest`` from the registry's API extension, or ``None`` when
+        the ping did not announce ``X-Registry-Supports-Signatures: 1`` (then lookaside stores apply).
+
+        ``GET /extensions/v2/<name>/signatures/<digest>`` (c/image: docker_image_src.go
+        getSignaturesFromAPIExtension); the body is capped at :data:`MAX_SIGNATURE_LIST_SIZE`.
+        """
+        endpoint = self._push_endpoint(repository)
+        await self._ping(endpoint)
+        if not endpoint.supports_signatures:
+            return None
+        response = await self._call(
+            endpoint,
+            "GET",
+            f"/extensions/v2/{repository.path}/signatures/{digest}",
+            scopes=(_repository_scope(repository.path, "pull"),),
+            creds=await self._credentials(repository.name),
+        )
+        if response.status_code != 200:
+            raise await _http.status_error(response)
+        body, truncated = await _http.read_capped(response, MAX_SIGNATURE_LIST_SIZE, what="signature list")
+        if truncated:
+            raise ManifestError(
+                f"GET {_http.display_url(response.request.url)}: signature list is more than "
+                f"{MAX_SIGNATURE_LIST_SIZE} bytes"
+            )
+        return body
 
     # ---- push
 

@@ -969,10 +969,9 @@ async def fetch_signatures(*, client: RegistryClient | None, repository: Referen
     """
     docker_ref = _docker_reference_of(repository)
     sigs: list[Signature] = []
-    # The X-Registry-Supports-Signatures extension replaces lookaside when the registry offers it. The client
-    # exposes it as ``fetch_signature_extension(repository, digest) -> bytes | None`` (None: not offered).
-    extension = getattr(client, "fetch_signature_extension", None) if client is not None else None
-    body = await extension(repository, manifest_digest) if extension is not None else None
+    # The X-Registry-Supports-Signatures extension replaces lookaside when the registry offers it
+    # (``fetch_signature_extension`` answers None when it is not offered).
+    body = await client.fetch_signature_extension(repository, manifest_digest) if client is not None else None
     if body is not None:
         sigs.extend(parse_extension_signatures(body, where=f"signature list of {repository.name}@{manifest_digest}"))
     else:

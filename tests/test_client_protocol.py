@@ -335,3 +335,25 @@ async def test_foreign_layer_urls_first_then_the_registry() -> None:
     hosts = [httpx.URL(url).host for url, _, _ in seen]
     assert hosts[:2] == ["dead.test", "foreign.test"] and "ignored.test" not in hosts
     assert all(auth is None for url, auth, _ in seen if "registry.test" not in url)  # never credentials
+
+
+@pytest.mark.parametrize("announced", [True, False])
+async def test_signature_extension_is_used_only_when_the_ping_announces_it(announced: bool) -> None:
+    seen: list[str] = []
+    body = json.dumps({"signatures": [{"schemaVersion": 2, "type": "atomic", "name": "n", "content": "eA=="}]})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/v2/":
+            headers = {"X-Registry-Supports-Signatures": "1"} if announced else {}
+            return httpx.Response(200, headers=headers)
+        return httpx.Response(200, content=body.encode())
+
+    async with await _client(handler) as client:  # type: ignore[attr-defined]
+        got = await client.fetch_signature_extension(parse_reference(f"{HOST}/org/app"), D)
+    if announced:
+        assert got == body.encode()
+        assert seen == ["/v2/", f"/extensions/v2/org/app/signatures/{D}"]
+    else:
+        assert got is None
+        assert seen == ["/v2/"]
