@@ -314,7 +314,6 @@ class _ImageRun:
     image: SourceImage | None = None
     result: ImageResult | None = None
     error: str | None = None
-    done: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass
@@ -543,7 +542,6 @@ def _finish_present(run: _ImageRun, rec: ImageRecord, progress: Progress) -> Non
                              image_id=rec.id, manifest_digest=rec.digest, error=None,
                              layers_pulled=0, layers_reused=0)
     progress.image_done(run.label, image_id=rec.id, error=None, up_to_date=True)
-    run.done.set()
 
 
 def _fail(run: _ImageRun, exc: BaseException | str, progress: Progress) -> None:
@@ -556,7 +554,6 @@ def _fail(run: _ImageRun, exc: BaseException | str, progress: Progress) -> None:
                              image_id=image.image_id if image else None,
                              manifest_digest=image.manifest_digest if image else None, error=message)
     progress.image_done(run.label, image_id=None, error=message)
-    run.done.set()
 
 
 async def _write_groups(writer: Any, receive: trio.MemoryReceiveChannel[list[bytes]],
@@ -732,7 +729,6 @@ async def _execute(plan: PullPlan, *, runs: list[_ImageRun], store: Store, limit
                                  image_id=rec.id, manifest_digest=image.manifest_digest, error=None,
                                  layers_pulled=pulled, layers_reused=len(p.steps) - pulled)
         progress.image_done(run.label, image_id=rec.id, error=None)
-        run.done.set()
 
     async with trio.open_nursery() as nursery:
         for jr in jobs.values():
