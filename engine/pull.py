@@ -1,19 +1,21 @@
-"""The concurrent streaming pull: plan (pure), then execute in one trio nursery.
+"""The concurrent streaming pull: plan (pure), then execute, all in one trio nursery.
 
 1. **Resolve** every image at once (short names via registries.conf, transports, platform): one manifest
    request each (``--pull missing``: none when the store has the name already; ``newer``/``always``:
    nothing more when the store has the image with that digest), then the config.
 2. **Policy**: the signature policy is enforced right after an image is resolved, before any of its layers
    is fetched or published (:func:`_check_signature_policy`, the single call site).
-3. **Plan** (:func:`plan_pull`, pure): layer ids from ``rootfs.diff_ids`` as containers/image computes them;
-   what the store has by layer id, diffID and compressed digest; every missing layer is made once, by one
-   :class:`LayerJob`, however many images of the pull need it.
+3. **Plan** (:func:`plan_pull`, pure) each image as soon as it is resolved: layer ids from
+   ``rootfs.diff_ids`` as containers/image computes them; what the store has by layer id, diffID and
+   compressed digest; what a job of this pull already makes. Every missing layer is made once, by one
+   :class:`LayerJob`, however many images need it; the plan is a frozen value. Planning image by image
+   means one slow registry does not hold the other images back.
 4. **Execute**: each job streams its blob (``ImageSource.open_blob``) into ``Store.stage_layer``'s writer,
    hopping to a worker thread per ~1 MiB group of chunks (a bounded channel between the network and the
    writer gives backpressure end to end, no spooling); ``publish_layer`` checks the diffID and records the
-   layer in parent order. Overlay layers stage concurrently; vfs stages a child only on its published
-   parent. The image record is committed last. A failed layer fails the images that need it, and an
-   image's failure cancels the jobs only it needed; other images carry on.
+   layer in parent order. Overlay layers stage concurrently (largest blob first); vfs stages a child only
+   on its published parent. The image record is committed last. A failed layer fails the images that need
+   it, and an image's failure cancels the jobs only it needed; other images carry on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import heapq
 import importlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -200,14 +202,16 @@ class PlanError(EngineError):
 
 
 def plan_pull(images: Sequence[tuple[int, SourceImage]], *, existing_layers: Sequence[LayerRecord],
-              sequential: bool = False) -> PullPlan:
+              sequential: bool = False, scheduled: Mapping[str, LayerJob] | None = None) -> PullPlan:
     """Plan the layers to make for ``images`` (request key, resolved image) given the store's layers.
 
-    A layer is *present* if the store has a complete layer with its id. Otherwise it is made by one job:
-    a **copy** when the store (or an earlier job of this pull) has a layer with the same diffID, or the
-    same compressed digest and diffID; else a **fetch**. ``sequential`` (vfs) makes every job wait for its
+    A layer is *present* if the store has a complete layer with its id, *shared* if ``scheduled`` (the jobs
+    of this pull planned earlier, by layer id) already makes it. Otherwise it is made by one new job: a
+    **copy** when the store (or a job of this pull) has a layer with the same diffID, or the same
+    compressed digest and diffID; else a **fetch**. ``sequential`` (vfs) makes every job wait for its
     parent. Raises :class:`PlanError` when a manifest and its config disagree on the number of layers.
     """
+    scheduled = scheduled or {}
     complete = {rec.id: rec for rec in existing_layers if not rec.incomplete}
     by_diff: dict[str, str] = {}
     by_compressed: dict[str, tuple[str, str | None]] = {}
@@ -219,6 +223,9 @@ def plan_pull(images: Sequence[tuple[int, SourceImage]], *, existing_layers: Seq
 
     jobs: dict[str, dict[str, Any]] = {}   # layer id -> fields (needed_by updated as images share it)
     made_by_diff: dict[str, str] = {}      # diffID -> first layer id fetched in this pull
+    for earlier in scheduled.values():
+        if earlier.copy_from is None:
+            made_by_diff.setdefault(earlier.diff_id, earlier.layer_id)
     plans: list[ImagePlan] = []
     for key, image in images:
         diff_ids = image.config.diff_ids
@@ -232,6 +239,9 @@ def plan_pull(images: Sequence[tuple[int, SourceImage]], *, existing_layers: Seq
         for layer_id, diff_id, desc in zip(ids, diff_ids, descriptors, strict=True):
             if layer_id in complete:
                 steps.append(LayerStep(layer_id, parent, diff_id, desc, "present", False))
+            elif layer_id in scheduled:
+                earlier_action: LayerAction = "copy" if scheduled[layer_id].copy_from else "fetch"
+                steps.append(LayerStep(layer_id, parent, diff_id, desc, earlier_action, False))
             elif layer_id in jobs:
                 jobs[layer_id]["needed_by"].add(key)
                 steps.append(LayerStep(layer_id, parent, diff_id, desc, jobs[layer_id]["action"], False))
@@ -319,6 +329,7 @@ class _ImageRun:
 @dataclass
 class _JobRun:
     job: LayerJob
+    needed_by: set[int] = field(default_factory=set)
     published: trio.Event = field(default_factory=trio.Event)
     error: str | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -473,7 +484,7 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
                 layers.extend(got[1])
                 listed.set()
 
-            async def resolve_one(run: _ImageRun) -> None:
+            async def resolve_one(run: _ImageRun, executor: _Executor) -> None:
                 progress.image_started(run.label)
                 try:
                     source = await open_source(run.request, clients=clients, stack=stack, options=options)
@@ -496,34 +507,20 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
                     await _check_signature_policy(image=image, source=source, request=run.request,
                                                   options=options, policy_cache=policy_cache)
                     run.image = image
+                    executor.add(run.key, image)
                 except Exception as exc:
-                    _fail(run, exc, progress)
+                    executor.image_failed(run.key, _describe(exc))
+                finally:
+                    executor.resolved()
 
+            # One nursery owns the whole pull: the store listing, every resolution, every layer job and
+            # every commit; an image's layers start as soon as it is resolved and planned.
             async with trio.open_nursery() as nursery:
+                executor = _Executor(nursery=nursery, runs=runs, store=store, limit=limit, progress=progress,
+                                     layers=layers)
                 nursery.start_soon(list_store)
                 for run in runs:
-                    nursery.start_soon(resolve_one, run)
-
-            pending: list[tuple[int, SourceImage]] = []
-            for run in runs:
-                if run.image is not None and run.result is None:
-                    pending.append((run.key, run.image))
-            if pending:
-                try:
-                    plan = plan_pull(pending, existing_layers=layers,
-                                     sequential=not store.concurrent_layers)
-                except PlanError:
-                    plan = None
-                if plan is None:  # plan each image alone to name the bad one
-                    good: list[tuple[int, SourceImage]] = []
-                    for key, image in pending:
-                        try:
-                            plan_pull([(key, image)], existing_layers=layers)
-                            good.append((key, image))
-                        except PlanError as exc:
-                            _fail(runs[key], exc, progress)
-                    plan = plan_pull(good, existing_layers=layers, sequential=not store.concurrent_layers)
-                await _execute(plan, runs=runs, store=store, limit=limit, progress=progress)
+                    nursery.start_soon(resolve_one, run, executor)
     finally:
         progress.close()
     results = []
@@ -635,56 +632,97 @@ class _LargestFirst:
             self._grant()
 
 
-async def _execute(plan: PullPlan, *, runs: list[_ImageRun], store: Store, limit: int,
-                   progress: Progress) -> None:
-    """Run the plan's jobs and commit its images, all in one nursery."""
-    limiter = _LargestFirst(limit)
-    jobs = {job.layer_id: _JobRun(job) for job in plan.jobs}
-    sources = {run.key: run.source for run in runs}
+class _Executor:
+    """Runs layer jobs and image commits in the pull's nursery; each image is planned as soon as it is
+    resolved (against the store's layers and the jobs already scheduled), so one slow registry does not hold
+    the others back, and a layer several images share is still made by one job."""
 
-    def image_failed(key: int, message: str) -> None:
-        run = runs[key]
-        if run.result is not None:
+    def __init__(self, *, nursery: trio.Nursery, runs: list[_ImageRun], store: Store, limit: int,
+                 progress: Progress, layers: Sequence[LayerRecord]) -> None:
+        self.nursery = nursery
+        self.runs = runs
+        self.store = store
+        self.progress = progress
+        self.layers = layers
+        self.limiter = _LargestFirst(limit)
+        self.jobs: dict[str, _JobRun] = {}
+        self.resolving = len(runs)
+
+    # ---- scheduling
+
+    def add(self, key: int, image: SourceImage) -> None:
+        """Plan ``image`` (request ``key``) and start its new jobs and its commit."""
+        try:
+            plan = plan_pull([(key, image)], existing_layers=self.layers,
+                             sequential=not self.store.concurrent_layers,
+                             scheduled={layer_id: jr.job for layer_id, jr in self.jobs.items()})
+        except PlanError as exc:
+            self.image_failed(key, _describe(exc))
             return
-        _fail(run, message, progress)
-        # Cancel the jobs no surviving image needs any more.
-        for jr in jobs.values():
-            if key in jr.job.needed_by and all(runs[k].result is not None and runs[k].error is not None
-                                               for k in jr.job.needed_by):
+        image_plan = plan.images[0]
+        self.progress.image_planned(self.runs[key].label, layer_infos(image_plan))
+        for step in image_plan.steps:
+            if not step.owner and step.layer_id in self.jobs:
+                self.jobs[step.layer_id].needed_by.add(key)
+        new = [_JobRun(job, needed_by=set(job.needed_by)) for job in plan.jobs]
+        for jr in new:  # every job is known before any task waits on one
+            self.jobs[jr.job.layer_id] = jr
+        for jr in new:
+            self.nursery.start_soon(self.run_job, jr)
+        self.nursery.start_soon(self.commit, image_plan)
+
+    def resolved(self) -> None:
+        """One request is past resolution (planned, up to date, or failed)."""
+        self.resolving -= 1
+        self._cancel_unneeded()
+
+    def _cancel_unneeded(self) -> None:
+        # Only once every image is resolved: an image still resolving may need a layer yet.
+        if self.resolving > 0:
+            return
+        for jr in self.jobs.values():
+            if jr.needed_by and all(self.runs[k].error is not None for k in jr.needed_by):
                 jr.scope.cancel()
 
-    for p in plan.images:
-        progress.image_planned(runs[p.key].label, layer_infos(p))
+    def image_failed(self, key: int, message: str) -> None:
+        run = self.runs[key]
+        if run.result is not None:
+            return
+        _fail(run, message, self.progress)
+        self._cancel_unneeded()
 
-    async def wait_published(layer_id: str) -> None:
-        jr = jobs.get(layer_id)
+    # ---- tasks
+
+    async def wait_published(self, layer_id: str) -> None:
+        jr = self.jobs.get(layer_id)
         if jr is None:
             return  # present in the store
         await jr.published.wait()
         if jr.error is not None:
             raise _ImageFailed(jr.error)
 
-    async def run_job(jr: _JobRun) -> None:
+    async def run_job(self, jr: _JobRun) -> None:
         job = jr.job
-        source = sources[job.source_key]
-        owner_label = runs[job.source_key].label
+        store = self.store
+        source = self.runs[job.source_key].source
+        owner_label = self.runs[job.source_key].label
         staged: Any = None
         try:
             with jr.scope:
                 for dep in job.after:
-                    await wait_published(dep)
-                async with limiter.slot(job.descriptor.size):
-                    staged = await _stage(job, source, store, jr, owner_label, progress)
+                    await self.wait_published(dep)
+                async with self.limiter.slot(job.descriptor.size):
+                    staged = await _stage(job, source, store, jr, owner_label, self.progress)
                 if job.parent is not None:
-                    await wait_published(job.parent)
+                    await self.wait_published(job.parent)
                 if not jr.scope.cancel_called:
                     await trio.to_thread.run_sync(lambda: store.publish_layer(
                         staged, expected_diff_digest=job.diff_id,
                         compressed_digest=None if job.copy_from else job.descriptor.digest,
                         compressed_size=None if job.copy_from else job.descriptor.size))
                     staged = None
-                    for key in job.needed_by:
-                        progress.layer_done(runs[key].label, job.descriptor.digest)
+                    for key in sorted(jr.needed_by):
+                        self.progress.layer_done(self.runs[key].label, job.descriptor.digest)
                     jr.published.set()
                     return
             jr.error = "cancelled: no image needs this layer any more"
@@ -697,44 +735,38 @@ async def _execute(plan: PullPlan, *, runs: list[_ImageRun], store: Store, limit
             if staged is not None:
                 await _discard_staged(store, staged)
         jr.published.set()
-        for key in job.needed_by:
-            image_failed(key, jr.error or "failed")
+        for key in sorted(jr.needed_by):
+            self.image_failed(key, jr.error or "failed")
 
-    async def commit(p: ImagePlan) -> None:
-        run = runs[p.key]
-        image = p.image
+    async def commit(self, image_plan: ImagePlan) -> None:
+        run = self.runs[image_plan.key]
+        image = image_plan.image
         try:
-            for step in p.steps:
-                await wait_published(step.layer_id)
+            for step in image_plan.steps:
+                await self.wait_published(step.layer_id)
             if run.result is not None:
                 return
-            top = p.top_layer
+            top = image_plan.top_layer
             if top is None:
                 raise PlanError(f"{run.label}: the image has no layers")
-            rec = await trio.to_thread.run_sync(lambda: store.commit_image(
+            rec = await trio.to_thread.run_sync(lambda: self.store.commit_image(
                 image_id=image.image_id, top_layer=top, names=image.names, manifest=image.manifest_raw,
                 manifest_digest=image.manifest_digest, config=image.config_raw,
                 created=_created(image.config.created), index_manifest=image.index_raw,
                 index_digest=image.index_digest))
         except _ImageFailed as exc:
-            image_failed(p.key, str(exc))
+            self.image_failed(image_plan.key, str(exc))
             return
         except Exception as exc:
-            image_failed(p.key, _describe(exc))
+            self.image_failed(image_plan.key, _describe(exc))
             return
         if run.result is not None:
             return
-        pulled = sum(1 for s in p.steps if s.action != "present")
+        pulled = sum(1 for s in image_plan.steps if s.action != "present")
         run.result = ImageResult(request=run.request, reference=image.names[0] if image.names else None,
                                  image_id=rec.id, manifest_digest=image.manifest_digest, error=None,
-                                 layers_pulled=pulled, layers_reused=len(p.steps) - pulled)
-        progress.image_done(run.label, image_id=rec.id, error=None)
-
-    async with trio.open_nursery() as nursery:
-        for jr in jobs.values():
-            nursery.start_soon(run_job, jr)
-        for p in plan.images:
-            nursery.start_soon(commit, p)
+                                 layers_pulled=pulled, layers_reused=len(image_plan.steps) - pulled)
+        self.progress.image_done(run.label, image_id=rec.id, error=None)
 
 
 async def _stage(job: LayerJob, source: ImageSource | None, store: Store, jr: _JobRun, label: str,

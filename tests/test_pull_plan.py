@@ -186,3 +186,19 @@ async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
         await trio.sleep(0.001)
         cancelled.cancel()
     assert got == [100, 10] and slots.free == 1
+
+
+def test_images_planned_later_share_the_jobs_already_scheduled() -> None:
+    base, empty = layer(1), factory.build_layer([])
+    first = factory.build_image([base, empty])
+    second = factory.build_image([base, layer(2), empty])
+    plan1 = plan_pull([(0, source_image(first))], existing_layers=[])
+    scheduled = {job.layer_id: job for job in plan1.jobs}
+    plan2 = plan_pull([(1, source_image(second))], existing_layers=[], scheduled=scheduled)
+    steps = plan2.images[0].steps
+    assert [(s.action, s.owner) for s in steps] == [("fetch", False), ("fetch", True), ("copy", True)]
+    # the empty layer sits on another parent in `second`: copied from the job of `first` that fetches it
+    empty_first = next(job for job in plan1.jobs if job.diff_id == empty.diff_id)
+    copy = next(job for job in plan2.jobs if job.diff_id == empty.diff_id)
+    assert copy.copy_from == empty_first.layer_id and copy.after == (empty_first.layer_id,)
+    assert {job.layer_id for job in plan2.jobs}.isdisjoint(scheduled)

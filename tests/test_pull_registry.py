@@ -453,3 +453,45 @@ async def test_oci_layout_names_go_through_the_layout_source(tmp_path: Path, reg
     assert report.ok, report.summary()
     assert report.results[0].image_id == image.image_id
     assert_store_clean(store)
+
+
+class DoneWatcher(Progress):
+    def __init__(self, name: str, on_done: Callable[[], None]) -> None:
+        self.name = name
+        self.on_done = on_done
+        self.order: list[str] = []
+
+    def image_done(self, image: str, *, image_id: str | None, error: str | None, up_to_date: bool = False) -> None:
+        self.order.append(image)
+        if image == self.name:
+            self.on_done()
+
+
+async def test_an_image_whose_registry_hangs_does_not_hold_the_others_back(
+        tmp_path: Path, registry: RunningRegistry) -> None:
+    import socket
+
+    import trio
+
+    image = factory.simple_image(981)
+    factory.push_image(registry.host, "prompt/app:1", image)
+    # A registry that accepts connections and never answers.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)
+    hung = f"127.0.0.1:{hole.getsockname()[1]}"
+    options = make_options(tmp_path, registry)
+    assert options.registries_conf is not None
+    with options.registries_conf.open("a") as conf:
+        conf.write(f'[[registry]]\nlocation = "{hung}"\ninsecure = true\n')
+    store = open_store(options)
+    good = f"{registry.host}/prompt/app:1"
+    watcher = DoneWatcher(good, hole.close)  # the hung image can only end once the good one is done
+    with trio.move_on_after(120) as guard:  # a hang here is the failure: never reached when correct
+        report = await pull([PullRequest(f"{hung}/slow/app:1", retries=0), good], store=store,
+                            options=options, progress=watcher)
+    hole.close()
+    assert not guard.cancelled_caught
+    assert watcher.order[0] == good
+    assert [r.ok for r in report.results] == [False, True]
+    assert report.results[1].image_id == image.image_id
