@@ -175,6 +175,9 @@ def collect_garbage(
         for image in plan.remove:
             removed_layers.extend(store.delete_image(image.id))
             removed_images.append(image.id)
+        # Layers a killed or failed tether pull published but never committed an image over; the store
+        # removes only those of dead tether sessions, never podman's nor a live process's.
+        removed_layers.extend(store.delete_dangling_layers())
         for path in plan.stale_records:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

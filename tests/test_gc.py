@@ -168,3 +168,27 @@ def test_find_image_for_short_names() -> None:
     assert find_image_for([a, b, c], "app:1") is None  # ambiguous: not guessed
     assert find_image_for([a, b, c], "x/app:1") == b
     assert find_image_for([a], "alpine:3") is None
+
+
+def test_gc_removes_layers_a_killed_pull_published_without_an_image(
+    tmp_path: Path, registry: RunningRegistry
+) -> None:
+    import os
+    import sys
+
+    image = simple_image(951, files=2, layers=2)
+    push_image(registry.host, "gc-killed/app:1", image)
+    store_root = tmp_path / "store"
+    killed = subprocess.run(
+        [sys.executable, "-m", "engine", "pull", "--root", str(store_root), "--tls-verify=false",
+         "--progress", "none", f"{registry.host}/gc-killed/app:1"],
+        env={**os.environ, "TETHER_STORE_CRASH_AT": "image-before-record"}, capture_output=True, text=True,
+    )
+    assert killed.returncode == -9, killed.stderr
+    store = Store.open(store_root)
+    assert len(store.list_layers()) == 2 and store.list_images() == []
+
+    root = make_root(tmp_path / "r", {})
+    assert main(["bound", "gc", "--root", str(root), "--store", str(store_root)]) == 0
+    assert Store.open(store_root).list_layers() == []
+    assert Store.open(store_root).check() == []
