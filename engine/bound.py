@@ -22,14 +22,13 @@ and ``Unterminated %``, non-UTF-8 names. Beyond bootc:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.errors import BoundImageError
 from engine.quadlet import UnitFile, expand_specifiers, parse_bool, parse_unit
@@ -550,9 +549,6 @@ def pull_request_for(image: BoundImage, *, root: Path) -> PullRequest:
         from registry.manifest import parse_platform
 
         platform = parse_platform(text)
-    extra: dict[str, Any] = {}
-    if image.retry_delay is not None and "retry_delay" in {f.name for f in dataclasses.fields(PullRequest)}:
-        extra["retry_delay"] = image.retry_delay  # RetryDelay=, once the pull engine takes it
     return PullRequest(
         name=image.image,
         platform=platform,
@@ -560,7 +556,7 @@ def pull_request_for(image: BoundImage, *, root: Path) -> PullRequest:
         authfile=_file_for(root, image.authfile),
         cert_dir=_file_for(root, image.cert_dir),
         retries=image.retries,
-        **extra,
+        retry_delay=image.retry_delay,
     )
 
 

@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,6 +76,7 @@ class PullRequest:
     authfile: Path | None = None
     cert_dir: Path | None = None
     retries: int | None = None
+    retry_delay: float | None = None  # seconds; quadlet RetryDelay=, podman pull --retry-delay
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,7 @@ class _Clients:
         authfile = request.authfile if request.authfile is not None else self.options.auth_file_path()
         cert_dir = request.cert_dir if request.cert_dir is not None else self.options.cert_dir
         tls_verify = request.tls_verify if request.tls_verify is not None else self.options.tls_verify
-        key = (authfile, cert_dir, tls_verify, request.retries)
+        key = (authfile, cert_dir, tls_verify, request.retries, request.retry_delay)
         async with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -399,11 +400,18 @@ class _Clients:
                     "tls_verify": tls_verify,
                     "max_connections_per_host": self.connections,
                 }
-                if request.retries is not None:
-                    from registry._retry import RetryPolicy
+                if request.retries is not None or request.retry_delay is not None:
+                    from registry.client import DEFAULT_RETRY_POLICY
 
-                    tries = max(1, request.retries + 1)
-                    kwargs["retry_policy"] = RetryPolicy(attempts=tries, connect_attempts=min(2, tries))
+                    policy = DEFAULT_RETRY_POLICY
+                    if request.retries is not None:
+                        tries = max(1, request.retries + 1)
+                        policy = replace(policy, attempts=tries, connect_attempts=min(2, tries))
+                    if request.retry_delay is not None:
+                        # podman's --retry-delay is a fixed pause; here it bounds the jittered backoff.
+                        delay = max(0.0, request.retry_delay)
+                        policy = replace(policy, base_delay=delay, max_delay=delay)
+                    kwargs["retry_policy"] = policy
                 cm = open_registry_client(**kwargs)
                 client = await self.stack.enter_async_context(cm)
                 self._clients[key] = client
@@ -718,7 +726,9 @@ class _Executor:
                 if not jr.scope.cancel_called:
                     await trio.to_thread.run_sync(lambda: store.publish_layer(
                         staged, expected_diff_digest=job.diff_id,
-                        compressed_digest=None if job.copy_from else job.descriptor.digest,
+                        # c/image records the blob digest even for a layer copied from a stored one
+                        # with the same diffID (storage_dest.go); the size is then the tar's.
+                        compressed_digest=job.descriptor.digest,
                         compressed_size=None if job.copy_from else job.descriptor.size))
                     staged = None
                     for key in sorted(jr.needed_by):

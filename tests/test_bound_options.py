@@ -18,7 +18,8 @@ from engine.reconcile import sync_deployments
 from registry.manifest import Platform
 from store.containers_storage import Store
 from tests.harness.bound import QUADLET_DIR, make_root
-from tests.harness.images import build_image, build_index, build_layer, file, push_image
+from tests.harness.faulty_proxy import Fault, FaultyProxy
+from tests.harness.images import build_image, build_index, build_layer, file, push_image, simple_image
 from tests.harness.registry import RunningRegistry
 
 
@@ -34,7 +35,7 @@ def test_pull_request_carries_the_options(tmp_path: Path) -> None:
         root,
         "a.image",
         "[Image]\nImage=quay.io/a/a:1\nArch=aarch64\nVariant=v8\nTLSVerify=false\nAuthFile=/etc/auth/auth.json\n"
-        "CertDir=/etc/certs.d\nRetry=7\n",
+        "CertDir=/etc/certs.d\nRetry=7\nRetryDelay=2s\n",
     )
     (image,) = discover_bound_images(root)
     request = pull_request_for(image, root=root)
@@ -44,10 +45,11 @@ def test_pull_request_carries_the_options(tmp_path: Path) -> None:
     assert request.authfile == root / "etc/auth/auth.json"  # found inside the deployment root
     assert request.cert_dir == Path("/etc/certs.d")  # not in the root: the host's path
     assert request.retries == 7
+    assert request.retry_delay == 2.0
     plain = make_root(tmp_path / "p", {"b.image": "quay.io/a/b:1"})
     (other,) = pull_requests_for(discover_bound_images(plain), root=plain)
-    assert (other.platform, other.tls_verify, other.authfile, other.cert_dir, other.retries) == (
-        None, None, None, None, None,
+    assert (other.platform, other.tls_verify, other.authfile, other.cert_dir, other.retries, other.retry_delay) == (
+        None, None, None, None, None, None,
     )
 
 
@@ -106,3 +108,19 @@ async def test_authfile_inside_the_root_is_used(tmp_path: Path, auth_registry: R
     report = await sync_deployments(deployments, store=store, options=options)
     assert report.ok, report.summary()
     assert [i.id for i in report.statuses[0].images] == [image.image_id]
+
+
+@pytest.mark.parametrize(("retry", "ready"), [("Retry=0\nRetryDelay=0s\n", False), ("Retry=3\nRetryDelay=0s\n", True)])
+async def test_retry_keys_decide_whether_a_flaky_registry_is_retried(
+    tmp_path: Path, registry: RunningRegistry, retry: str, ready: bool
+) -> None:
+    push_image(registry.host, "bo-retry/app:1", simple_image(961, files=1, layers=1))
+    with FaultyProxy(registry.host).start() as proxy:
+        proxy.add(Fault("status", path_contains="/manifests/", status=503, times=2))
+        root = make_root(tmp_path / "r", {"app.image": "x"})
+        write_unit(root, "app.image", f"[Image]\nImage={proxy.host}/bo-retry/app:1\nTLSVerify=false\n{retry}")
+        store = Store.open(tmp_path / "store")
+        report = await sync_deployments(root_deployments([root]), store=store, options=CommonOptions(root=store.root))
+        assert report.ok is ready
+        # Retry=0: one try and the 503 is final; Retry=3: the two 503s are retried away.
+        assert proxy.count("GET", "/manifests/") == (1 if not ready else 3)
