@@ -27,6 +27,7 @@ stop_registry() {
 cleanup() {
   stop_registry
   if [ "${KEEP:-0}" != 1 ]; then
+    umount -R -l "$STORE/overlay" "$RUNROOT" 2>/dev/null || true
     rm -rf "$DEMO_DIR" "$RUNROOT"
   else
     echo "kept $STORE (podman --root $STORE --runroot $RUNROOT images)"
@@ -84,12 +85,14 @@ COMMON=(--root "$STORE" --runroot "$RUNROOT" --storage-driver overlay --registri
         --authfile "$DEMO_DIR/auth.json" --tls-verify=false)
 
 NET=(--registries-conf "$REGCONF" --authfile "$DEMO_DIR/auth.json" --tls-verify=false)
-if tether bound sync --help 2>/dev/null | grep -q -- "--store"; then
-  SYNC=(tether bound sync --root "$DEPLOY" --store "$STORE" --runroot "$RUNROOT" --storage-driver overlay
-        "${NET[@]}" --progress plain)
-else   # before bound sync existed: the same images with tether pull
-  SYNC=(tether pull "${COMMON[@]}" --progress plain "${IMAGES[@]}")
-fi
+SYNC=(tether bound sync --root "$DEPLOY" --store "$STORE" --runroot "$RUNROOT" --storage-driver overlay
+      "${NET[@]}" --progress plain)
+
+say "the images the deployment binds (tether bound list, as bootc image list --type logical)"
+tether bound list --root "$DEPLOY"
+
+say "not ready yet: tether bound status --check gates the reboot"
+tether bound status --root "$DEPLOY" --store "$STORE" --check "$DEPLOY" || echo "(exit $?: not ready)"
 
 say "sync the bound images into the store, all at once (${SYNC[*]:0:3})"
 "${SYNC[@]}"
@@ -100,13 +103,26 @@ time "${SYNC[@]}"
 say "tether pull --pull newer: one manifest request per image, nothing else"
 time tether pull "${COMMON[@]}" --progress plain "${IMAGES[@]}"
 
+say "ready: every bound image committed"
+tether bound status --root "$DEPLOY" --store "$STORE"
+tether bound status --root "$DEPLOY" --store "$STORE" --check "$DEPLOY" && echo "(exit 0: may reboot)"
+
 say "tether images"
-tether images "${COMMON[@]}" 2>/dev/null || echo "(tether images not available in this build)"
+tether images "${COMMON[@]}"
 
 say "podman reads the same store"
 podman --root "$STORE" --runroot "$RUNROOT" --storage-driver overlay images
 podman --root "$STORE" --runroot "$RUNROOT" --storage-driver overlay image inspect \
   --format '{{.RepoTags}} {{len .RootFS.Layers}} layers, digest {{.Digest}}' "${IMAGES[0]}"
-echo
-echo "bootc hosts point podman at it as an additional image store:"
-echo "  podman --storage-opt additionalimagestore=$STORE images"
+
+say "podman runs a bound image with the store as an additional image store, as bootc hosts use it"
+EMPTY=$DEMO_DIR/host-storage
+# This sandbox's hybrid cgroups and rlimits need runc + cgroupfs and no default ulimits; a real host does not.
+printf '[containers]\ndefault_ulimits = []\n' > "$DEMO_DIR/containers.conf"
+echo "+ podman --storage-opt additionalimagestore=$STORE run --rm ${IMAGES[0]}"
+CONTAINERS_CONF=$DEMO_DIR/containers.conf podman --root "$EMPTY" --runroot "$RUNROOT-host" \
+  --runtime runc --cgroup-manager cgroupfs --storage-opt "additionalimagestore=$STORE" \
+  run --rm --net=none "${IMAGES[0]}" \
+  || echo "(podman run is not permitted on this machine)"
+umount -R -l "$EMPTY/overlay" "$RUNROOT-host" 2>/dev/null || true
+rm -rf "$RUNROOT-host"

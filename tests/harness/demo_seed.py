@@ -25,6 +25,7 @@ def base_layer() -> factory.BuiltLayer:
         factory.hardlink("usr/bin/demo-tool-link", "usr/bin/demo-tool"),
         factory.symlink("usr/bin/demo", "demo-tool"),
         *factory.many_small_files("usr/share/demo", 400, size=300, seed=7),
+        *factory.busybox_entries(),  # something podman can run from the store
     ])
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
     for n, ref in enumerate(DEMO_IMAGES):
         app = ref.split("/")[1].split(":")[0]
         image = factory.build_image([base, app_layer(app, "zstd" if n == 2 else "gzip")],
-                                    labels={"org.example.demo": app}, cmd=[f"/app/{app}"])
+                                    labels={"org.example.demo": app}, cmd=["/bin/cat", "/app/NAME"])
         factory.push_image(host, ref, image)
         print(f"{host}/{ref}")
     return 0
