@@ -26,8 +26,10 @@ _READ = 1024 * 1024
 def _run_one(stdin: BinaryIO, out: TextIO, params: dict[str, str]) -> bool:
     """One layer: data frames until the end frame; one JSON line out.  False when the layer failed."""
     try:
+        # threaded: this child reads, decompresses and hashes in this thread while another applies the
+        # tar, so a large layer left alone at the end of a pull uses more than one core.
         extractor = LayerExtractor(Path(params["target_dir"]), mode=params["mode"],  # type: ignore[arg-type]
-                                   tar_split_path=Path(params["tar_split_path"]))
+                                   tar_split_path=Path(params["tar_split_path"]), threaded=True)
         try:
             while True:
                 head = stdin.read(4)

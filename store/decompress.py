@@ -63,14 +63,16 @@ Sink = Callable[[bytes], None]
 class _Gzip:
     """Multi-member gzip through ISA-L (``isal_zlib`` with wbits 31), as Go's multistream gzip.Reader."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, piece: int) -> None:
         self._sink = sink
+        self._piece = piece
         self._d = isal_zlib.decompressobj(wbits=31)
         self._members = 0
         self._between = b""  # bytes seen after a member ended, before the next one is known to start
 
     def feed(self, data: bytes) -> None:
         sink = self._sink
+        piece = self._piece
         d = self._d
         if self._between:
             data = self._between + data
@@ -87,7 +89,7 @@ class _Gzip:
                     )
                 d = self._d = isal_zlib.decompressobj(wbits=31)
             try:
-                out = d.decompress(data, OUTPUT_PIECE)
+                out = d.decompress(data, piece)
             except _ISAL_ERROR as e:
                 raise CorruptCompressedStreamError(f"gzip: {e}") from None
             if out:
@@ -99,7 +101,7 @@ class _Gzip:
                 data = d.unconsumed_tail
         while not d.eof:  # drain output still held back by max_length
             try:
-                out = d.decompress(b"", OUTPUT_PIECE)
+                out = d.decompress(b"", piece)
             except _ISAL_ERROR as e:
                 raise CorruptCompressedStreamError(f"gzip: {e}") from None
             if not out:
@@ -194,7 +196,7 @@ class _Zstd:
     """zstd through python-zstandard's stream writer: every frame, skippable frames skipped, output in
     bounded pieces; truncation detected by :class:`_ZstdFrameWalker`."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, piece: int) -> None:
         import zstandard
 
         self._error = zstandard.ZstdError
@@ -206,7 +208,7 @@ class _Zstd:
 
         out: Any = _Out()
         self._writer = zstandard.ZstdDecompressor().stream_writer(
-            out, write_size=OUTPUT_PIECE, write_return_read=True
+            out, write_size=piece, write_return_read=True
         )
         self._walker = _ZstdFrameWalker()
 
@@ -224,9 +226,10 @@ class _Zstd:
 class _Stdlib:
     """bzip2 and xz (multi-stream) through the standard library's bounded decompressors."""
 
-    def __init__(self, sink: Sink, kind: str) -> None:
+    def __init__(self, sink: Sink, kind: str, piece: int) -> None:
         self._sink = sink
         self._kind = kind
+        self._piece = piece
         self._d = self._new()
         self._magic = b"BZh" if kind == "bzip2" else b"\xfd7zXZ\x00"
         self._between = b""
@@ -250,7 +253,7 @@ class _Stdlib:
                     raise CorruptCompressedStreamError(f"{self._kind}: trailing garbage after stream")
                 d = self._d = self._new()
             try:
-                out = d.decompress(data, OUTPUT_PIECE)
+                out = d.decompress(data, self._piece)
             except (OSError, lzma.LZMAError) as e:
                 raise CorruptCompressedStreamError(f"{self._kind}: {e}") from None
             if out:
@@ -272,9 +275,13 @@ class Decompressor:
 
     ``feed(chunk)`` any number of times, then ``finish()`` (raises :class:`CorruptCompressedStreamError`
     for a truncated or corrupt stream).  ``compression`` is ``None`` until enough bytes were seen.
+    ``piece_size`` bounds each piece handed to the sink (larger pieces: fewer calls, more memory).
     """
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, *, piece_size: int = OUTPUT_PIECE) -> None:
+        if piece_size <= 0:
+            raise ValueError(f"piece_size must be positive, not {piece_size}")
+        self._piece = piece_size
         self._sink = sink
         self._head = b""
         self._impl: _Gzip | _Zstd | _Stdlib | None = None
@@ -286,11 +293,11 @@ class Decompressor:
         name = detect_compression(head)
         self.compression = name
         if name == "gzip":
-            self._impl = _Gzip(self._sink)
+            self._impl = _Gzip(self._sink, self._piece)
         elif name == "zstd":
-            self._impl = _Zstd(self._sink)
+            self._impl = _Zstd(self._sink, self._piece)
         elif name in ("bzip2", "xz"):
-            self._impl = _Stdlib(self._sink, name)
+            self._impl = _Stdlib(self._sink, name, self._piece)
         else:
             self._passthrough = True
 

@@ -860,7 +860,7 @@ class LayerExtractor:
     whatever the layer size.  Not thread-safe; one thread at a time.
     """
 
-    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path) -> None:
+    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path, threaded: bool = False) -> None:
         self.target_dir = Path(target_dir)
         self._ts = TarSplitWriter(Path(tar_split_path))
         try:
@@ -870,21 +870,49 @@ class LayerExtractor:
             raise
         self._sha = hashlib.sha256()
         self._size = 0
-        self._decomp = Decompressor(self._sink)
         self._done = False
         self._failed: BaseException | None = None
+        self._pipe: _ApplyThread | None = None
+        if threaded:
+            self._pipe = _ApplyThread(self._applier)
+            # 1 MiB pieces: fewer GIL hand-overs between the two threads (measured: 2.0 s instead of 2.4 s
+            # with 256 KiB on a 54k-file, 600 MB layer; 3.0 s unthreaded).
+            self._decomp = Decompressor(self._sink_threaded, piece_size=_PIPE_PIECE)
+        else:
+            self._decomp = Decompressor(self._sink)
 
     def _sink(self, data: bytes) -> None:
         self._sha.update(data)
         self._size += len(data)
         self._applier.consume(data)
 
+    def _sink_threaded(self, data: bytes) -> None:
+        self._sha.update(data)  # hashlib releases the GIL for large updates: runs beside the applier
+        self._size += len(data)
+        assert self._pipe is not None
+        if len(data) <= _PIPE_PIECE:
+            self._pipe.put(data)
+        else:  # an uncompressed blob passes through in the caller's chunks: keep the queue's memory bounded
+            for i in range(0, len(data), _PIPE_PIECE):
+                self._pipe.put(data[i : i + _PIPE_PIECE])
+
+    def _drain(self) -> None:
+        """Threaded mode: wait until the applier thread consumed everything queued (re-raises its error)."""
+        if self._pipe is not None:
+            self._pipe.close()
+
     def feed(self, chunk: bytes) -> None:
         """Decompress and apply the next chunk of the blob."""
         if self._done or self._failed is not None:
             raise StoreError("LayerExtractor.feed after finish/abort or a failure")
         try:
-            self._decomp.feed(chunk)
+            try:
+                self._decomp.feed(chunk)
+            except BaseException:
+                # Report errors in stream order: an entry the applier refused comes before a corrupt
+                # compressed stream the decompressor (running ahead of it) found later.
+                self._drain()
+                raise
         except OSError as e:
             self._fail(e)
             raise StoreError(f"applying layer into {self.target_dir}: entry {self._applier.current!r}: {e}") from e
@@ -897,7 +925,12 @@ class LayerExtractor:
         if self._done or self._failed is not None:
             raise StoreError("LayerExtractor.finish after finish/abort or a failure")
         try:
-            self._decomp.finish()
+            try:
+                self._decomp.finish()
+            except BaseException:
+                self._drain()
+                raise
+            self._drain()
             self._applier.end()
             self._ts.close()
         except OSError as e:
@@ -918,19 +951,88 @@ class LayerExtractor:
 
     def _fail(self, e: BaseException) -> None:
         self._failed = e
+        self._stop_thread()
         self._applier.close_open_file()
         self._ts.abort()
+
+    def _stop_thread(self) -> None:
+        if self._pipe is not None:
+            self._pipe.cancel()
 
     def abort(self) -> None:
         """Stop: close files and remove the partial tar-split.  Safe to call more than once."""
         if self._done:
             return
         self._done = True
+        self._stop_thread()
         self._applier.close_open_file()
         self._ts.abort()
 
 
+class _ApplyThread:
+    """:class:`LayerExtractor`'s threaded mode: the tar parser/applier runs in its own thread, fed through a
+    bounded queue of decompressed pieces, while the caller's thread reads, decompresses (ISA-L and zstd
+    release the GIL) and hashes the next ones; so one large layer keeps more than one core busy.  Memory
+    stays bounded (:data:`_PIPE_DEPTH` pieces of at most :data:`~store.decompress.OUTPUT_PIECE` bytes)."""
+
+    def __init__(self, applier: TarApplier) -> None:
+        import queue
+
+        self._applier = applier
+        self._q: queue.Queue[bytes | None] = queue.Queue(_PIPE_DEPTH)
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tar-apply", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        q = self._q
+        consume = self._applier.consume
+        try:
+            while (piece := q.get()) is not None:
+                if self._cancelled:
+                    continue  # keep draining so that the producer never blocks on a full queue
+                consume(piece)
+        except BaseException as e:  # handed to the caller's thread, which raises it
+            self._error = e
+            while q.get() is not None:  # drain until the producer's end marker
+                pass
+
+    def put(self, piece: bytes) -> None:
+        if self._error is not None:
+            self._raise()
+        self._q.put(piece)
+
+    def _raise(self) -> None:
+        err = self._error
+        assert err is not None
+        self._error = None
+        self._cancelled = True
+        raise err
+
+    def close(self) -> None:
+        """End of the stream: wait for the applier to consume every piece; raise its error if it failed."""
+        if not self._closed:
+            self._closed = True
+            self._q.put(None)
+            self._thread.join()
+        if self._error is not None:
+            self._raise()
+
+    def cancel(self) -> None:
+        """Stop applying (a failure or an abort): discard what is queued and wait for the thread."""
+        self._cancelled = True
+        if not self._closed:
+            self._closed = True
+            self._q.put(None)
+            self._thread.join()
+        self._error = None
+
+
 _MAX_FRAME: Final = 16 * 1024 * 1024
+_PIPE_DEPTH: Final = 8  # decompressed pieces queued between the decompressing and the applying thread
+_PIPE_PIECE: Final = 1024 * 1024
 
 _WORKER_ERRORS: Final[dict[str, type[StoreError]]] = {
     "HostileArchiveError": HostileArchiveError,
