@@ -270,3 +270,14 @@ def test_httpx_with_certs_d_context_against_docker_registry(
         pytest.raises(httpx.ConnectError),
     ):
         client.get(f"https://{tls_registry.host}/v2/")
+
+
+def test_unverified_context_skips_the_system_trust_store_but_keeps_tls_client_defaults(tmp_path: Path) -> None:
+    # verification off: the system CAs would never be consulted, so they are not loaded (~25 ms each)
+    ctx = ssl_context_for("h", cert_dir=tmp_path, verify=False)
+    assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    assert ctx.cert_store_stats()["x509_ca"] == 0
+    assert ctx.protocol == ssl.PROTOCOL_TLS_CLIENT
+    assert ctx.minimum_version == ssl.create_default_context().minimum_version
+    verified = ssl_context_for("h", cert_dir=tmp_path)
+    assert verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname
