@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -27,6 +28,23 @@ COMMAND_MODULES = (
     "engine.cmd_bound",  # bound list/sync/status/gc/install
     "engine.cmd_mirror",  # mirror sync/prune
 )
+
+
+def skip_httpx_cli() -> None:
+    """Keep httpx from importing its command line (click, pygments, rich: 60-190 ms on this kind of VM).
+
+    httpx/__init__.py does ``from ._main import main`` eagerly; tether never calls ``httpx.main``. A stub
+    module registered before the first ``import httpx`` is found in ``sys.modules`` instead.
+    """
+    if "httpx" in sys.modules or "httpx._main" in sys.modules:
+        return
+    stub = types.ModuleType("httpx._main")
+
+    def main(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("httpx's command line is not available inside tether")
+
+    stub.main = main  # type: ignore[attr-defined]
+    sys.modules["httpx._main"] = stub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tether`` console script."""
+    skip_httpx_cli()  # before any command imports httpx
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import types
 from typing import Any
 
 from engine.errors import UsageError
@@ -39,26 +38,11 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def skip_httpx_cli() -> None:
-    """Keep httpx from importing its command line (click, pygments, rich: 60-190 ms on this kind of VM).
-
-    httpx/__init__.py does ``from ._main import main`` eagerly; tether never calls ``httpx.main``. A stub
-    module registered before the first ``import httpx`` is found in ``sys.modules`` instead.
-    """
-    if "httpx" in sys.modules or "httpx._main" in sys.modules:
-        return
-    stub = types.ModuleType("httpx._main")
-
-    def main(*_args: object, **_kwargs: object) -> None:
-        raise RuntimeError("httpx's command line is not available inside tether")
-
-    stub.main = main  # type: ignore[attr-defined]
-    sys.modules["httpx._main"] = stub
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``tether pull``; returns the exit status."""
-    skip_httpx_cli()
+    from engine.cli import skip_httpx_cli
+
+    skip_httpx_cli()  # engine.cli.main did it already; kept for callers of run() that bypass it
     import trio
 
     from engine.progress import ProgressMode, make_progress
