@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
-from engine.options import DEFAULT_ROOT, CommonOptions, add_common_options, common_options_from_args
+from engine.options import (
+    DEFAULT_ROOT,
+    CommonOptions,
+    add_common_options,
+    add_pull_options,
+    check_pull_options,
+    common_options_from_args,
+)
 
 BOOTC_STORE_IN_SYSROOT = Path("ostree/bootc/storage")
 
@@ -54,17 +61,7 @@ def register(subparsers: Any) -> None:
     _deployment_options(p)
     _store_options(p)
     add_common_options(p, store=False)
-    p.add_argument("--jobs", "-j", type=int, default=None, metavar="N", help="layers fetched at once")
-    p.add_argument(
-        "--progress", choices=("auto", "bar", "plain", "json", "none"), default="auto", help="progress display"
-    )
-    p.add_argument(
-        "--progress-fd",
-        type=int,
-        default=None,
-        metavar="FD",
-        help="write progress as bootc's JSON lines to this file descriptor",
-    )
+    add_pull_options(p)
     p.add_argument("--no-gc", action="store_true", help="do not collect garbage after the sync")
     p.add_argument("--source", default=None, metavar="oci:DIR|oci-archive:FILE",
                    help="take every bound image from this OCI layout or archive instead of its registry")
@@ -295,13 +292,7 @@ def run_sync(args: argparse.Namespace) -> int:
     from engine.reconcile import sync_deployments
 
     options = _options(args)
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
-    if args.progress_fd is not None:
-        try:
-            os.fstat(args.progress_fd)
-        except OSError as exc:
-            raise UsageError(f"--progress-fd {args.progress_fd}: {exc.strerror}") from None
+    check_pull_options(args)
     deployments = _deployments(args)
     store = _open_store(options)
     progress = make_progress(args.progress, progress_fd=args.progress_fd)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from engine.errors import UsageError
-from engine.options import add_common_options, common_options_from_args
+from engine.options import add_common_options, add_pull_options, check_pull_options, common_options_from_args
 
 
 def register(subparsers: Any) -> None:
@@ -22,17 +20,10 @@ def register(subparsers: Any) -> None:
                     "once. Exit status 1 if any image failed; the summary says which and why.",
     )
     add_common_options(parser)
-    parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
-                        help="layers fetched and extracted at once, across all images (default: sized for the "
-                             "machine)")
+    add_pull_options(parser)
     parser.add_argument("--pull", dest="pull_policy", choices=("always", "missing", "newer"), default="newer",
                         help="missing: nothing is requested for an image the store has by name; newer/always: "
                              "one manifest request, nothing more if the digest is the stored one (default: newer)")
-    parser.add_argument("--progress", choices=("auto", "bar", "plain", "json", "none"), default="auto",
-                        help="progress display: a live display on a TTY (auto), plain lines, bootc JSON lines, "
-                             "none")
-    parser.add_argument("--progress-fd", type=int, default=None, metavar="FD",
-                        help="write progress as bootc's JSON lines (progress-v0 schema) to this file descriptor")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only the image ids")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.set_defaults(func=run)
@@ -51,13 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from store.containers_storage import Store
 
     options = common_options_from_args(args)
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
-    if args.progress_fd is not None:
-        try:
-            os.fstat(args.progress_fd)
-        except OSError as exc:
-            raise UsageError(f"--progress-fd {args.progress_fd}: {exc.strerror}") from None
+    check_pull_options(args)
     mode: ProgressMode = "none" if args.quiet else args.progress
     progress = make_progress(mode, progress_fd=args.progress_fd)
     store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)

@@ -104,6 +104,29 @@ def add_common_options(parser: argparse.ArgumentParser, *, store: bool = True) -
                        help="log level; debug shows HTTP exchanges with secrets redacted")
 
 
+def add_pull_options(parser: argparse.ArgumentParser) -> None:
+    """``--jobs``, ``--progress`` and ``--progress-fd``: shared by ``pull`` and ``bound sync``."""
+    parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                        help="layers fetched and extracted at once, across all images (default: sized for the "
+                             "machine)")
+    parser.add_argument("--progress", choices=("auto", "bar", "plain", "json", "none"), default="auto",
+                        help="progress display: a live display on a TTY (auto), plain lines, bootc JSON lines, "
+                             "none")
+    parser.add_argument("--progress-fd", type=int, default=None, metavar="FD",
+                        help="write progress as bootc's JSON lines (progress-v0 schema) to this file descriptor")
+
+
+def check_pull_options(args: argparse.Namespace) -> None:
+    """Refuse a ``--jobs`` below 1 and a ``--progress-fd`` that is not open, before any work starts."""
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if args.progress_fd is not None:
+        try:
+            os.fstat(args.progress_fd)
+        except OSError as exc:
+            raise UsageError(f"--progress-fd {args.progress_fd}: {exc.strerror}") from None
+
+
 def common_options_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) -> CommonOptions:
     """Build :class:`CommonOptions` from parsed arguments (missing attributes take defaults)."""
     env = dict(os.environ if environ is None else environ)
