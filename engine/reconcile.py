@@ -25,7 +25,6 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +40,7 @@ from engine.bound import (
 )
 from engine.deployments import Deployment
 from engine.errors import BoundImageError, EngineError
+from store.containers_storage import atomic_write
 
 if TYPE_CHECKING:
     from engine.options import CommonOptions
@@ -194,22 +194,7 @@ def write_record(store_root: Path, deployment: Deployment, record: ReadinessReco
     path = record_path(store_root, deployment)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = json.dumps(record.to_json(), indent=2).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, data, 0o600, durable=True)
     return path
 
 

@@ -135,8 +135,12 @@ extractor_factory: ExtractorFactory = _default_extractor
 # small file helpers (pkg/ioutils AtomicWriteFile)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """``ioutils.AtomicWriteFile``: temp ``.tmp-<name>*`` in the same dir, fdatasync, chmod, rename."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False) -> None:
+    """``ioutils.AtomicWriteFile``: temp ``.tmp-<name>*`` in the same dir, fdatasync, chmod, rename.
+
+    ``durable`` also fsyncs the directory, so the rename itself survives a power cut (c/storage does not
+    for its JSON; tether's own records and OCI layouts want it).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -149,6 +153,12 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def _move_file(src: Path, dst: Path) -> None:
