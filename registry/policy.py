@@ -434,19 +434,22 @@ def _b64_list(value: Any, key: str) -> tuple[bytes, ...]:
     return tuple(_b64(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
+#: Identity rules that take no parameters besides their type.
+_SIMPLE_IDENTITIES: dict[str, type[MatchExact | MatchRepoDigestOrExact | MatchRepository]] = {
+    "matchExact": MatchExact,
+    "matchRepoDigestOrExact": MatchRepoDigestOrExact,
+    "matchRepository": MatchRepository,
+}
+
+
 def _parse_identity(value: Any, key: str) -> IdentityMatch:
     if not isinstance(value, dict):
         raise _Fail(key, "JSON object expected")
     kind = value.get("type")
-    if kind == "matchExact":
+    simple = _SIMPLE_IDENTITIES.get(kind) if isinstance(kind, str) else None
+    if simple is not None:
         _obj(value, key, allowed=("type",))
-        return MatchExact()
-    if kind == "matchRepoDigestOrExact":
-        _obj(value, key, allowed=("type",))
-        return MatchRepoDigestOrExact()
-    if kind == "matchRepository":
-        _obj(value, key, allowed=("type",))
-        return MatchRepository()
+        return simple()
     if kind == "exactReference":
         _obj(value, key, allowed=("type", "dockerReference"), required=("dockerReference",))
         text = _str(value["dockerReference"], f"{key}.dockerReference")
@@ -483,12 +486,9 @@ def _parse_requirement(value: Any, key: str) -> Requirement:
     if not isinstance(value, dict):
         raise _Fail(key, "JSON object expected")
     kind = value.get("type")
-    if kind == "insecureAcceptAnything":
+    if kind in ("insecureAcceptAnything", "reject"):
         _obj(value, key, allowed=("type",))
-        return InsecureAcceptAnything()
-    if kind == "reject":
-        _obj(value, key, allowed=("type",))
-        return Reject()
+        return InsecureAcceptAnything() if kind == "insecureAcceptAnything" else Reject()
     if kind == "signedBy":
         _obj(value, key, allowed=("type", "keyType", "keyPath", "keyPaths", "keyData", "signedIdentity"))
         key_type = _str(value.get("keyType", ""), f"{key}.keyType")
