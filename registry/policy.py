@@ -21,13 +21,13 @@ from __future__ import annotations
 import binascii
 import json
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from registry.errors import ConfigError
+from registry.reference import ANCHORED_DOMAIN_RE, ANCHORED_NAME_RE, parse_normalized_named
 from registry.signatures import (
     SIGSTORE_CERTIFICATE_ANNOTATION,
     SIGSTORE_CHAIN_ANNOTATION,
@@ -57,23 +57,6 @@ USER_POLICY_PATH = Path(".config/containers/policy.json")  # relative to $HOME
 
 # ---------------------------------------------------------------------------------------------------------
 # docker references (distribution/reference, as containers/image vendors it)
-
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
-_DOMAIN_NAME = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
-_DOMAIN = rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-_REFERENCE_RE = re.compile(rf"^({_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?$")
-_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-_DOMAIN_PREFIX_RE = re.compile(rf"^{_DOMAIN}/")
-_NAME_RE = re.compile(rf"^{_NAME}$")
-_HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
-
 
 @dataclass(frozen=True)
 class DockerReference:
@@ -109,28 +92,8 @@ def parse_docker_reference(text: str) -> DockerReference:
 
 def parse_normalized_docker_reference(text: str) -> DockerReference:
     """``reference.ParseNormalizedNamed``: ``busybox`` -> ``docker.io/library/busybox``. ValueError if invalid."""
-    if _HEX64_RE.match(text):
-        raise ValueError(f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")
-    slash = text.find("/")
-    first = text[:slash] if slash != -1 else ""
-    if slash == -1 or ("." not in first and ":" not in first and first != "localhost" and first.lower() == first):
-        domain, remainder = "docker.io", text
-    else:
-        domain, remainder = first, text[slash + 1:]
-    if domain == "index.docker.io":
-        domain = "docker.io"
-    if domain == "docker.io" and "/" not in remainder.split(":", 1)[0].split("@", 1)[0]:
-        remainder = "library/" + remainder
-    path_part = re.split(r"[:@]", remainder, maxsplit=1)[0]
-    if path_part.lower() != path_part:
-        raise ValueError(f"invalid reference format: repository name must be lowercase: {text!r}")
-    match = _REFERENCE_RE.match(f"{domain}/{remainder}")
-    if not match:
-        raise ValueError(f"invalid reference format: {text!r}")
-    name, tag, digest = match.groups()
-    if len(name) > 255:
-        raise ValueError(f"repository name must not be more than 255 characters: {text!r}")
-    return DockerReference(name=name, tag=tag, digest=digest)
+    ref = parse_normalized_named(text)
+    return DockerReference(name=ref.name, tag=ref.tag, digest=ref.digest)
 
 
 def docker_policy_identity(ref: DockerReference) -> str:
@@ -473,7 +436,9 @@ def _parse_identity(value: Any, key: str) -> IdentityMatch:
         prefix = _str(value["prefix"], f"{key}.prefix")
         signed_prefix = _str(value["signedPrefix"], f"{key}.signedPrefix")
         for k, p in (("prefix", prefix), ("signedPrefix", signed_prefix)):
-            if not (_DOMAIN_RE.match(p) or (_NAME_RE.match(p) and _DOMAIN_PREFIX_RE.match(p))):
+            head, slash, _ = p.partition("/")
+            if not (ANCHORED_DOMAIN_RE.match(p)
+                    or (ANCHORED_NAME_RE.match(p) and slash and ANCHORED_DOMAIN_RE.match(head))):
                 raise _Fail(f"{key}.{k}", f"prefix {p!r} is not valid")
         return RemapIdentity(prefix, signed_prefix)
     raise _Fail(f"{key}.type", f"Unknown policy reference match type {kind!r}")

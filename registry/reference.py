@@ -44,6 +44,7 @@ __all__ = [
     "ShortName",
     "is_short_name",
     "parse_image_name",
+    "parse_normalized_named",
     "parse_reference",
     "parse_short_name",
     "split_docker_domain",
@@ -306,6 +307,26 @@ def parse_reference(text: str) -> Reference:
     new_domain, path, tag, digest = _match(f"{domain}/{remainder}")
     assert new_domain == domain
     return Reference(domain, path, tag, digest)
+
+
+def parse_normalized_named(text: str) -> Reference:
+    """distribution/reference ``ParseNormalizedNamed``: like :func:`parse_reference`, but a name without a
+    registry means Docker Hub (``busybox`` -> ``docker.io/library/busybox``). This is the normalisation
+    containers-policy.json(5) identities and registries.d scopes use; image names given to a pull go
+    through registries.conf instead.
+    """
+    first, sep, _rest = text.partition("/")
+    if not sep or not _is_domain(first):
+        if _IDENTIFIER_RE.match(text):
+            raise InvalidReferenceError(
+                f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings"
+            )
+        if first.lower() != first:
+            # splitDockerDomain would take an upper-case first component for a registry; a
+            # :class:`Reference` needs one with "." or ":" (or localhost), so such a name is refused.
+            raise InvalidReferenceError(f"invalid reference {text!r}: repository name must be lowercase")
+        text = f"{DEFAULT_DOMAIN}/{text}"
+    return parse_reference(text)
 
 
 def parse_canonical_reference(text: str) -> Reference:

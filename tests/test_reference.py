@@ -22,6 +22,7 @@ from registry.reference import (
     is_short_name,
     parse_canonical_reference,
     parse_image_name,
+    parse_normalized_named,
     parse_reference,
     parse_short_name,
 )
@@ -316,3 +317,28 @@ def test_parse_agrees_with_the_grammar(text: str) -> None:
         return
     assert REFERENCE_RE.match(text)
     assert parse_reference(str(ref)) == ref
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("busybox", "docker.io/library/busybox"),
+        ("busybox:1", "docker.io/library/busybox:1"),
+        ("library/busybox", "docker.io/library/busybox"),
+        ("index.docker.io/busybox", "docker.io/library/busybox"),
+        ("quay.io/a/b:1", "quay.io/a/b:1"),
+        ("localhost/x", "localhost/x"),
+        (f"localhost:5000/x@{D64}", f"localhost:5000/x@{D64}"),
+    ],
+)
+def test_parse_normalized_named_defaults_to_docker_hub(text: str, expected: str) -> None:
+    assert str(parse_normalized_named(text)) == expected
+
+
+# "Foo/bar": Go takes the upper-case "Foo" as a registry; tether refuses a registry without "." or ":".
+@pytest.mark.parametrize(
+    "text", ["0123456789abcdef" * 4, "Busybox", "docker.io/Busybox", "a b", "x@sha256:12", "Foo/bar"]
+)
+def test_parse_normalized_named_refuses(text: str) -> None:
+    with pytest.raises(InvalidReferenceError):
+        parse_normalized_named(text)
