@@ -655,6 +655,7 @@ class _Executor:
         self.limiter = _LargestFirst(limit)
         self.jobs: dict[str, _JobRun] = {}
         self.resolving = len(runs)
+        self.largest_blob = 0
 
     # ---- scheduling
 
@@ -675,6 +676,8 @@ class _Executor:
         new = [_JobRun(job, needed_by=set(job.needed_by)) for job in plan.jobs]
         for jr in new:  # every job is known before any task waits on one
             self.jobs[jr.job.layer_id] = jr
+            if jr.job.copy_from is None:
+                self.largest_blob = max(self.largest_blob, jr.job.descriptor.size)
         big = sum(1 for jr in new if jr.job.copy_from is None and jr.job.descriptor.size > _PREWARM_ABOVE)
         if big:
             # Start the extraction children now, while the blobs' first bytes are in flight, instead of
@@ -725,7 +728,9 @@ class _Executor:
                 for dep in job.after:
                     await self.wait_published(dep)
                 async with self.limiter.slot(job.descriptor.size):
-                    staged = await _stage(job, source, store, jr, owner_label, self.progress)
+                    background = is_background_layer(job.descriptor.size, largest=self.largest_blob)
+                    staged = await _stage(job, source, store, jr, owner_label, self.progress,
+                                          background=background)
                 if job.parent is not None:
                     await self.wait_published(job.parent)
                 if not jr.scope.cancel_called:
@@ -799,10 +804,22 @@ def _prewarm_extractors(count: int) -> None:
             log.debug("prewarming extraction workers failed: %s", exc)
 
 
+def is_background_layer(size: int, *, largest: int) -> bool:
+    """Whether a blob of ``size`` bytes is off the critical path of a pull whose largest blob is ``largest``.
+
+    A pull ends when its longest layer does, and a layer's work grows with its blob: layers under two
+    thirds of the largest are extracted in the background (lower CPU priority, one thread; see
+    ``Store.stage_layer``), so that on a busy machine the largest ones get the cores and the others fill
+    the gaps.  Blobs of similar size are all critical: none of them is favoured.
+    """
+    return size * 3 < largest * 2
+
+
 async def _stage(job: LayerJob, source: ImageSource | None, store: Store, jr: _JobRun, label: str,
-                 progress: Progress) -> Any:
+                 progress: Progress, *, background: bool = False) -> Any:
     """Make the staged layer of ``job``: stream its blob (or copy the same-diffID layer) into a writer."""
-    writer = await trio.to_thread.run_sync(lambda: store.stage_layer(layer_id=job.layer_id, parent=job.parent))
+    writer = await trio.to_thread.run_sync(lambda: store.stage_layer(layer_id=job.layer_id, parent=job.parent,
+                                                                     background=background))
     try:
         if job.copy_from is not None:
             copy_from = job.copy_from

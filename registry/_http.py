@@ -13,6 +13,7 @@ import logging
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import httpcore
 import httpx
 import trio
 
@@ -42,6 +43,12 @@ MAX_ERROR_BODY = 64 * 1024
 _MAX_DETAIL = 300
 #: How much of an unwanted HTTP/2 response body is read (and discarded) rather than cut (see _abandon).
 MAX_H2_DISCARD = 16 * 1024 * 1024
+#: Bytes asked of the socket per read of an HTTP/1.1 body (httpcore's default is 64 KiB).  A blob arriving
+#: at hundreds of MB/s otherwise costs thousands of round trips a second through trio's socket layer, h11
+#: and httpx on the one trio thread: 1 MiB reads measured 0.25 instead of 0.45 s of CPU for a 242 MB blob
+#: on loopback.  (TLS gains less: a read still returns one record.)
+BODY_READ_SIZE = 1024 * 1024
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = BODY_READ_SIZE
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 

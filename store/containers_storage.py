@@ -114,17 +114,16 @@ class _Extractor(Protocol):
     def abort(self) -> None: ...
 
 
-ExtractorFactory = Callable[[Path, str, Path], _Extractor]
+ExtractorFactory = Callable[[Path, str, Path, bool], _Extractor]
 
 
-def _default_extractor(target: Path, mode: str, tar_split_path: Path) -> _Extractor:
-    """The tar applier of :mod:`store.tarapply` (a child process per layer when available)."""
-    import importlib
+def _default_extractor(target: Path, mode: str, tar_split_path: Path, background: bool) -> _Extractor:
+    """The tar applier of :mod:`store.tarapply`: a child process per layer (``background``: at a lower CPU
+    priority, see :class:`store.tarapply.ProcessLayerExtractor`)."""
+    from store.tarapply import ProcessLayerExtractor
 
-    tarapply: Any = importlib.import_module("store.tarapply")
-    factory: Any = getattr(tarapply, "ProcessLayerExtractor", None) or tarapply.LayerExtractor
-    extractor: _Extractor = factory(target, mode=mode, tar_split_path=tar_split_path)
-    return extractor
+    return ProcessLayerExtractor(target, mode=mode,  # type: ignore[arg-type]
+                                 tar_split_path=tar_split_path, background=background)
 
 
 #: Replaced in unit tests that must not depend on the applier.
@@ -598,11 +597,13 @@ class Store:
 
     # ---------------------------------------------------------------- writing layers
 
-    def stage_layer(self, *, layer_id: str, parent: str | None) -> LayerWriter:
+    def stage_layer(self, *, layer_id: str, parent: str | None, background: bool = False) -> LayerWriter:
         """Start extracting a layer into a private staging directory (nothing visible yet).
 
         overlay: independent of the parent, so several layers of one image can be staged at once.
         vfs: the parent must already be published (its tree is copied first).
+        ``background``: the layer is off the caller's critical path (smaller than the layers that decide
+        when it ends): extracted at a lower CPU priority, on one thread, leaving the CPU to the others.
         """
         staging = _Staging(self.staging_base)
         self._live_staging[str(staging.path)] = staging
@@ -635,7 +636,7 @@ class Store:
                     os.chmod(target, 0o555)
                 preset = not parent
             (staging.path / "preset").write_text("1" if preset else "0")
-            extractor = extractor_factory(target, self.driver, tar_split)
+            extractor = extractor_factory(target, self.driver, tar_split, background)
         except BaseException:
             self._live_staging.pop(str(staging.path), None)
             staging.remove()

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from engine.pull import PlanError, image_up_to_date, layer_ids, plan_pull
+from engine.pull import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
 from engine.sources import SourceImage
 from registry.manifest import ImageManifest, parse_image_config, parse_manifest
 from tests.harness import images as factory
@@ -202,3 +202,14 @@ def test_images_planned_later_share_the_jobs_already_scheduled() -> None:
     copy = next(job for job in plan2.jobs if job.diff_id == empty.diff_id)
     assert copy.copy_from == empty_first.layer_id and copy.after == (empty_first.layer_id,)
     assert {job.layer_id for job in plan2.jobs}.isdisjoint(scheduled)
+
+
+@pytest.mark.parametrize(("size", "largest", "background"), [
+    (100, 100, False),  # the largest itself
+    (67, 100, False),  # within two thirds: as critical as the largest
+    (66, 100, True),
+    (1, 100, True),
+    (0, 0, False),  # nothing to compare with
+])
+def test_layers_well_below_the_largest_blob_are_background(size: int, largest: int, background: bool) -> None:
+    assert is_background_layer(size, largest=largest) is background

@@ -18,7 +18,7 @@ import pytest
 from engine.options import CommonOptions
 from engine.progress import Progress
 from engine.pull import PullRequest, pull
-from store.containers_storage import STAGING_SUBDIR, Store
+from store.containers_storage import STAGING_SUBDIR, LayerWriter, Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
@@ -64,7 +64,12 @@ def open_sockets() -> int:
 
 
 def extractor_children() -> list[int]:
-    """Child processes of this process still alive (the store's extractor workers)."""
+    """Extraction workers of this process still alive, other than the idle ones the store keeps pooled
+    for the next layers (earlier tests in the same process may have left some there)."""
+    from store import tarapply
+
+    with tarapply._POOL_LOCK:
+        idle = {w.proc.pid for w in tarapply._POOL}
     mine = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -83,7 +88,7 @@ def extractor_children() -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if b"_extract_worker" in cmdline:
+        if b"_extract_worker" in cmdline and int(entry) not in idle:
             found.append(int(entry))
     return found
 
@@ -278,6 +283,37 @@ async def test_shared_layers_are_fetched_once_across_images(tmp_path: Path, regi
     missing = await pull([f"{registry.host}/{repo}:1" for repo in sorted(repos)], store=store, options=options,
                          policy="missing")
     assert missing.ok and len(registry.access_log()) == before
+
+
+async def test_layers_well_below_the_largest_are_extracted_in_the_background(
+        tmp_path: Path, registry: RunningRegistry, monkeypatch: pytest.MonkeyPatch,
+        podman_on: Callable[[Store], Podman]) -> None:
+    # Incompressible files: the blob sizes are the file sizes (12, 9 and 5 MB: 9 is within two thirds of
+    # the largest, 5 is not; the 8-byte top layer is applied in process, but is still "background").
+    sizes = {"large": 12_000_000, "close": 9_000_000, "small": 5_000_000}
+    layers = {name: factory.build_layer([factory.large_file(name, size, seed=900 + n)])
+              for n, (name, size) in enumerate(sizes.items())}
+    top = factory.build_layer([factory.file("top", "t")])
+    image = factory.build_image([*layers.values(), top])
+    factory.push_image(registry.host, "prio/app:1", image)
+    options = make_options(tmp_path, registry)
+    store = open_store(options)
+    staged: dict[str, bool] = {}
+    real = store.stage_layer
+
+    def recording(*, layer_id: str, parent: str | None, background: bool = False) -> LayerWriter:
+        staged[layer_id] = background
+        return real(layer_id=layer_id, parent=parent, background=background)
+
+    monkeypatch.setattr(store, "stage_layer", recording)
+    report = await pull([f"{registry.host}/prio/app:1"], store=store, options=options)
+    assert report.ok, report.summary()
+    by_digest = {layer.compressed_digest: layer.id for layer in store.list_layers()}
+    assert {name: staged[by_digest[built.digest]] for name, built in layers.items()} == {
+        "large": False, "close": False, "small": True}
+    assert staged[by_digest[top.digest]] is True
+    assert_store_clean(store)
+    assert [img["Id"] for img in podman_on(store).images()] == [image.image_id]
 
 
 async def test_new_tag_with_changed_top_fetches_only_the_top(tmp_path: Path, registry: RunningRegistry) -> None:

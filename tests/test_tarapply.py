@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -430,3 +430,77 @@ def test_prewarmed_workers_are_reused(tmp_path: Path) -> None:
     with tarapply._POOL_LOCK:
         after = {w.proc.pid for w in tarapply._POOL}
     assert after & idle  # the worker that applied the layer went back to the pool, or another stayed idle
+
+
+def _nice(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_background_layers_run_niced_on_one_thread_critical_ones_threaded(tmp_path: Path, background: bool) -> None:
+    from store.tarapply import BACKGROUND_NICE
+
+    tar = layer([images.file(f"d/f{i:03}", os.urandom(2000)) for i in range(300)])
+    blob = gzip.compress(tar)
+    target = tmp_path / "diff"
+    target.mkdir()
+    x = ProcessLayerExtractor(target, mode="overlay", tar_split_path=tmp_path / "ts.gz", spawn_threshold=0,
+                              background=background)
+    try:
+        x.feed(blob[: len(blob) // 2])
+        pid = x._proc.pid
+        _wait_until(lambda: (target / "d").is_dir() and any((target / "d").iterdir()), "the first files")
+        base = _nice(0)
+        assert _nice(pid) == (min(19, base + BACKGROUND_NICE) if background else base)
+        # threaded: the applier thread beside the one reading and decompressing
+        assert _threads(pid) == (1 if background else 2)
+        x.feed(blob[len(blob) // 2 :])
+        result = x.finish()
+    except BaseException:
+        x.abort()
+        raise
+    assert result.diff_digest == images.sha256_digest(tar)
+    assert sorted(p.name for p in (target / "d").iterdir()) == [f"f{i:03}" for i in range(300)]
+
+
+def test_an_idle_background_worker_is_brought_back_to_the_foreground_or_replaced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import store.tarapply as tarapply
+
+    tarapply._close_idle_workers()
+    base = _nice(0)
+    w = tarapply._take_worker(background=True)
+    assert w.background and _nice(w.proc.pid) == min(19, base + tarapply.BACKGROUND_NICE)
+    tarapply._give_back(w)
+    # root may lower a child's niceness again: the same worker serves a critical layer
+    again = tarapply._take_worker(background=False)
+    assert again is w and not again.background and _nice(again.proc.pid) == base
+    tarapply._set_background(again, True)
+    tarapply._give_back(again)
+
+    real = os.setpriority
+
+    def unprivileged(which: int, who: int, prio: int) -> None:  # lowering niceness needs CAP_SYS_NICE
+        if prio < os.getpriority(which, who):
+            raise PermissionError(13, "Permission denied")
+        real(which, who, prio)
+
+    monkeypatch.setattr(os, "setpriority", unprivileged)
+    fresh = tarapply._take_worker(background=False)
+    try:
+        assert fresh is not w and fresh.proc.pid != w.proc.pid
+        assert not fresh.background and _nice(fresh.proc.pid) == base
+        assert w.proc.poll() is not None  # the niced worker that could not be raised again was closed
+    finally:
+        fresh.close()
