@@ -1095,8 +1095,10 @@ class _Worker:
 # Idle workers kept for the next layers: a child costs ~0.1-0.2 s of CPU to start (interpreter + imports).
 _POOL: list[_Worker] = []
 _POOL_LOCK = threading.Lock()
+_POOL_READY = threading.Condition(_POOL_LOCK)  # a prewarmed worker joined the pool
 _POOL_MAX: Final = max(2, os.cpu_count() or 2)
 _POOL_PID = os.getpid()
+_STARTING = 0  # workers prewarm_workers is starting (not in the pool yet)
 
 
 def _set_background(w: _Worker, background: bool) -> bool:
@@ -1117,10 +1119,16 @@ def _set_background(w: _Worker, background: bool) -> bool:
 def _take_worker(*, background: bool = False) -> _Worker:
     global _POOL_PID
     w: _Worker | None = None
+    global _STARTING
     with _POOL_LOCK:
         if os.getpid() != _POOL_PID:  # a forked copy of this process must not share its parent's workers
             _POOL.clear()
             _POOL_PID = os.getpid()
+            _STARTING = 0
+        # A prewarmed worker about to join the pool is cheaper than one more child: wait for
+        # it (Popen takes milliseconds) rather than start another one beside it.
+        while not _POOL and _STARTING > 0:
+            _POOL_READY.wait(timeout=10)
         # Prefer an idle worker already at the wanted priority.
         _POOL.sort(key=lambda idle: idle.background == background)
         while _POOL:
@@ -1150,12 +1158,24 @@ def prewarm_workers(count: int | None = None) -> None:
     """Start idle extraction workers now (up to ``count``, default the CPU count), so that the first layers
     of a pull do not wait for an interpreter to start: call it when a pull begins.  Returns at once (the
     children import in the background)."""
+    global _STARTING
     want = min(count if count is not None else _POOL_MAX, _POOL_MAX)
     with _POOL_LOCK:
-        missing = want - len(_POOL)
-    started = [_Worker() for _ in range(max(0, missing))]
-    for w in started:
-        _give_back(w)
+        missing = max(0, want - len(_POOL) - _STARTING)
+        _STARTING += missing
+    for _ in range(missing):
+        w: _Worker | None = None
+        try:
+            w = _Worker()
+        finally:
+            with _POOL_LOCK:
+                _STARTING -= 1
+                if w is not None and len(_POOL) < _POOL_MAX:
+                    _POOL.append(w)
+                    w = None
+                _POOL_READY.notify_all()
+        if w is not None:
+            w.close()
 
 
 @atexit.register

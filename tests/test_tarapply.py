@@ -504,3 +504,30 @@ def test_an_idle_background_worker_is_brought_back_to_the_foreground_or_replaced
         assert w.proc.poll() is not None  # the niced worker that could not be raised again was closed
     finally:
         fresh.close()
+
+
+def test_a_layer_starting_while_workers_are_prewarmed_takes_one_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import store.tarapply as tarapply
+
+    tarapply._close_idle_workers()
+    created: list[tarapply._Worker] = []
+    real = tarapply._Worker
+
+    class SlowToStart(real):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            time.sleep(0.3)  # a slow fork/exec: the layer asks for a worker meanwhile
+            super().__init__()
+            created.append(self)
+
+    monkeypatch.setattr(tarapply, "_Worker", SlowToStart)
+    warming = threading.Thread(target=tarapply.prewarm_workers, args=(1,))
+    warming.start()
+    _wait_until(lambda: tarapply._STARTING == 1, "the prewarm to begin")
+    taken = tarapply._take_worker(background=False)
+    warming.join()
+    try:
+        assert created == [taken]  # no second child started beside the prewarmed one
+    finally:
+        taken.close()
