@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.progress import ProgressMode, make_progress
     from engine.pull import PullRequest, pull
-    from engine.reconcile import hold_store
+    from engine.storelock import hold_store
     from store.containers_storage import Store
 
     options = common_options_from_args(args)

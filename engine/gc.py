@@ -30,10 +30,10 @@ from engine.deployments import Deployment
 from engine.errors import EngineError
 from engine.reconcile import (
     deployment_status,
-    hold_store,
     list_record_files,
     load_record,
 )
+from engine.storelock import hold_store
 
 if TYPE_CHECKING:
     from store.containers_storage import ImageRecord, LayerRecord, Store
@@ -161,7 +161,7 @@ def collect_garbage(
 ) -> GCResult:
     """Remove every image no present deployment binds, and the layers that go with them.
 
-    Takes the tether store lock (:class:`engine.reconcile.StoreBusyError` if another tether holds it)
+    Takes the tether store lock (:class:`engine.storelock.StoreBusyError` if another tether holds it)
     unless ``locked`` says the caller holds it already.
     """
     with contextlib.ExitStack() as stack:

@@ -13,19 +13,15 @@ rerun pulls only what is still missing (images already committed for a not-ready
 id). A floating tag is re-resolved (pull policy ``newer``) for every not-ready deployment; a ready
 deployment keeps the exact ids its record pins, even if the tag has moved since.
 
-Only one tether at a time works on a store's bound images: :func:`hold_store` takes an exclusive ``flock``
-on ``STORE/tether/tether.lock`` (independent of c/storage's own lock files, which the store takes per
-operation).
+Only one tether at a time works on a store's bound images: :func:`engine.storelock.hold_store` takes an
+exclusive ``flock`` on ``STORE/tether/tether.lock`` (independent of c/storage's own lock files, which the
+store takes per operation).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +36,7 @@ from engine.bound import (
 )
 from engine.deployments import Deployment
 from engine.errors import BoundImageError, EngineError
+from engine.storelock import TETHER_DIR, hold_store
 from store.containers_storage import atomic_write
 
 if TYPE_CHECKING:
@@ -48,55 +45,12 @@ if TYPE_CHECKING:
     from engine.pull import ImageResult, PullReport, PullRequest
     from store.containers_storage import ImageRecord, Store
 
-TETHER_DIR = "tether"
 RECORDS_DIR = f"{TETHER_DIR}/deployments"
-LOCK_NAME = f"{TETHER_DIR}/tether.lock"
 RECORD_VERSION = 1
-
-
-class StoreBusyError(EngineError):
-    """Another tether process holds the store (sync or gc running)."""
 
 
 class SyncError(EngineError):
     """One or more deployments could not be made ready; the message lists which images failed and why."""
-
-
-# --------------------------------------------------------------------------- the store lock
-
-
-@contextlib.contextmanager
-def hold_store(store_root: Path, *, shared: bool = False) -> Iterator[None]:
-    """Hold ``STORE/tether/tether.lock`` (``flock``) or raise :class:`StoreBusyError` at once.
-
-    Exclusive for sync and gc; ``shared`` for work that only adds to the store (a plain ``tether pull``
-    could take it so that a gc never runs while it has reused but not yet committed a layer). The file
-    records the exclusive holder's pid for the message another tether prints.
-    """
-    path = Path(store_root) / LOCK_NAME
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            who = f"another tether (pid {holder})" if holder else "another tether (a pull)"
-            raise StoreBusyError(f"{who} holds the store {store_root}; try again when it has finished") from None
-        if not shared:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            if not shared:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- readiness records
@@ -384,7 +338,7 @@ async def sync_deployments(
     source: str | None = None,
 ) -> SyncReport:
     """Make every deployment ready (new first); see the module docstring. Never raises for a pull failure:
-    the report says what failed. Raises :class:`StoreBusyError` if another tether holds the store.
+    the report says what failed. Raises :class:`~engine.storelock.StoreBusyError` if another tether holds the store.
 
     ``source`` (``oci:DIR`` or ``oci-archive:FILE``) takes every bound image from that layout instead of its
     registry (bootc-dev/bootc#1166: switching offline); the images are still recorded under their bound

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_every_command_skips_the_httpx_command_line() -> None:
@@ -19,3 +21,34 @@ def test_every_command_skips_the_httpx_command_line() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1].split()[1:] == ["False", "False", "True"], out
+
+
+def _tether(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine", *args], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=60)
+
+
+def test_the_program_exits_with_main_s_status_and_flushed_output(tmp_path: Path) -> None:
+    # run() skips the interpreter's teardown (os._exit): output must still be complete, statuses kept.
+    done = _tether("--version")
+    assert (done.returncode, done.stdout) == (0, "tether 0.1.0\n")
+    usage = _tether("pull")
+    assert usage.returncode == 2 and "the following arguments are required" in usage.stderr
+    root = tmp_path / "root"
+    listed = _tether("images", "--root", str(root), "--runroot", str(tmp_path / "run"), "--storage-driver", "vfs")
+    assert listed.returncode == 0 and listed.stdout.startswith("REPOSITORY")
+    failed = _tether("rmi", "--root", str(root), "--runroot", str(tmp_path / "run"), "--storage-driver", "vfs",
+                     "no/such:image")
+    assert failed.returncode == 1 and failed.stderr.startswith("tether: "), failed.stderr
+
+
+def test_a_closed_output_pipe_ends_the_program_quietly(tmp_path: Path) -> None:
+    # `tether images | head -0`: the reader went away; no traceback, the status a shell tool gets from SIGPIPE
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = _tether("images", "--root", str(tmp_path / "root"), "--runroot", str(tmp_path / "run"),
+                       "--storage-driver", "vfs", stdout=writer)
+    finally:
+        os.close(writer)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr

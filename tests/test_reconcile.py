@@ -18,12 +18,11 @@ from engine.deployments import root_deployments
 from engine.options import CommonOptions
 from engine.pull import PullReport, PullRequest, pull
 from engine.reconcile import (
-    StoreBusyError,
-    hold_store,
     load_record,
     record_path,
     sync_deployments,
 )
+from engine.storelock import StoreBusyError, hold_store
 from store.containers_storage import Store
 from tests.harness.bound import QUADLET_DIR, make_root
 from tests.harness.images import push_image, simple_image
