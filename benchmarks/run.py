@@ -27,6 +27,8 @@ from benchmarks import corpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
+#: Seconds after which ext4 stops treating freed inodes as recently deleted (RECENTCY_MIN 60 s, + margin).
+SETTLE_SECONDS = 61
 
 
 def drop_caches() -> bool:
@@ -40,33 +42,50 @@ def drop_caches() -> bool:
         return False
 
 
-def _tree_rss(pid: int) -> int:
-    """Summed RSS (bytes) of ``pid`` and all its descendants."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(b")") + 2:].split()
-        parents[int(entry)] = int(rest[1])
-        rss[int(entry)] = int(rest[21]) * os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    wanted = {pid}
-    changed = True
-    while changed:
-        changed = False
-        for child, parent in parents.items():
-            if parent in wanted and child not in wanted:
-                wanted.add(child)
-                changed = True
-    for p in wanted:
-        total += rss.get(p, 0)
-    return total
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, RSS bytes) of ``pid`` from /proc/PID/stat, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(b")") + 2:].split()
+    return int(rest[1]), int(rest[21]) * _PAGE
+
+
+class TreeSampler:
+    """Summed RSS of a process and all its descendants, sampled cheaply.
+
+    The sampler runs beside the measured command on the same two cores, so its own CPU counts against
+    the tool that uses both: reading every /proc/PID/stat of the machine each 20 ms cost ~1.2 ms a sample
+    (6% of a core).  A child's pid is higher than its parent's until pids wrap, so each sample reads only
+    the pids at or above the root's and those already known; a full scan every 25th sample covers a wrap.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.members = {root}
+        self.samples = 0
+
+    def sample(self) -> int:
+        self.samples += 1
+        full = self.samples % 25 == 0
+        pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+        candidates = pids if full else [p for p in pids if p >= self.root or p in self.members]
+        info = {p: got for p in candidates if (got := _stat(p)) is not None}
+        members = {self.root}
+        changed = True
+        while changed:
+            changed = False
+            for pid, (parent, _) in info.items():
+                if parent in members and pid not in members:
+                    members.add(pid)
+                    changed = True
+        self.members = members
+        return sum(info[p][1] for p in members if p in info)
 
 
 @dataclass
@@ -84,11 +103,13 @@ def run_measured(argv: Sequence[str], *, env: dict[str, str] | None = None, shel
     peak = 0
     done = threading.Event()
 
+    sampler_state = TreeSampler(proc.pid)
+
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
             with contextlib.suppress(Exception):
-                peak = max(peak, _tree_rss(proc.pid))
+                peak = max(peak, sampler_state.sample())
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -113,8 +134,32 @@ class Env:
     driver: str = "overlay"
     tether: list[str] = field(default_factory=lambda: [sys.executable, "-m", "engine"])
 
+    def clear_stores(self, *, settle: bool = True) -> None:
+        """Remove every store and run root of earlier runs; then (``settle``) wait until ext4 no longer
+        treats their inodes as recently deleted.
+
+        On these VMs' ext4 (no journal) the inode allocator skips inodes freed less than 60 s ago whose
+        inode-table block is cached (fs/ext4/ialloc.c ``recently_deleted``, ``RECENTCY_MIN``), re-checking
+        them on every allocation: creating a tree right after deleting one is slower the more was deleted,
+        for every tool (podman 14-15 s with one store removed just before, 18 s with three; the GNU tar
+        floor 4.2 s and 5.1 s).  So no run deletes anything: each writes a store of its own, and the stores
+        of a case are removed before the next case, which starts once the deletions have aged out.
+        """
+        stores = self.work / "stores"
+        old = [*(stores.iterdir() if stores.is_dir() else ()), *Path("/tmp").glob("tbr-*")]
+        for path in old:
+            # podman may leave its store's overlay directory bind-mounted on itself
+            subprocess.run(["umount", str(path / "overlay")], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+        if old and settle:
+            os.sync()
+            print(f"  (removed {len(old)} old stores; waiting {SETTLE_SECONDS} s for ext4 to forget them)",
+                  file=sys.stderr)
+            time.sleep(SETTLE_SECONDS)
+
     def fresh(self, name: str) -> tuple[Path, Path]:
-        """An empty store root + run root for one run (old ones removed first)."""
+        """A new empty store root + run root for one run (``name`` unique within the case)."""
         root = self.work / "stores" / name
         runroot = Path("/tmp") / f"tbr-{name}"
         for path in (root, runroot):
@@ -144,17 +189,17 @@ def case_cold(refs: Sequence[str]) -> dict[str, Runner]:
     """Cold store: tether (all at once), podman (one after another), skopeo, extraction floor."""
 
     def tether(env: Env, rep: int) -> Measurement:
-        root, runroot = env.fresh("tether")
+        root, runroot = env.fresh(f"tether-{rep}")
         drop_caches()
         return run_measured(env.tether_pull(root, runroot, refs), env=env.env)
 
     def podman(env: Env, rep: int) -> Measurement:
-        root, runroot = env.fresh("podman")
+        root, runroot = env.fresh(f"podman-{rep}")
         drop_caches()
         return run_measured([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
 
     def skopeo(env: Env, rep: int) -> Measurement:
-        root, _ = env.fresh("skopeo")
+        root, _ = env.fresh(f"skopeo-{rep}")
         drop_caches()
         cmds = " && ".join(
             f"skopeo copy -q --src-tls-verify=false docker://{env.host}/{r} oci:{root}/layout:{n}"
@@ -162,7 +207,7 @@ def case_cold(refs: Sequence[str]) -> dict[str, Runner]:
         return run_measured([cmds], env=env.env, shell=True)
 
     def floor(env: Env, rep: int) -> Measurement:
-        root, _ = env.fresh("floor")
+        root, _ = env.fresh(f"floor-{rep}")
         blobs: list[Path] = []
         for ref in refs:
             for blob in corpus.layer_blobs(env.layout, ref):
@@ -185,14 +230,14 @@ def case_prepared(prepare_refs: Sequence[str], refs: Sequence[str], *, tether_ex
     """The store already holds ``prepare_refs`` (pulled untimed by the same tool); time pulling ``refs``."""
 
     def tether(env: Env, rep: int) -> Measurement:
-        root, runroot = env.fresh("tether")
+        root, runroot = env.fresh(f"tether-{rep}")
         prep = run_measured(env.tether_pull(root, runroot, prepare_refs), env=env.env)
         assert prep.returncode == 0, "preparing the tether store failed"
         drop_caches()
         return run_measured(env.tether_pull(root, runroot, refs, *tether_extra), env=env.env)
 
     def podman(env: Env, rep: int) -> Measurement:
-        root, runroot = env.fresh("podman")
+        root, runroot = env.fresh(f"podman-{rep}")
         run_measured([env.podman_pulls(root, runroot, prepare_refs)], env=env.env, shell=True)
         drop_caches()
         return run_measured([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
@@ -218,8 +263,11 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
         tools = CASES[case]()
         runs: dict[str, list[Measurement]] = {tool: [] for tool in tools}
         print(f"== {case}", file=sys.stderr)
+        env.clear_stores()
+        names = list(tools)
         for rep in range(reps):
-            order = list(tools) if rep % 2 == 0 else list(reversed(tools))
+            # Each tool takes each place in the order in turn (the disk fills as a case goes on).
+            order = names[rep % len(names):] + names[:rep % len(names)]
             for tool in order:
                 m = tools[tool](env, rep)
                 runs[tool].append(m)
@@ -285,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   driver=args.driver)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         results = run_cases(env, args.cases, args.reps)
+        env.clear_stores(settle=False)
     finally:
         registry.stop()
     doc = {
