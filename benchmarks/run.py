@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,8 +28,12 @@ from benchmarks import corpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
-#: Seconds after which ext4 stops treating freed inodes as recently deleted (RECENTCY_MIN 60 s, + margin).
-SETTLE_SECONDS = 61
+#: Seconds to wait after removing stores before timing anything: ext4 forgets freed inodes after 60 s
+#: (RECENTCY_MIN), but runs on these VMs kept getting faster for about 2.5 minutes after a mass delete.
+SETTLE_SECONDS = 180
+#: A case starts only with this much free disk (one case at 5 runs writes up to ~20 GB of stores); with less,
+#: the earlier cases' stores are removed first (and the case waits SETTLE_SECONDS).
+MIN_FREE_BYTES = 25 * 10**9
 
 
 def drop_caches() -> bool:
@@ -133,6 +138,7 @@ class Env:
     env: dict[str, str]
     driver: str = "overlay"
     tether: list[str] = field(default_factory=lambda: [sys.executable, "-m", "engine"])
+    case: str = ""
 
     def clear_stores(self, *, settle: bool = True) -> None:
         """Remove every store and run root of earlier runs; then (``settle``) wait until ext4 no longer
@@ -142,26 +148,36 @@ class Env:
         inode-table block is cached (fs/ext4/ialloc.c ``recently_deleted``, ``RECENTCY_MIN``), re-checking
         them on every allocation: creating a tree right after deleting one is slower the more was deleted,
         for every tool (podman 14-15 s with one store removed just before, 18 s with three; the GNU tar
-        floor 4.2 s and 5.1 s).  So no run deletes anything: each writes a store of its own, and the stores
-        of a case are removed before the next case, which starts once the deletions have aged out.
+        floor 4.2 s and 5.1 s), and runs were still slower for a minute or two after a mass delete (the
+        first runs of a case after a 61 s wait: tether 5.9 s, then 5.0, 5.3, 4.2, 3.9; podman 16.0 s, then
+        15.1, 13.9, 12.6, 12.9).  So nothing is deleted while the benchmark runs: each run writes a store of
+        its own, kept until the end (about 45 GB for all cases at 5 runs), unless the disk runs short.
         """
         stores = self.work / "stores"
+        stamp = self.work / "stores-removed-at"
         old = [*(stores.iterdir() if stores.is_dir() else ()), *Path("/tmp").glob("tbr-*")]
         for path in old:
             # podman may leave its store's overlay directory bind-mounted on itself
             subprocess.run(["umount", str(path / "overlay")], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)
             subprocess.run(["rm", "-rf", str(path)], check=True)
-        if old and settle:
+        if old:
             os.sync()
-            print(f"  (removed {len(old)} old stores; waiting {SETTLE_SECONDS} s for ext4 to forget them)",
-                  file=sys.stderr)
-            time.sleep(SETTLE_SECONDS)
+            stamp.write_text(f"{time.time()}\n")
+        if settle:
+            try:
+                since = time.time() - float(stamp.read_text())
+            except (OSError, ValueError):
+                since = SETTLE_SECONDS
+            if since < SETTLE_SECONDS:  # this run's removal, or the end of a benchmark run just before
+                print(f"  (stores removed {since:.0f} s ago: waiting {SETTLE_SECONDS - since:.0f} s more)",
+                      file=sys.stderr)
+                time.sleep(SETTLE_SECONDS - since)
 
     def fresh(self, name: str) -> tuple[Path, Path]:
-        """A new empty store root + run root for one run (``name`` unique within the case)."""
-        root = self.work / "stores" / name
-        runroot = Path("/tmp") / f"tbr-{name}"
+        """A new empty store root + run root for one run of the current case (``name`` unique within it)."""
+        root = self.work / "stores" / f"{self.case}-{name}"
+        runroot = Path("/tmp") / f"tbr-{self.case[:8]}-{name}"
         for path in (root, runroot):
             if path.exists():
                 subprocess.run(["rm", "-rf", str(path)], check=True)
@@ -263,7 +279,9 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
         tools = CASES[case]()
         runs: dict[str, list[Measurement]] = {tool: [] for tool in tools}
         print(f"== {case}", file=sys.stderr)
-        env.clear_stores()
+        env.case = case
+        if shutil.disk_usage(env.work).free < MIN_FREE_BYTES:
+            env.clear_stores()
         names = list(tools)
         for rep in range(reps):
             # Each tool takes each place in the order in turn (the disk fills as a case goes on).
@@ -297,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="tether vs podman pull vs skopeo on a local docker-registry")
     parser.add_argument("cases", nargs="*", metavar="CASE",
                         help=f"cases to run (default: all of {', '.join(CASES)})")
-    parser.add_argument("--reps", type=int, default=3, help="runs per tool and case (default 3)")
+    parser.add_argument("--reps", type=int, default=5, help="runs per tool and case (default 5: runs vary by ±10%%)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/tether-bench"),
                         help="corpus, registry data and stores (default /var/tmp/tether-bench)")
     parser.add_argument("--driver", choices=("overlay", "vfs"), default="overlay")
@@ -331,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus.push_corpus(layout, registry.host, env=env_vars)
         env = Env(work=work, host=registry.host, layout=layout, registries_conf=conf, env=env_vars,
                   driver=args.driver)
+        env.clear_stores()  # leftovers of an interrupted run
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         results = run_cases(env, args.cases, args.reps)
         env.clear_stores(settle=False)
