@@ -178,10 +178,7 @@ class Env:
         """A new empty store root + run root for one run of the current case (``name`` unique within it)."""
         root = self.work / "stores" / f"{self.case}-{name}"
         runroot = Path("/tmp") / f"tbr-{self.case[:8]}-{name}"
-        for path in (root, runroot):
-            if path.exists():
-                subprocess.run(["rm", "-rf", str(path)], check=True)
-        root.mkdir(parents=True)
+        root.mkdir(parents=True)  # new: removing an old one here would be the delete clear_stores avoids
         runroot.mkdir(parents=True)
         return root, runroot
 

@@ -679,9 +679,9 @@ class _Executor:
         new = [_JobRun(job, needed_by=set(job.needed_by)) for job in plan.jobs]
         for jr in new:  # every job is known before any task waits on one
             self.jobs[jr.job.layer_id] = jr
-            if jr.job.copy_from is None:
-                self.largest_blob = max(self.largest_blob, jr.job.descriptor.size)
-        big = sum(1 for jr in new if jr.job.copy_from is None and jr.job.descriptor.size > _PREWARM_ABOVE)
+        fetched = [jr.job.descriptor.size for jr in new if jr.job.copy_from is None]
+        self.largest_blob = max([self.largest_blob, *fetched])
+        big = sum(1 for size in fetched if size > _PREWARM_ABOVE)
         if big:
             # Start the extraction children now, while the blobs' first bytes are in flight, instead of
             # when a layer's first 4 MiB arrived (~0.1 s of interpreter start-up on the critical path).

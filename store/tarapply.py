@@ -1117,9 +1117,8 @@ def _set_background(w: _Worker, background: bool) -> bool:
 
 
 def _take_worker(*, background: bool = False) -> _Worker:
-    global _POOL_PID
+    global _POOL_PID, _STARTING
     w: _Worker | None = None
-    global _STARTING
     with _POOL_LOCK:
         if os.getpid() != _POOL_PID:  # a forked copy of this process must not share its parent's workers
             _POOL.clear()
@@ -1146,10 +1145,18 @@ def _take_worker(*, background: bool = False) -> _Worker:
     return w
 
 
+def _add_idle_locked(w: _Worker) -> bool:
+    """Keep ``w`` idle in the pool if there is room (the caller holds ``_POOL_LOCK``)."""
+    if len(_POOL) < _POOL_MAX and w.alive():
+        _POOL.append(w)
+        _POOL_READY.notify_all()
+        return True
+    return False
+
+
 def _give_back(w: _Worker) -> None:
     with _POOL_LOCK:
-        if len(_POOL) < _POOL_MAX and w.alive():
-            _POOL.append(w)
+        if _add_idle_locked(w):
             return
     w.close()
 
@@ -1170,10 +1177,9 @@ def prewarm_workers(count: int | None = None) -> None:
         finally:
             with _POOL_LOCK:
                 _STARTING -= 1
-                if w is not None and len(_POOL) < _POOL_MAX:
-                    _POOL.append(w)
+                if w is not None and _add_idle_locked(w):
                     w = None
-                _POOL_READY.notify_all()
+                _POOL_READY.notify_all()  # also when starting failed: waiters must look again
         if w is not None:
             w.close()
 
