@@ -24,8 +24,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Literal
+
+from tests.harness.loopback_server import LoopbackServer
 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -60,7 +62,7 @@ class ProxiedRequest:
 
 
 @dataclass
-class FaultyProxy:
+class FaultyProxy(LoopbackServer):
     """Forward 127.0.0.1:PORT to ``upstream`` (``host:port`` of a plain-HTTP registry)."""
 
     upstream: str
@@ -69,12 +71,10 @@ class FaultyProxy:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     @property
     def host(self) -> str:
-        assert self._server is not None, "start() the proxy first"
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self._port('proxy')}"
 
     def add(self, *faults: Fault) -> None:
         with self._lock:
@@ -176,19 +176,5 @@ class FaultyProxy:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FaultyProxy:
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tests.harness.loopback_server import LoopbackServer
 from tests.harness.registry import TokenAuth
 
 #: distribution registry/auth/token/token.go ``Leeway``
@@ -51,7 +52,7 @@ class TokenRequest:
 
 
 @dataclass
-class TokenServer:
+class TokenServer(LoopbackServer):
     """A threaded token server on 127.0.0.1; use as a context manager or call ``start``/``stop``."""
 
     workdir: Path
@@ -84,15 +85,12 @@ class TokenServer:
         self.rootcertbundle.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         self._short_lived: list[float] = []  # JWT lifetimes (seconds) for the next tokens
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ---- configuration
 
     @property
     def realm(self) -> str:
-        assert self._server is not None, "start() the token server first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        return f"http://127.0.0.1:{self._port('token server')}/token"
 
     @property
     def token_auth(self) -> TokenAuth:
@@ -224,22 +222,5 @@ class TokenServer:
                     return
                 self._reply(200, server._issue(user, scopes))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> TokenServer:
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
