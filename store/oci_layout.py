@@ -353,12 +353,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+@contextlib.contextmanager
+def _atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file written to a temp beside ``path`` (``.NAME.<hex>.tmp``), then fsynced, renamed over ``path`` and
+    its directory fsynced; the temp is removed if the block fails."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -367,6 +370,11 @@ def _write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> Non
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    with _atomic_output(path, mode=mode) as fh:
+        fh.write(data)
 
 
 class BlobWriter:
@@ -958,32 +966,23 @@ def write_oci_archive(layout: OCILayout, archive: Path | str, *, only_reachable:
     """
     archive = Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_name(f".{archive.name}.{secrets.token_hex(6)}.tmp")
     top, entries = layout._read_index_top()
     digests = sorted(layout.reachable(entries)) if only_reachable else list(layout.iter_blob_digests())
-    try:
-        with open(tmp, "xb") as fh:
-            with tarfile.open(fileobj=fh, mode="w:", format=tarfile.PAX_FORMAT) as tar:
-                layout_raw = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
-                tar.addfile(_tarinfo(LAYOUT_FILE, size=len(layout_raw)), io.BytesIO(layout_raw))
-                index_raw = serialize_index(top, entries)
-                tar.addfile(_tarinfo(INDEX_FILE, size=len(index_raw)), io.BytesIO(index_raw))
-                tar.addfile(_tarinfo(f"{BLOBS_DIR}/", directory=True))
-                algorithms = sorted({d.partition(":")[0] for d in digests})
-                for algorithm in algorithms:
-                    tar.addfile(_tarinfo(f"{BLOBS_DIR}/{algorithm}/", directory=True))
-                for digest in digests:
-                    if not layout.has_blob(digest):
-                        raise LayoutError(f"writing oci-archive:{archive}: blob {digest} is missing from {layout.path}")
-                    size = layout.blob_size(digest)
-                    with layout.open_blob(digest, size=size) as src:
-                        tar.addfile(_tarinfo(blob_relpath(digest), size=size), src)
-                        src.read()  # reach EOF: the verifying reader checks the digest there
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, archive)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(archive.parent)
+    # 0o666 before the umask, as open(..., "x") created it
+    with _atomic_output(archive, mode=0o666) as fh, \
+            tarfile.open(fileobj=fh, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+        layout_raw = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
+        tar.addfile(_tarinfo(LAYOUT_FILE, size=len(layout_raw)), io.BytesIO(layout_raw))
+        index_raw = serialize_index(top, entries)
+        tar.addfile(_tarinfo(INDEX_FILE, size=len(index_raw)), io.BytesIO(index_raw))
+        tar.addfile(_tarinfo(f"{BLOBS_DIR}/", directory=True))
+        algorithms = sorted({d.partition(":")[0] for d in digests})
+        for algorithm in algorithms:
+            tar.addfile(_tarinfo(f"{BLOBS_DIR}/{algorithm}/", directory=True))
+        for digest in digests:
+            if not layout.has_blob(digest):
+                raise LayoutError(f"writing oci-archive:{archive}: blob {digest} is missing from {layout.path}")
+            size = layout.blob_size(digest)
+            with layout.open_blob(digest, size=size) as src:
+                tar.addfile(_tarinfo(blob_relpath(digest), size=size), src)
+                src.read()  # reach EOF: the verifying reader checks the digest there
