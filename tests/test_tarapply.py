@@ -29,14 +29,14 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application nee
 
 
 def extract(blob: bytes, target: Path, *, mode: str = "overlay", chunk: int = 65536,
-            process: bool = False) -> ExtractResult:
+            process: bool = False, threaded: bool = False) -> ExtractResult:
     target.mkdir(parents=True, exist_ok=True)
     split = target.with_name(target.name + ".tar-split.gz")
     x: LayerExtractor | ProcessLayerExtractor
     if process:
         x = ProcessLayerExtractor(target, mode=mode, tar_split_path=split, spawn_threshold=0)  # type: ignore[arg-type]
     else:
-        x = LayerExtractor(target, mode=mode, tar_split_path=split)  # type: ignore[arg-type]
+        x = LayerExtractor(target, mode=mode, tar_split_path=split, threaded=threaded)  # type: ignore[arg-type]
     try:
         for i in range(0, len(blob), chunk):
             x.feed(blob[i : i + chunk])

@@ -13,26 +13,13 @@ import pytest
 
 from store.decompress import CorruptCompressedStreamError
 from store.errors import HostileArchiveError
-from store.tarapply import ExtractResult, LayerExtractor
+from store.tarapply import LayerExtractor
 from store.tarsplit import assemble_tar
 from tests.harness import images
 from tests.harness.trees import diff_snapshots, snapshot
-from tests.test_tarapply import compress, layer
+from tests.test_tarapply import compress, extract, layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application needs root (chown, mknod)")
-
-
-def run(blob: bytes, target: Path, *, threaded: bool, chunk: int = 65536) -> ExtractResult:
-    target.mkdir(parents=True)
-    x = LayerExtractor(target, mode="overlay", tar_split_path=target.with_suffix(".tar-split.gz"),
-                       threaded=threaded)
-    try:
-        for i in range(0, len(blob), chunk):
-            x.feed(blob[i : i + chunk])
-        return x.finish()
-    except BaseException:
-        x.abort()
-        raise
 
 
 def _tar() -> bytes:
@@ -46,8 +33,8 @@ def test_threaded_matches_inline(tmp_path: Path, compression: str) -> None:
     tar = _tar()
     blob = compress(tar, compression)
     before = threading.active_count()
-    a = run(blob, tmp_path / "a", threaded=False)
-    b = run(blob, tmp_path / "b", threaded=True, chunk=5 << 20)  # uncompressed: one chunk split into pieces
+    a = extract(blob, tmp_path / "a", threaded=False)
+    b = extract(blob, tmp_path / "b", threaded=True, chunk=5 << 20)  # uncompressed: one chunk split into pieces
     assert a == b and a.diff_digest == "sha256:" + hashlib.sha256(tar).hexdigest()
     assert diff_snapshots(snapshot(tmp_path / "a"), snapshot(tmp_path / "b")) == []
     assert b"".join(assemble_tar(tmp_path / "b.tar-split.gz", tmp_path / "b")) == tar
@@ -64,10 +51,10 @@ def test_threaded_reports_errors_in_stream_order(tmp_path: Path) -> None:
     blob = blob[:cut] + bytes(4096) + blob[cut:]
     for threaded in (False, True):
         with pytest.raises(HostileArchiveError, match="duplicate"):
-            run(blob, tmp_path / f"dup{threaded}", threaded=threaded, chunk=4 << 20)
+            extract(blob, tmp_path / f"dup{threaded}", threaded=threaded, chunk=4 << 20)
         assert not (tmp_path / f"dup{threaded}.tar-split.gz").exists()
     with pytest.raises(CorruptCompressedStreamError, match="truncated"):
-        run(gzip.compress(_tar())[:-20], tmp_path / "trunc", threaded=True)
+        extract(gzip.compress(_tar())[:-20], tmp_path / "trunc", threaded=True)
     assert not (tmp_path / "trunc.tar-split.gz").exists()
     assert threading.active_count() == before
 
