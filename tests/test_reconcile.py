@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import pytest
 from engine.cli import main
 from engine.deployments import root_deployments
 from engine.options import CommonOptions
-from engine.pull import PullReport, PullRequest, pull
 from engine.reconcile import (
     load_record,
     record_path,
@@ -24,7 +23,7 @@ from engine.reconcile import (
 )
 from engine.storelock import StoreBusyError, hold_store
 from store.containers_storage import Store
-from tests.harness.bound import QUADLET_DIR, make_root
+from tests.harness.bound import QUADLET_DIR, SpyPull, make_root
 from tests.harness.images import push_image, simple_image
 from tests.harness.podman import short_runroot
 from tests.harness.registry import RunningRegistry
@@ -48,17 +47,6 @@ def podman_inspect(store: Path, runroot: Path, name: str) -> dict[str, Any]:
     )
     result: dict[str, Any] = json.loads(out.stdout)[0]
     return result
-
-
-class SpyPull:
-    """Delegates to the real pull engine and remembers what it was asked."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    async def __call__(self, requests: Sequence[PullRequest], **kwargs: Any) -> PullReport:
-        self.calls.append([r.name for r in requests])
-        return await pull(requests, **kwargs)
 
 
 def test_cli_sync_status_check_and_record(

@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from engine.deployments import list_sysroot_deployments
 from engine.gc import collect_garbage
 from engine.options import CommonOptions
-from engine.pull import PullReport, PullRequest
-from engine.pull import pull as tether_pull
 from engine.reconcile import compute_status, load_record, sync_deployments
 from store.containers_storage import Store
+from tests.harness.bound import SpyPull
 from tests.harness.images import push_image, simple_image
 from tests.harness.ostree_sysroot import make_sysroot
 from tests.harness.podman import short_runroot
@@ -39,17 +37,6 @@ def runroot() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-R", str(path)], capture_output=True)
         shutil.rmtree(path, ignore_errors=True)
-
-
-class SpyPull:
-    """tether's pull engine, remembering what it was asked."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    async def __call__(self, requests: Sequence[PullRequest], **kwargs: Any) -> PullReport:
-        self.calls.append([r.name for r in requests])
-        return await tether_pull(requests, **kwargs)
 
 
 def podman_names(store: Path, runroot: Path) -> set[str]:
