@@ -506,6 +506,102 @@ def test_an_idle_background_worker_is_brought_back_to_the_foreground_or_replaced
         fresh.close()
 
 
+class _Started:
+    """A ProcessLayerExtractor fed half its blob (its child is running and busy until ``finish``)."""
+
+    def __init__(self, tmp_path: Path, name: str, *, background: bool) -> None:
+        self.tar = layer([images.file(f"{name}/f{i:03}", os.urandom(1500)) for i in range(200)])
+        self.blob = gzip.compress(self.tar)
+        self.target = tmp_path / name
+        self.target.mkdir()
+        self.x = ProcessLayerExtractor(self.target, mode="overlay", tar_split_path=tmp_path / f"{name}.ts.gz",
+                                       spawn_threshold=0, background=background)
+        self.x.feed(self.blob[: len(self.blob) // 2])
+        self.pid: int = self.x._proc.pid
+        self.worker = self.x._worker
+
+    def policy(self) -> int:
+        return os.sched_getscheduler(self.pid)
+
+    def finish(self) -> None:
+        self.x.feed(self.blob[len(self.blob) // 2 :])
+        assert self.x.finish().diff_digest == images.sha256_digest(self.tar)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root (leaving it needs CAP_SYS_NICE)")
+def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extracted(tmp_path: Path) -> None:
+    import store.tarapply as tarapply
+
+    base = _nice(0)
+    started: list[_Started] = []
+    try:
+        early = _Started(tmp_path, "early", background=True)
+        started.append(early)
+        assert early.policy() == os.SCHED_OTHER  # nothing critical yet: merely niced
+        critical = _Started(tmp_path, "critical", background=False)
+        started.append(critical)
+        assert early.policy() == os.SCHED_IDLE  # sent behind the critical layer as it starts
+        assert critical.policy() == os.SCHED_OTHER and _nice(critical.pid) == base
+        late = _Started(tmp_path, "late", background=True)
+        started.append(late)
+        assert late.policy() == os.SCHED_IDLE  # starts behind it
+        critical.finish()
+        # the last critical layer ended: the others go back to SCHED_OTHER, still niced
+        for bg in (early, late):
+            assert bg.policy() == os.SCHED_OTHER
+            assert _nice(bg.pid) == min(19, base + tarapply.BACKGROUND_NICE)
+        early.finish()
+        late.finish()
+    except BaseException:
+        for s in started:
+            s.x.abort()
+        raise
+    with tarapply._POOL_LOCK:
+        pooled = list(tarapply._POOL)
+    assert early.worker in pooled  # reusable: idle workers kept for the next layers never stay SCHED_IDLE
+    assert all(os.sched_getscheduler(w.proc.pid) == os.SCHED_OTHER and not w.sched_idle for w in pooled)
+    assert tarapply._critical_running == 0 and not tarapply._background_running
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
+def test_a_worker_left_under_sched_idle_is_not_reused_and_the_scheme_turns_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import store.tarapply as tarapply
+
+    monkeypatch.setattr(tarapply, "_SCHED_IDLE_OK", True)
+    real = os.sched_setscheduler
+
+    def no_way_back(pid: int, policy: int, param: os.sched_param) -> None:  # root without CAP_SYS_NICE
+        if policy != os.SCHED_IDLE:
+            raise PermissionError(1, "Operation not permitted")
+        real(pid, policy, param)
+
+    monkeypatch.setattr(os, "sched_setscheduler", no_way_back)
+    started: list[_Started] = []
+    try:
+        critical = _Started(tmp_path, "critical", background=False)
+        started.append(critical)
+        stuck = _Started(tmp_path, "stuck", background=True)
+        started.append(stuck)
+        assert stuck.policy() == os.SCHED_IDLE
+        critical.finish()
+        assert stuck.policy() == os.SCHED_IDLE and not tarapply._SCHED_IDLE_OK  # refused: the scheme is off
+        stuck.finish()
+        assert stuck.worker.proc.poll() is not None  # closed, never handed to another layer
+        again = _Started(tmp_path, "again", background=False)
+        started.append(again)
+        plain = _Started(tmp_path, "plain", background=True)
+        started.append(plain)
+        assert plain.policy() == os.SCHED_OTHER  # only niced from now on
+        again.finish()
+        plain.finish()
+    except BaseException:
+        for s in started:
+            s.x.abort()
+        raise
+    assert tarapply._critical_running == 0 and not tarapply._background_running
+
+
 def test_a_layer_starting_while_workers_are_prewarmed_takes_one_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
