@@ -39,6 +39,12 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def _first(query: dict[str, list[str]], key: str) -> str | None:
+    """The first value of ``key`` in a parsed query or form, or None when absent."""
+    values = query.get(key)
+    return values[0] if values else None
+
+
 @dataclass
 class TokenRequest:
     """One request the token server received."""
@@ -197,8 +203,8 @@ class TokenServer(LoopbackServer):
                 user, ok = self._basic_user()
                 scopes = query.get("scope", [])
                 server.requests.append(
-                    TokenRequest("GET", (query.get("service") or [None])[0], scopes,
-                                 (query.get("account") or [None])[0], user)
+                    TokenRequest("GET", _first(query, "service"), scopes,
+                                 _first(query, "account"), user)
                 )
                 if not ok or (user is None and not server.anonymous_pull):
                     self._reply(401, {"details": "authentication failed"})
@@ -210,12 +216,12 @@ class TokenServer(LoopbackServer):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 form = parse_qs(self.rfile.read(length).decode())
-                grant = (form.get("grant_type") or [None])[0]
+                grant = _first(form, "grant_type")
                 scopes = " ".join(form.get("scope", [])).split()
                 refresh = (form.get("refresh_token") or [""])[0]
                 user = server.refresh_tokens.get(refresh)
                 server.requests.append(
-                    TokenRequest("POST", (form.get("service") or [None])[0], scopes, None, user, grant)
+                    TokenRequest("POST", _first(form, "service"), scopes, None, user, grant)
                 )
                 if grant != "refresh_token" or user is None:
                     self._reply(401, {"error": "invalid_grant"})
