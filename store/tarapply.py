@@ -1124,23 +1124,40 @@ def _set_background(w: _Worker, background: bool) -> bool:
 # check_preempt_wakeup_fair), so background layers only fill the CPU the critical path leaves.  Measured on
 # the benchmarks' large image (2 cores, 6 alternating runs): median 4.38 s instead of 4.53 s; the critical
 # applier thread's run-queue wait fell from 0.9 s to 0.7 s.  When the last critical layer ends, the others go
-# back to SCHED_OTHER (still niced), so that a busy host cannot starve them.  Only as root: leaving SCHED_IDLE
-# again needs CAP_SYS_NICE (sched(7)); a refusal turns the scheme off for this process.
+# back to this process's own policy (still niced), so that a busy host cannot starve them.  Only as root and
+# only when this process runs under SCHED_OTHER or SCHED_BATCH (a pull a unit already runs under SCHED_IDLE, or
+# real-time, is left alone): leaving SCHED_IDLE again needs CAP_SYS_NICE (sched(7)); a refusal turns the scheme
+# off for this process.
 _SCHED_LOCK = threading.Lock()
-_SCHED_IDLE_OK = hasattr(os, "SCHED_IDLE") and hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _own_policy() -> int | None:
+    """The policy background children return to: this process's, when it is SCHED_OTHER or SCHED_BATCH."""
+    if not hasattr(os, "SCHED_IDLE") or os.geteuid() != 0:
+        return None
+    try:
+        policy = os.sched_getscheduler(0)
+    except OSError:
+        return None
+    return policy if policy in (os.SCHED_OTHER, os.SCHED_BATCH) else None
+
+
+_RESTORE_POLICY = _own_policy()
+_SCHED_IDLE_OK = _RESTORE_POLICY is not None
 _critical_running = 0
 _background_running: set[_Worker] = set()
 
 
 def _set_sched_idle(w: _Worker, idle: bool) -> bool:
-    """Move ``w``'s child to SCHED_IDLE or back to SCHED_OTHER; False when that is refused."""
+    """Move ``w``'s child to SCHED_IDLE or back to this process's policy; False when that is refused."""
     global _SCHED_IDLE_OK
     if w.sched_idle == idle:
         return True
     if idle and not _SCHED_IDLE_OK:
         return False
     try:
-        os.sched_setscheduler(w.proc.pid, os.SCHED_IDLE if idle else os.SCHED_OTHER, os.sched_param(0))
+        restore = os.SCHED_OTHER if _RESTORE_POLICY is None else _RESTORE_POLICY
+        os.sched_setscheduler(w.proc.pid, os.SCHED_IDLE if idle else restore, os.sched_param(0))
     except ProcessLookupError:
         return False  # the child is gone; its layer reports that
     except OSError:

@@ -564,6 +564,43 @@ def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extrac
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
+@pytest.mark.parametrize(("own", "restore"), [("SCHED_OTHER", "SCHED_OTHER"), ("SCHED_BATCH", "SCHED_BATCH"),
+                                              ("SCHED_IDLE", None)])
+def test_background_children_return_to_the_pulls_own_policy(own: str, restore: str | None) -> None:
+    import store.tarapply as tarapply
+
+    try:
+        os.sched_setscheduler(0, getattr(os, own), os.sched_param(0))  # as a unit's CPUSchedulingPolicy= would
+        assert tarapply._own_policy() == (None if restore is None else getattr(os, restore))
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
+def test_under_sched_batch_background_layers_go_back_to_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import store.tarapply as tarapply
+
+    monkeypatch.setattr(tarapply, "_RESTORE_POLICY", os.SCHED_BATCH)
+    started: list[_Started] = []
+    try:
+        critical = _Started(tmp_path, "critical", background=False)
+        started.append(critical)
+        bg = _Started(tmp_path, "bg", background=True)
+        started.append(bg)
+        assert bg.policy() == os.SCHED_IDLE
+        critical.finish()
+        assert bg.policy() == os.SCHED_BATCH
+        bg.finish()
+    except BaseException:
+        for s in started:
+            s.x.abort()
+        raise
+    finally:
+        tarapply._close_idle_workers()  # a BATCH worker must not serve the next tests
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
 def test_a_worker_left_under_sched_idle_is_not_reused_and_the_scheme_turns_off(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import store.tarapply as tarapply
