@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -528,34 +528,41 @@ class _Started:
         assert self.x.finish().diff_digest == images.sha256_digest(self.tar)
 
 
+@pytest.fixture
+def start_layer(tmp_path: Path) -> Iterator[Callable[..., _Started]]:
+    """Start layers half-fed; whatever a failing test left running is aborted (a no-op once finished)."""
+    started: list[_Started] = []
+
+    def start(name: str, *, background: bool) -> _Started:
+        layer_ = _Started(tmp_path, name, background=background)
+        started.append(layer_)
+        return layer_
+
+    yield start
+    for layer_ in started:
+        layer_.x.abort()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root (leaving it needs CAP_SYS_NICE)")
-def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extracted(tmp_path: Path) -> None:
+def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extracted(
+        start_layer: Callable[..., _Started]) -> None:
     import store.tarapply as tarapply
 
     base = _nice(0)
-    started: list[_Started] = []
-    try:
-        early = _Started(tmp_path, "early", background=True)
-        started.append(early)
-        assert early.policy() == os.SCHED_OTHER  # nothing critical yet: merely niced
-        critical = _Started(tmp_path, "critical", background=False)
-        started.append(critical)
-        assert early.policy() == os.SCHED_IDLE  # sent behind the critical layer as it starts
-        assert critical.policy() == os.SCHED_OTHER and _nice(critical.pid) == base
-        late = _Started(tmp_path, "late", background=True)
-        started.append(late)
-        assert late.policy() == os.SCHED_IDLE  # starts behind it
-        critical.finish()
-        # the last critical layer ended: the others go back to SCHED_OTHER, still niced
-        for bg in (early, late):
-            assert bg.policy() == os.SCHED_OTHER
-            assert _nice(bg.pid) == min(19, base + tarapply.BACKGROUND_NICE)
-        early.finish()
-        late.finish()
-    except BaseException:
-        for s in started:
-            s.x.abort()
-        raise
+    early = start_layer("early", background=True)
+    assert early.policy() == os.SCHED_OTHER  # nothing critical yet: merely niced
+    critical = start_layer("critical", background=False)
+    assert early.policy() == os.SCHED_IDLE  # sent behind the critical layer as it starts
+    assert critical.policy() == os.SCHED_OTHER and _nice(critical.pid) == base
+    late = start_layer("late", background=True)
+    assert late.policy() == os.SCHED_IDLE  # starts behind it
+    critical.finish()
+    # the last critical layer ended: the others go back to SCHED_OTHER, still niced
+    for bg in (early, late):
+        assert bg.policy() == os.SCHED_OTHER
+        assert _nice(bg.pid) == min(19, base + tarapply.BACKGROUND_NICE)
+    early.finish()
+    late.finish()
     with tarapply._POOL_LOCK:
         pooled = list(tarapply._POOL)
     assert early.worker in pooled  # reusable: idle workers kept for the next layers never stay SCHED_IDLE
@@ -578,31 +585,24 @@ def test_background_children_return_to_the_pulls_own_policy(own: str, restore: s
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
 def test_under_sched_batch_background_layers_go_back_to_batch(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        start_layer: Callable[..., _Started], monkeypatch: pytest.MonkeyPatch) -> None:
     import store.tarapply as tarapply
 
     monkeypatch.setattr(tarapply, "_RESTORE_POLICY", os.SCHED_BATCH)
-    started: list[_Started] = []
     try:
-        critical = _Started(tmp_path, "critical", background=False)
-        started.append(critical)
-        bg = _Started(tmp_path, "bg", background=True)
-        started.append(bg)
+        critical = start_layer("critical", background=False)
+        bg = start_layer("bg", background=True)
         assert bg.policy() == os.SCHED_IDLE
         critical.finish()
         assert bg.policy() == os.SCHED_BATCH
         bg.finish()
-    except BaseException:
-        for s in started:
-            s.x.abort()
-        raise
     finally:
         tarapply._close_idle_workers()  # a BATCH worker must not serve the next tests
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
 def test_a_worker_left_under_sched_idle_is_not_reused_and_the_scheme_turns_off(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        start_layer: Callable[..., _Started], monkeypatch: pytest.MonkeyPatch) -> None:
     import store.tarapply as tarapply
 
     monkeypatch.setattr(tarapply, "_SCHED_IDLE_OK", True)
@@ -614,28 +614,18 @@ def test_a_worker_left_under_sched_idle_is_not_reused_and_the_scheme_turns_off(
         real(pid, policy, param)
 
     monkeypatch.setattr(os, "sched_setscheduler", no_way_back)
-    started: list[_Started] = []
-    try:
-        critical = _Started(tmp_path, "critical", background=False)
-        started.append(critical)
-        stuck = _Started(tmp_path, "stuck", background=True)
-        started.append(stuck)
-        assert stuck.policy() == os.SCHED_IDLE
-        critical.finish()
-        assert stuck.policy() == os.SCHED_IDLE and not tarapply._SCHED_IDLE_OK  # refused: the scheme is off
-        stuck.finish()
-        assert stuck.worker.proc.poll() is not None  # closed, never handed to another layer
-        again = _Started(tmp_path, "again", background=False)
-        started.append(again)
-        plain = _Started(tmp_path, "plain", background=True)
-        started.append(plain)
-        assert plain.policy() == os.SCHED_OTHER  # only niced from now on
-        again.finish()
-        plain.finish()
-    except BaseException:
-        for s in started:
-            s.x.abort()
-        raise
+    critical = start_layer("critical", background=False)
+    stuck = start_layer("stuck", background=True)
+    assert stuck.policy() == os.SCHED_IDLE
+    critical.finish()
+    assert stuck.policy() == os.SCHED_IDLE and not tarapply._SCHED_IDLE_OK  # refused: the scheme is off
+    stuck.finish()
+    assert stuck.worker.proc.poll() is not None  # closed, never handed to another layer
+    again = start_layer("again", background=False)
+    plain = start_layer("plain", background=True)
+    assert plain.policy() == os.SCHED_OTHER  # only niced from now on
+    again.finish()
+    plain.finish()
     assert tarapply._critical_running == 0 and not tarapply._background_running
 
 
