@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -31,7 +32,7 @@ from tests.harness.token_server import TokenServer
 Factory = Callable[..., RunningRegistry]
 
 
-def _image(seed: int, **options: object) -> factory.BuiltImage:
+def _image(seed: int, **options: Any) -> factory.BuiltImage:
     return factory.simple_image(seed, files=3, **options)
 
 
@@ -140,11 +141,11 @@ async def test_basic_auth(registry_factory: Factory, tmp_path: Path, caplog: pyt
 
 
 @pytest.fixture
-def token_registry(registry_factory: Factory, tmp_path: Path) -> tuple[TokenServer, RunningRegistry]:
+def token_registry(registry_factory: Factory, tmp_path: Path) -> Iterator[tuple[TokenServer, RunningRegistry]]:
     server = TokenServer(tmp_path / "token", users={"bob": "bob-password"}, refresh_tokens={"id-tok-1": "bob"})
     server.start()
     running = registry_factory(token=server.token_auth)
-    yield server, running  # type: ignore[misc]
+    yield server, running
     server.stop()
 
 

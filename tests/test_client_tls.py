@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory, pki: PKIFiles) -> Ite
         running.stop()
 
 
-async def _chunks(data: bytes) -> object:
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 

@@ -8,6 +8,7 @@ import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application nee
 
 
 def member(name: str | bytes, *, type: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "",
-           size: int | None = None, pax: dict[str, str] | None = None, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+           size: int | None = None, pax: dict[str, str] | None = None,
+           fmt: Literal[0, 1, 2] = tarfile.PAX_FORMAT) -> bytes:
     info = tarfile.TarInfo(os.fsdecode(name) if isinstance(name, bytes) else name)
     info.type = type
     info.linkname = linkname

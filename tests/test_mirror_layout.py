@@ -52,6 +52,7 @@ async def test_sync_to_layout_filters_platforms_shares_blobs_and_skopeo_reads_it
     assert multi.platforms == ("linux/arm64/v8",)
     assert multi.digest != MULTI.manifest_digest  # a new index with the arm64 entry only
     layout = OCILayout.open(dest)
+    assert multi.digest is not None
     index = json.loads(layout.read_blob(multi.digest))
     assert [m["digest"] for m in index["manifests"]] == [ARM.manifest_digest]
     assert not layout.has_blob(AMD.config_digest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,8 +67,9 @@ def test_naming_as_skopeo_sync() -> None:
 
 
 def test_filter_index_keeps_entries_verbatim() -> None:
-    entries = [{"mediaType": "m", "digest": f"sha256:{c * 64}", "size": 1, "platform": {"os": "linux",
-                "architecture": a}, "annotations": {"x": a}} for c, a in (("a", "amd64"), ("b", "arm64"))]
+    entries: list[dict[str, Any]] = [
+        {"mediaType": "m", "digest": f"sha256:{c * 64}", "size": 1, "platform": {"os": "linux", "architecture": a},
+         "annotations": {"x": a}} for c, a in (("a", "amd64"), ("b", "arm64"))]
     raw = json.dumps({"schemaVersion": 2, "mediaType": "i", "annotations": {"top": "1"}, "manifests": entries}).encode()
     assert filter_index(raw, [e["digest"] for e in entries]) is raw
     narrowed = json.loads(filter_index(raw, ["sha256:" + "b" * 64]))

@@ -513,7 +513,7 @@ def test_sigstore_keyless_fulcio(cosign: CosignKey, tmp_path: Path) -> None:
         "fulcio": {"caPath": str(tmp_path / "fulcio.pem"), "oidcIssuer": "https://issuer.example",
                    "subjectEmail": "dev@example.com"},
         "signedIdentity": {"type": "matchRepoDigestOrExact"}}]}))
-    common = {"manifest_digest": img.manifest_digest, "docker_reference": "example.com/ns/app:1"}
+    common: dict[str, Any] = {"manifest_digest": img.manifest_digest, "docker_reference": "example.com/ns/app:1"}
 
     def sign(signer: FulcioCA = ca, **options: Any) -> SigstoreSignature:
         values = {"email": "dev@example.com", "oidc_issuer": "https://issuer.example", **options}
@@ -553,7 +553,7 @@ def test_sigstore_pki_certificates() -> None:
 
     ca, other_ca = FulcioCA.generate(), FulcioCA.generate()
     img = image_for("example.com/ns/app:1")
-    common = {"manifest_digest": img.manifest_digest, "docker_reference": "example.com/ns/app:1"}
+    common: dict[str, Any] = {"manifest_digest": img.manifest_digest, "docker_reference": "example.com/ns/app:1"}
 
     def policy(**pki: Any) -> Any:
         return parse_policy(json.dumps({"default": [{"type": "sigstoreSigned", "signedIdentity":

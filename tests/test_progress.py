@@ -46,7 +46,7 @@ def check_fields(obj: dict[str, Any], shape: dict[str, Any], where: str) -> None
 
 def validate_line(line: bytes) -> dict[str, Any]:
     assert line.endswith(b"\n") and b"\n" not in line[:-1]
-    event = json.loads(line)
+    event: dict[str, Any] = json.loads(line)
     assert event["type"] in SCHEMA
     check_fields(event, SCHEMA[event["type"]], event["type"])
     # canonical JSON, as bootc writes it: sorted keys, no whitespace

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -70,8 +71,8 @@ def test_present_layers_are_not_planned_and_vfs_waits_for_parents() -> None:
     base, top = layer(1), layer(2)
     img = factory.build_image([base, top])
     ids = layer_ids([base.diff_id, top.diff_id])
-    existing = [FakeLayerRecord(ids[0], base.diff_id, base.digest)]
-    plan = plan_pull([(0, source_image(img))], existing_layers=existing, sequential=True)  # type: ignore[list-item]
+    existing: list[Any] = [FakeLayerRecord(ids[0], base.diff_id, base.digest)]
+    plan = plan_pull([(0, source_image(img))], existing_layers=existing, sequential=True)
     assert [s.action for s in plan.images[0].steps] == ["present", "fetch"]
     assert len(plan.jobs) == 1 and plan.jobs[0].after == ()  # the parent is already there
     plan = plan_pull([(0, source_image(img))], existing_layers=[], sequential=True)
@@ -81,8 +82,8 @@ def test_present_layers_are_not_planned_and_vfs_waits_for_parents() -> None:
 def test_incomplete_layers_count_as_missing() -> None:
     base = layer(1)
     img = factory.build_image([base])
-    existing = [FakeLayerRecord(base.diff_id.split(":")[1], base.diff_id, base.digest, incomplete=True)]
-    plan = plan_pull([(0, source_image(img))], existing_layers=existing)  # type: ignore[list-item]
+    existing: list[Any] = [FakeLayerRecord(base.diff_id.split(":")[1], base.diff_id, base.digest, incomplete=True)]
+    plan = plan_pull([(0, source_image(img))], existing_layers=existing)
     assert [s.action for s in plan.images[0].steps] == ["fetch"]
 
 
@@ -91,10 +92,10 @@ def test_same_diff_id_elsewhere_is_copied_not_fetched() -> None:
     other_base = layer(3)
     # the store has `shared` on top of another base: same diffID, different layer id
     stored_ids = layer_ids([other_base.diff_id, shared.diff_id])
-    existing = [FakeLayerRecord(stored_ids[0], other_base.diff_id, other_base.digest),
+    existing: list[Any] = [FakeLayerRecord(stored_ids[0], other_base.diff_id, other_base.digest),
                 FakeLayerRecord(stored_ids[1], shared.diff_id, shared.digest)]
     img = factory.build_image([base, shared])
-    plan = plan_pull([(0, source_image(img))], existing_layers=existing)  # type: ignore[list-item]
+    plan = plan_pull([(0, source_image(img))], existing_layers=existing)
     actions = {job.layer_id: (job.copy_from, job.after) for job in plan.jobs}
     new_ids = layer_ids([base.diff_id, shared.diff_id])
     assert actions[new_ids[0]] == (None, ())
@@ -123,10 +124,15 @@ def test_manifest_and_config_disagreeing_is_a_plan_error() -> None:
 
 def test_up_to_date_by_name_and_digest() -> None:
     rec = FakeImageRecord("abc", ("127.0.0.1:5000/x:1",), "sha256:" + "1" * 64, ("sha256:" + "1" * 64,))
-    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:1",), digest=None) is rec  # type: ignore[list-item]
-    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:1",), digest=rec.digest) is rec  # type: ignore[list-item]
-    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:1",), digest="sha256:" + "2" * 64) is None  # type: ignore[list-item]
-    assert image_up_to_date([rec], names=("127.0.0.1:5000/x:2",), digest=None) is None  # type: ignore[list-item]
+
+    def found(name: str, digest: str | None) -> object:  # image_up_to_date reads only these fields
+        records: list[Any] = [rec]
+        return image_up_to_date(records, names=(name,), digest=digest)
+
+    assert found("127.0.0.1:5000/x:1", None) is rec
+    assert found("127.0.0.1:5000/x:1", rec.digest) is rec
+    assert found("127.0.0.1:5000/x:1", "sha256:" + "2" * 64) is None
+    assert found("127.0.0.1:5000/x:2", None) is None
 
 
 def test_source_image_ids_and_digests() -> None:

@@ -231,6 +231,7 @@ async def test_overlay_tree_has_whiteouts_as_podman_writes_them(
     report = await pull([f"{registry.host}/cases/oci:entries"], store=store, options=options)
     assert report.ok, report.summary()
     image = store.find_image(f"{registry.host}/cases/oci:entries")
+    assert image.top_layer is not None
     chain = store.layer_chain(image.top_layer)
     upper = store.layer_directory(chain[-2])  # the whiteout layer (chain is bottom first or top first)
     if not (upper / "var").exists():
@@ -350,8 +351,8 @@ def corrupt_blob(registry: RunningRegistry, digest: str) -> bytes:
 
 
 async def test_digest_mismatch_fails_one_image_others_complete_rerun_finishes(
-        tmp_path: Path, registry_factory: type) -> None:
-    reg = registry_factory()  # type: ignore[operator]
+        tmp_path: Path, registry_factory: Callable[..., RunningRegistry]) -> None:
+    reg = registry_factory()
     shared = factory.build_layer(factory.many_small_files("shared", 30, seed=701))
     good = factory.build_image([shared, factory.build_layer([factory.file("good", "g")])])
     bad_top = factory.build_layer([factory.large_file("bad", 400_000, seed=702)])
@@ -396,8 +397,8 @@ class KillOnFirstBytes(Progress):
 
 
 async def test_registry_killed_mid_pull_leaves_store_clean_and_rerun_completes(
-        tmp_path: Path, registry_factory: type) -> None:
-    reg = registry_factory()  # type: ignore[operator]
+        tmp_path: Path, registry_factory: Callable[..., RunningRegistry]) -> None:
+    reg = registry_factory()
     layers = [factory.build_layer([factory.large_file(f"big{n}", 3_000_000, seed=800 + n)]) for n in range(3)]
     image = factory.build_image(layers)
     factory.push_image(reg.host, "kill/app:1", image)
@@ -461,8 +462,8 @@ def test_cli_pull_json_progress_fd_and_exit_status(tmp_path: Path, registry: Run
 
 
 async def test_short_name_tries_each_search_registry_in_order(tmp_path: Path, registry: RunningRegistry,
-                                                              registry_factory: type) -> None:
-    empty = registry_factory()  # type: ignore[operator]
+                                                              registry_factory: Callable[..., RunningRegistry]) -> None:
+    empty = registry_factory()
     image = factory.simple_image(961)
     factory.push_image(registry.host, "short/app:1", image)
     options = make_options(tmp_path, registry)

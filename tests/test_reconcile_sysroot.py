@@ -172,9 +172,9 @@ async def test_sysroot_upgrade_failure_retry_rollback_gc(
     statuses = {s.deployment.checksum: s for s in report.statuses}
     assert [i.id for i in statuses[c4].images] == [new_tools]
     assert {i.image: i.id for i in statuses[c2].images}[f"{host}/bt/tools"] == old_tools
-    ids = {i.id for i in store.list_images()}
-    assert {old_tools, new_tools} <= ids
-    assert len(ids) == 4  # app:2, db:1, both tools
+    stored = {i.id for i in store.list_images()}
+    assert {old_tools, new_tools} <= stored
+    assert len(stored) == 4  # app:2, db:1, both tools
 
     # podman on an empty store sees the bootc store's images as an additional image store, as hosts use it.
-    assert podman_additional_ids(tmp_path / "empty", store_root, runroot) == ids
+    assert podman_additional_ids(tmp_path / "empty", store_root, runroot) == stored
