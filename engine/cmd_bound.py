@@ -116,6 +116,14 @@ def register(subparsers: Any) -> None:
         help="stored: copy from the source store (default); pull: from the registries; skip",
     )
     p.add_argument("--storage-driver", choices=("overlay", "vfs"), default=None, help="target store driver")
+    p.add_argument(
+        "--sysroot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the installed system's ostree sysroot: record each of its deployments whose bound images were "
+        "all installed as ready, as a sync would, so that it boots ready without one",
+    )
     add_common_options(p, store=False)
     p.add_argument("--jobs", "-j", type=int, default=None, metavar="N", help="layers fetched at once (pull)")
     p.set_defaults(func=run_install)
@@ -368,12 +376,16 @@ def run_install(args: argparse.Namespace) -> int:
     """``tether bound install``."""
     import trio
 
-    from engine.install import install_pulled, install_stored
+    from engine.install import install_pulled, install_stored, record_installed
     from engine.progress import make_progress
 
     if args.bound_images == "skip":
         print("bound images skipped")
         return 0
+    if args.sysroot is not None:
+        from engine.deployments import list_sysroot_deployments
+
+        list_sysroot_deployments(args.sysroot)  # a wrong --sysroot fails before anything is copied
     if args.bound_images == "stored":
         report = install_stored(
             args.deployment_root,
@@ -398,4 +410,13 @@ def run_install(args: argparse.Namespace) -> int:
             print(f"tether: {image.image}: {image.error}", file=sys.stderr)
         else:
             print(f"{image.image} {image.id}")
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    if args.sysroot is not None and report.images:
+        records = record_installed(report, sysroot=args.sysroot, target_store=args.target_store,
+                                   target_driver=args.storage_driver)
+        for name in records.ready:
+            print(f"{name}: ready")
+        for name, why in records.skipped:
+            print(f"tether: {name}: not recorded ready: {why}", file=sys.stderr)
+    return 0

@@ -9,6 +9,10 @@ bootc install (bootc-dev/bootc ``crates/lib/src/install.rs``, ``--bound-images=s
   layer from the source's tar-split and keeps the manifest, config and digests byte for byte) — no network;
 - ``pull``: pulled from the registries into the target store (the ordinary concurrent pull);
 - ``skip``: nothing.
+
+With ``--sysroot`` (the installed system's ostree sysroot), :func:`record_installed` then writes the readiness
+record a ``tether bound sync`` would write for every deployment there whose bound images were all installed, so
+the first boot finds them ready (``bound status --check``) without a sync, a registry or a re-resolved tag.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from engine.bound import BoundImage, discover_bound_images, group_bound_images, 
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
+    from engine.deployments import Deployment
     from engine.options import CommonOptions
     from engine.progress import Progress
     from store.containers_storage import ImageRecord
@@ -41,6 +46,8 @@ class InstalledImage:
     id: str | None
     digest: str | None
     error: str | None = None
+    #: :func:`engine.reconcile.binding_key` of the binding: the image and the pull options it was put there for
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ def install_stored(
     source_driver: str | None = None,
 ) -> InstallReport:
     """``--bound-images=stored``: copy from ``source_store`` without the network (blocking)."""
+    from engine.reconcile import binding_key
     from store.containers_storage import Store, copy_image, detect_driver
 
     bound = tuple(g.image for g in group_bound_images(discover_bound_images(src_root)))
@@ -105,7 +113,7 @@ def install_stored(
     out: list[InstalledImage] = []
     for image, record in zip(bound, records, strict=True):
         copied = copy_image(source, record.id, target, names=_target_names(image, record))
-        out.append(InstalledImage(image=image.image, id=copied.id, digest=copied.digest))
+        out.append(InstalledImage(image=image.image, id=copied.id, digest=copied.digest, key=binding_key(image)))
     return InstallReport(images=tuple(out), mode="stored")
 
 
@@ -121,18 +129,81 @@ async def install_pulled(
     """``--bound-images=pull``: pull every bound image of ``src_root`` into the target store."""
     from engine.bound import pull_requests_for
     from engine.pull import pull
+    from engine.reconcile import binding_key
     from store.containers_storage import Store
 
     bound = discover_bound_images(src_root)
-    requests = pull_requests_for(bound, root=src_root)
+    requests = pull_requests_for(bound, root=src_root)  # one per group, in group order
     if not requests:
         return InstallReport(images=(), mode="pull")
     target = Store.open(target_store, driver=target_driver)
     report = await pull(list(requests), store=target, options=options, jobs=jobs, policy="newer", progress=progress)
     return InstallReport(
         images=tuple(
-            InstalledImage(image=r.request.name, id=r.image_id, digest=r.manifest_digest, error=r.error)
-            for r in report.results
+            InstalledImage(image=r.request.name, id=r.image_id, digest=r.manifest_digest, error=r.error,
+                           key=binding_key(group.image))
+            for group, r in zip(group_bound_images(bound), report.results, strict=True)
         ),
         mode="pull",
     )
+
+
+@dataclass(frozen=True)
+class InstallRecords:
+    """What :func:`record_installed` did for each deployment of the sysroot."""
+
+    #: deployments now recorded ready
+    ready: tuple[str, ...]
+    #: (deployment, why not): it binds an image this install did not put in the store, or its bindings
+    #: cannot be read
+    skipped: tuple[tuple[str, str], ...]
+
+
+def record_installed(report: InstallReport, *, sysroot: Path, target_store: Path,
+                     target_driver: str | None = None) -> InstallRecords:
+    """Write a ready record into ``target_store`` for each deployment of ``sysroot`` whose bound images (by
+    image and pull options, as ``bound sync`` keys them) were all installed by ``report`` and are in the store:
+    the same record a sync would write, so that the installed system boots ready with no sync.  Deployments
+    binding nothing need no record (they are ready as they are); a deployment that binds anything else is
+    left without one (a sync will pull it).  Blocking."""
+    from datetime import UTC, datetime
+
+    from engine.deployments import list_sysroot_deployments
+    from engine.errors import BoundImageError
+    from engine.reconcile import ImageState, ReadinessRecord, binding_key, write_record
+    from engine.storelock import hold_store
+    from store.containers_storage import Store
+
+    installed = {i.key: i for i in report.images if i.error is None and i.id is not None and i.key}
+    deployments: tuple[Deployment, ...] = tuple(list_sysroot_deployments(sysroot))
+    ready: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    if not installed:
+        return InstallRecords(ready=(), skipped=tuple((d.name, "no image was installed") for d in deployments))
+    store = Store.open(target_store, driver=target_driver)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    with hold_store(store.root):
+        present = {i.id for i in store.list_images()}
+        for deployment in deployments:
+            try:
+                groups = group_bound_images(discover_bound_images(deployment.root))
+            except BoundImageError as exc:
+                skipped.append((deployment.name, str(exc)))
+                continue
+            if not groups:
+                continue
+            states: list[ImageState] = []
+            for group in groups:
+                done = installed.get(binding_key(group.image))
+                if done is None or done.id not in present:
+                    skipped.append((deployment.name, f"it binds {group.image.image} ({group.image.entry}), "
+                                                     "which this install did not put in the store"))
+                    break
+                states.append(ImageState(image=group.image.image, key=done.key, id=done.id, digest=done.digest,
+                                         entries=tuple(b.entry for b in group.bindings)))
+            else:
+                write_record(store.root, deployment, ReadinessRecord(
+                    deployment=deployment.name, root=str(deployment.root), ready=True, images=tuple(states),
+                    updated=now))
+                ready.append(deployment.name)
+    return InstallRecords(ready=tuple(ready), skipped=tuple(skipped))

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
+from engine.deployments import list_sysroot_deployments
+from engine.reconcile import load_record
 from store.containers_storage import Store
 from tests.harness.bound import make_root
 from tests.harness.images import build_image, build_layer, busybox_entries, push_image, simple_image
+from tests.harness.ostree_sysroot import make_sysroot
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 
@@ -136,3 +139,67 @@ def test_install_nothing_bound(tmp_path: Path) -> None:
     assert main(["bound", "install", "--root", str(root), "--target-store", str(tmp_path / "t"),
                  "--source-store", str(tmp_path / "none")]) == 0
     assert not (tmp_path / "t").exists()
+
+
+def test_install_records_its_deployments_ready_so_they_boot_without_a_sync(
+    tmp_path: Path, registry_factory: object, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, dst = podmen
+    reg: RunningRegistry = registry_factory()  # type: ignore[operator]
+    host = reg.host
+    push_image(host, "in5/app:1", simple_image(431, files=2, layers=1))
+    push_image(host, "in5/db:1", simple_image(432, files=2, layers=1))
+    app_id = src.pull(f"{host}/in5/app:1")
+    db_id = src.pull(f"{host}/in5/db:1")
+    sysroot = make_sysroot(tmp_path)
+    sysroot.commit({"app.image": f"{host}/in5/app:1", "other.image": f"{host}/in5/other:1"}, tag="old")
+    sysroot.deploy()
+    sysroot.commit({"app.image": f"{host}/in5/app:1", "db.image": f"{host}/in5/db:1"}, tag="new")
+    sysroot.deploy()
+    new, old = list_sysroot_deployments(sysroot.path)
+    reg.stop()  # the install and the first boot's check need no registry
+
+    code = main(["bound", "install", "--root", str(new.root), "--target-store", str(dst.root),
+                 "--source-store", str(src.root), "--sysroot", str(sysroot.path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"{new.name}: ready" in out
+    assert f"{old.name}: not recorded ready: it binds {host}/in5/other:1" in err
+    record = load_record(dst.root, new)
+    assert record is not None and record.ready
+    assert {(i.image, i.id) for i in record.images} == {(f"{host}/in5/app:1", app_id), (f"{host}/in5/db:1", db_id)}
+    assert load_record(dst.root, old) is None
+
+    status = ["bound", "status", "--sysroot", str(sysroot.path), "--store", str(dst.root), "--check"]
+    assert main([*status, new.name]) == 0  # ready on first boot, no sync
+    assert main([*status, old.name]) == 1
+    # A sync finds nothing to do for it: no registry is running, yet the new deployment stays ready.
+    capsys.readouterr()
+    main(["bound", "sync", "--sysroot", str(sysroot.path), "--store", str(dst.root), "--no-gc",
+          "--progress", "none"])
+    assert f"{new.name}: ready" in capsys.readouterr().out
+    assert load_record(dst.root, new) == record
+
+
+def test_install_pull_records_ready_and_refuses_a_wrong_sysroot_before_copying(
+    tmp_path: Path, registry: RunningRegistry, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, dst = podmen
+    host = registry.host
+    image = simple_image(441, files=1, layers=1)
+    push_image(host, "in6/app:1", image)
+    sysroot = make_sysroot(tmp_path)
+    sysroot.commit({"app.image": f"{host}/in6/app:1"}, tag="v1")
+    sysroot.deploy()
+    (deployment,) = list_sysroot_deployments(sysroot.path)
+    install = ["bound", "install", "--root", str(deployment.root), "--target-store", str(dst.root),
+               "--bound-images", "pull", "--tls-verify=false"]
+
+    assert main([*install, "--sysroot", str(tmp_path / "not-a-sysroot")]) != 0
+    assert "is not an ostree sysroot" in capsys.readouterr().err
+    assert not dst.root.exists()
+
+    assert main([*install, "--sysroot", str(sysroot.path)]) == 0
+    assert f"{deployment.name}: ready" in capsys.readouterr().out
+    record = load_record(dst.root, deployment)
+    assert record is not None and [(i.image, i.id) for i in record.images] == [(f"{host}/in6/app:1", image.image_id)]
