@@ -1065,7 +1065,7 @@ class _Worker:
         self.stdin_fd = self.proc.stdin.fileno()
         self.stdout = self.proc.stdout
         self.background = False  # started at this process's niceness
-        self.sched_idle = False  # SCHED_IDLE (see _hold_background_idle)
+        self.sched_idle = False  # under SCHED_IDLE (see _start_scheduling)
         with contextlib.suppress(OSError):
             import fcntl
 
@@ -1122,12 +1122,12 @@ def _set_background(w: _Worker, background: bool) -> bool:
 # the critical child's threads or the parent wake up (thousands of times a second: pipe reads, queue hand-offs),
 # and they wait for it.  A SCHED_IDLE task is preempted at once by any normal one waking (sched/fair.c
 # check_preempt_wakeup_fair), so background layers only fill the CPU the critical path leaves.  Measured on
-# the benchmarks' large image (2 cores, 6 alternating runs): median 4.38 s instead of 4.53 s; the critical
-# applier thread's run-queue wait fell from 0.9 s to 0.7 s.  When the last critical layer ends, the others go
-# back to this process's own policy (still niced), so that a busy host cannot starve them.  Only as root and
-# only when this process runs under SCHED_OTHER or SCHED_BATCH (a pull a unit already runs under SCHED_IDLE, or
-# real-time, is left alone): leaving SCHED_IDLE again needs CAP_SYS_NICE (sched(7)); a refusal turns the scheme
-# off for this process.
+# the benchmarks' large image (2 cores, RAM-backed ext4, 6 alternating runs): median 4.47 s instead of 4.70 s;
+# the critical applier thread's run-queue wait fell from about 1.0 s to 0.75 s.  When the last critical layer
+# ends, the others go back to this process's own policy (still niced), so that a busy host cannot starve them.
+# Only as root and only when this process runs under SCHED_OTHER or SCHED_BATCH (a pull a unit already runs
+# under SCHED_IDLE, or real-time, is left alone): leaving SCHED_IDLE again needs CAP_SYS_NICE (sched(7)); a
+# refusal turns the scheme off for this process.
 _SCHED_LOCK = threading.Lock()
 
 
