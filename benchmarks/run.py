@@ -36,6 +36,20 @@ SETTLE_SECONDS = 180
 MIN_FREE_BYTES = 25 * 10**9
 
 
+def describe_code(repo: Path = REPO_ROOT) -> dict[str, Any] | None:
+    """Which code a results file measured: the checkout's commit and the tracked files modified in its work
+    tree (the timed processes import the work tree), or None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        modified = sorted(line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "modified": modified}
+
+
 def drop_caches() -> bool:
     """``sync; echo 3 > /proc/sys/vm/drop_caches`` (root only); False when not allowed."""
     os.sync()
@@ -348,12 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   driver=args.driver)
         env.clear_stores()  # leftovers of an interrupted run
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        code = describe_code()
         results = run_cases(env, args.cases, args.reps)
         env.clear_stores(settle=False)
     finally:
         registry.stop()
     doc = {
         "started": started,
+        "code": code,
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                     "mem_gb": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)},
         "driver": args.driver,
