@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,12 +40,17 @@ def podmen(tmp_path: Path) -> Iterator[tuple[Podman, Podman]]:
             release(p)
 
 
+@pytest.fixture
+def own_registry(registry_factory: Callable[..., RunningRegistry]) -> RunningRegistry:
+    """A registry of the test's own, which it stops to show that what follows needs no network."""
+    return registry_factory()
+
+
 def test_install_stored_copies_without_network(
-    tmp_path: Path, registry_factory: object, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, own_registry: RunningRegistry, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
 ) -> None:
     src, dst = podmen
-    reg: RunningRegistry = registry_factory()  # type: ignore[operator]
-    host = reg.host
+    host = own_registry.host
     app = simple_image(401, files=3)
     runnable = build_layer(busybox_entries())
     push_image(host, "in1/app:1", build_image([*app.layers, runnable]))
@@ -54,7 +59,7 @@ def test_install_stored_copies_without_network(
     db_id = src.pull(f"{host}/in1/db:1")
     src_app = src.json("image", "inspect", f"{host}/in1/app:1")[0]
     root = make_root(tmp_path / "sysroot-src", {"app.image": f"{host}/in1/app:1", "db.image": f"{host}/in1/db:1"})
-    reg.stop()  # no network: everything must come from the source store
+    own_registry.stop()  # no network: everything must come from the source store
 
     code = main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
                  "--source-store", str(src.root)])
@@ -151,11 +156,10 @@ def test_install_nothing_bound(tmp_path: Path) -> None:
 
 
 def test_install_records_its_deployments_ready_so_they_boot_without_a_sync(
-    tmp_path: Path, registry_factory: object, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, own_registry: RunningRegistry, podmen: tuple[Podman, Podman], capsys: pytest.CaptureFixture[str]
 ) -> None:
     src, dst = podmen
-    reg: RunningRegistry = registry_factory()  # type: ignore[operator]
-    host = reg.host
+    host = own_registry.host
     push_image(host, "in5/app:1", simple_image(431, files=2, layers=1))
     push_image(host, "in5/db:1", simple_image(432, files=2, layers=1))
     app_id = src.pull(f"{host}/in5/app:1")
@@ -166,7 +170,7 @@ def test_install_records_its_deployments_ready_so_they_boot_without_a_sync(
     sysroot.commit({"app.image": f"{host}/in5/app:1", "db.image": f"{host}/in5/db:1"}, tag="new")
     sysroot.deploy()
     new, old = list_sysroot_deployments(sysroot.path)
-    reg.stop()  # the install and the first boot's check need no registry
+    own_registry.stop()  # the install and the first boot's check need no registry
 
     code = main(["bound", "install", "--root", str(new.root), "--target-store", str(dst.root),
                  "--source-store", str(src.root), "--sysroot", str(sysroot.path)])
