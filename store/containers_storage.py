@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from store import _drivers
+from store._fsync import fsync_dir
 from store._gojson import (
     format_go_time,
     go_json_dumps,
@@ -153,11 +154,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = 
             os.unlink(tmp)
         raise
     if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
 
 
 def _move_file(src: Path, dst: Path) -> None:
@@ -186,11 +183,7 @@ def _move_file(src: Path, dst: Path) -> None:
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(path)
 
 
 def _read_json_array(path: Path) -> list[dict[str, Any]]:

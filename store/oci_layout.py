@@ -39,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Self
 
+from store._fsync import fsync_dir
 from store.errors import CorruptStoreError, ImageUnknownError, StoreError
 
 __all__ = [
@@ -345,14 +346,6 @@ def _hasher(digest: str) -> Any:
 # file helpers
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
     """A file written to a temp beside ``path`` (``.NAME.<hex>.tmp``), then fsynced, renamed over ``path`` and
@@ -369,7 +362,7 @@ def _atomic_output(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -433,7 +426,7 @@ class BlobWriter:
             target = self._layout.path / blob_relpath(digest)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except BaseException:
             self.abort()
             raise
@@ -733,7 +726,7 @@ class OCILayout:
                         partials += 1
             if removed:
                 for algo_dir in (self.path / BLOBS_DIR).iterdir():
-                    _fsync_dir(algo_dir)
+                    fsync_dir(algo_dir)
         return PruneResult(removed=tuple(removed), freed_bytes=freed, partials_removed=partials)
 
     def verify(self, *, digests: bool = True) -> list[str]:
