@@ -25,7 +25,6 @@ from engine.bound import BoundImage, discover_bound_images, group_bound_images, 
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
-    from engine.deployments import Deployment
     from engine.options import CommonOptions
     from engine.progress import Progress
     from store.containers_storage import ImageRecord
@@ -127,22 +126,22 @@ async def install_pulled(
     progress: Progress | None = None,
 ) -> InstallReport:
     """``--bound-images=pull``: pull every bound image of ``src_root`` into the target store."""
-    from engine.bound import pull_requests_for
+    from engine.bound import pull_request_for
     from engine.pull import pull
     from engine.reconcile import binding_key
     from store.containers_storage import Store
 
-    bound = discover_bound_images(src_root)
-    requests = pull_requests_for(bound, root=src_root)  # one per group, in group order
-    if not requests:
+    groups = group_bound_images(discover_bound_images(src_root))
+    if not groups:
         return InstallReport(images=(), mode="pull")
+    requests = [pull_request_for(g.image, root=src_root) for g in groups]
     target = Store.open(target_store, driver=target_driver)
-    report = await pull(list(requests), store=target, options=options, jobs=jobs, policy="newer", progress=progress)
+    report = await pull(requests, store=target, options=options, jobs=jobs, policy="newer", progress=progress)
     return InstallReport(
         images=tuple(
             InstalledImage(image=r.request.name, id=r.image_id, digest=r.manifest_digest, error=r.error,
                            key=binding_key(group.image))
-            for group, r in zip(group_bound_images(bound), report.results, strict=True)
+            for group, r in zip(groups, report.results, strict=True)
         ),
         mode="pull",
     )
@@ -175,7 +174,7 @@ def record_installed(report: InstallReport, *, sysroot: Path, target_store: Path
     from store.containers_storage import Store
 
     installed = {i.key: i for i in report.images if i.error is None and i.id is not None and i.key}
-    deployments: tuple[Deployment, ...] = tuple(list_sysroot_deployments(sysroot))
+    deployments = list_sysroot_deployments(sysroot)
     ready: list[str] = []
     skipped: list[tuple[str, str]] = []
     if not installed:
