@@ -798,13 +798,13 @@ _PREWARM_ABOVE = 4 * 1024 * 1024
 
 
 def _prewarm_extractors(count: int) -> None:
-    """store.tarapply.prewarm_workers(count) when the store's applier has it (best effort)."""
-    prewarm = getattr(importlib.import_module("store.tarapply"), "prewarm_workers", None)
-    if prewarm is not None:
-        try:
-            prewarm(count)
-        except OSError as exc:  # the layer's own spawn reports a real problem
-            log.debug("prewarming extraction workers failed: %s", exc)
+    """store.tarapply.prewarm_workers(count), best effort."""
+    from store.tarapply import prewarm_workers
+
+    try:
+        prewarm_workers(count)
+    except OSError as exc:  # the layer's own spawn reports a real problem
+        log.debug("prewarming extraction workers failed: %s", exc)
 
 
 def is_background_layer(size: int, *, largest: int) -> bool:
