@@ -447,31 +447,58 @@ def _wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
+class _Started:
+    """A ProcessLayerExtractor fed half its blob (its child is running and busy until ``finish``)."""
+
+    def __init__(self, tmp_path: Path, name: str, *, background: bool) -> None:
+        self.files = 200
+        self.tar = layer([images.file(f"{name}/f{i:03}", os.urandom(1500)) for i in range(self.files)])
+        self.blob = gzip.compress(self.tar)
+        self.target = tmp_path / name
+        self.target.mkdir()
+        self.x = ProcessLayerExtractor(self.target, mode="overlay", tar_split_path=tmp_path / f"{name}.ts.gz",
+                                       spawn_threshold=0, background=background)
+        self.x.feed(self.blob[: len(self.blob) // 2])
+        self.pid: int = self.x._proc.pid
+        self.worker = self.x._worker
+
+    def policy(self) -> int:
+        return os.sched_getscheduler(self.pid)
+
+    def finish(self) -> None:
+        self.x.feed(self.blob[len(self.blob) // 2 :])
+        assert self.x.finish().diff_digest == images.sha256_digest(self.tar)
+
+
+@pytest.fixture
+def start_layer(tmp_path: Path) -> Iterator[Callable[..., _Started]]:
+    """Start layers half-fed; whatever a failing test left running is aborted (a no-op once finished)."""
+    started: list[_Started] = []
+
+    def start(name: str, *, background: bool) -> _Started:
+        layer_ = _Started(tmp_path, name, background=background)
+        started.append(layer_)
+        return layer_
+
+    yield start
+    for layer_ in started:
+        layer_.x.abort()
+
+
 @pytest.mark.parametrize("background", [True, False])
-def test_background_layers_run_niced_on_one_thread_critical_ones_threaded(tmp_path: Path, background: bool) -> None:
+def test_background_layers_run_niced_on_one_thread_critical_ones_threaded(
+        start_layer: Callable[..., _Started], background: bool) -> None:
     from store.tarapply import BACKGROUND_NICE
 
-    tar = layer([images.file(f"d/f{i:03}", os.urandom(2000)) for i in range(300)])
-    blob = gzip.compress(tar)
-    target = tmp_path / "diff"
-    target.mkdir()
-    x = ProcessLayerExtractor(target, mode="overlay", tar_split_path=tmp_path / "ts.gz", spawn_threshold=0,
-                              background=background)
-    try:
-        x.feed(blob[: len(blob) // 2])
-        pid = x._proc.pid
-        _wait_until(lambda: (target / "d").is_dir() and any((target / "d").iterdir()), "the first files")
-        base = _nice(0)
-        assert _nice(pid) == (min(19, base + BACKGROUND_NICE) if background else base)
-        # threaded: the applier thread beside the one reading and decompressing
-        assert _threads(pid) == (1 if background else 2)
-        x.feed(blob[len(blob) // 2 :])
-        result = x.finish()
-    except BaseException:
-        x.abort()
-        raise
-    assert result.diff_digest == images.sha256_digest(tar)
-    assert sorted(p.name for p in (target / "d").iterdir()) == [f"f{i:03}" for i in range(300)]
+    started = start_layer("d", background=background)
+    files = started.target / "d"
+    _wait_until(lambda: files.is_dir() and any(files.iterdir()), "the first files")
+    base = _nice(0)
+    assert _nice(started.pid) == (min(19, base + BACKGROUND_NICE) if background else base)
+    # threaded: the applier thread beside the one reading and decompressing
+    assert _threads(started.pid) == (1 if background else 2)
+    started.finish()
+    assert sorted(p.name for p in files.iterdir()) == [f"f{i:03}" for i in range(started.files)]
 
 
 def test_an_idle_background_worker_is_brought_back_to_the_foreground_or_replaced(
@@ -506,44 +533,6 @@ def test_an_idle_background_worker_is_brought_back_to_the_foreground_or_replaced
         fresh.close()
 
 
-class _Started:
-    """A ProcessLayerExtractor fed half its blob (its child is running and busy until ``finish``)."""
-
-    def __init__(self, tmp_path: Path, name: str, *, background: bool) -> None:
-        self.tar = layer([images.file(f"{name}/f{i:03}", os.urandom(1500)) for i in range(200)])
-        self.blob = gzip.compress(self.tar)
-        self.target = tmp_path / name
-        self.target.mkdir()
-        self.x = ProcessLayerExtractor(self.target, mode="overlay", tar_split_path=tmp_path / f"{name}.ts.gz",
-                                       spawn_threshold=0, background=background)
-        self.x.feed(self.blob[: len(self.blob) // 2])
-        self.pid: int = self.x._proc.pid
-        self.worker = self.x._worker
-
-    def policy(self) -> int:
-        return os.sched_getscheduler(self.pid)
-
-    def finish(self) -> None:
-        self.x.feed(self.blob[len(self.blob) // 2 :])
-        assert self.x.finish().diff_digest == images.sha256_digest(self.tar)
-
-
-@pytest.fixture
-def start_layer(tmp_path: Path) -> Iterator[Callable[..., _Started]]:
-    """Start layers half-fed; whatever a failing test left running is aborted (a no-op once finished)."""
-    started: list[_Started] = []
-
-    def start(name: str, *, background: bool) -> _Started:
-        layer_ = _Started(tmp_path, name, background=background)
-        started.append(layer_)
-        return layer_
-
-    yield start
-    for layer_ in started:
-        layer_.x.abort()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root (leaving it needs CAP_SYS_NICE)")
 def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extracted(
         start_layer: Callable[..., _Started]) -> None:
     import store.tarapply as tarapply
@@ -570,7 +559,6 @@ def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extrac
     assert tarapply._critical_running == 0 and not tarapply._background_running
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
 @pytest.mark.parametrize(("own", "restore"), [("SCHED_OTHER", "SCHED_OTHER"), ("SCHED_BATCH", "SCHED_BATCH"),
                                               ("SCHED_IDLE", None)])
 def test_background_children_return_to_the_pulls_own_policy(own: str, restore: str | None) -> None:
@@ -583,7 +571,6 @@ def test_background_children_return_to_the_pulls_own_policy(own: str, restore: s
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
 def test_under_sched_batch_background_layers_go_back_to_batch(
         start_layer: Callable[..., _Started], monkeypatch: pytest.MonkeyPatch) -> None:
     import store.tarapply as tarapply
@@ -600,7 +587,6 @@ def test_under_sched_batch_background_layers_go_back_to_batch(
         tarapply._close_idle_workers()  # a BATCH worker must not serve the next tests
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_IDLE is used only as root")
 def test_a_worker_left_under_sched_idle_is_not_reused_and_the_scheme_turns_off(
         start_layer: Callable[..., _Started], monkeypatch: pytest.MonkeyPatch) -> None:
     import store.tarapply as tarapply
