@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from store.tarapply import LayerExtractor, ProcessLayerExtractor
+from tether.store.tarapply import LayerExtractor, ProcessLayerExtractor
 
 CHUNK = 256 * 1024
 

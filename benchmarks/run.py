@@ -151,7 +151,7 @@ class Env:
     registries_conf: Path
     env: dict[str, str]
     driver: str = "overlay"
-    tether: list[str] = field(default_factory=lambda: [sys.executable, "-m", "engine"])
+    tether: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tether"])
     case: str = ""
 
     def clear_stores(self, *, settle: bool = True) -> None:

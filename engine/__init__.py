@@ -3,5 +3,3 @@
 The engine is the only package that knows both :mod:`registry` (the OCI distribution
 protocol) and :mod:`store` (containers-storage and OCI layouts); it glues them.
 """
-
-__version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from engine.cli import run
+from tether.engine.cli import run
 
 run()

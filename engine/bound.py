@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
-from engine.errors import BoundImageError
-from engine.quadlet import UnitFile, expand_specifiers, parse_bool, parse_unit
+from tether.engine.errors import BoundImageError
+from tether.engine.quadlet import UnitFile, expand_specifiers, parse_bool, parse_unit
 
 if TYPE_CHECKING:
-    from engine.pull import PullRequest
+    from tether.engine.pull import PullRequest
 
 BOUND_IMAGE_DIR = "usr/lib/bootc/bound-images.d"
 #: Quadlet's system unit search directories inside a root, highest priority first
@@ -83,7 +83,7 @@ class BoundImage:
         """``os/arch[/variant]`` when ``OS``/``Arch``/``Variant`` ask for a non-host platform."""
         if self.arch is None and self.os is None and self.variant is None:
             return None
-        from registry.manifest import host_platform
+        from tether.registry.manifest import host_platform
 
         host = host_platform()
         os_name = self.os or host.os
@@ -219,7 +219,7 @@ def normalize_image_name(name: str) -> str:
     Short names (which need registries.conf to resolve) and transport names (``oci:...``) are
     returned unchanged.
     """
-    from registry.reference import is_short_name, parse_reference
+    from tether.registry.reference import is_short_name, parse_reference
 
     try:
         if is_short_name(name):
@@ -235,7 +235,7 @@ def normalize_image_name(name: str) -> str:
 def short_name_matches(names: Iterable[str], bound: str) -> bool:
     """Whether any stored name could be what the short name ``bound`` resolves to (``alpine`` ->
     ``*/alpine:latest``, ``app:1`` -> ``*/app:1``): any search registry, so a conservative match."""
-    from registry.reference import is_short_name
+    from tether.registry.reference import is_short_name
 
     try:
         if "@" in bound or not is_short_name(bound):
@@ -538,15 +538,15 @@ def group_bound_images(images: Iterable[BoundImage]) -> tuple[BoundGroup, ...]:
 
 
 def pull_request_for(image: BoundImage, *, root: Path) -> PullRequest:
-    """The :class:`engine.pull.PullRequest` for one binding; files named by the unit are looked up
+    """The :class:`tether.engine.pull.PullRequest` for one binding; files named by the unit are looked up
     inside the deployment ``root`` first (its ``/etc`` and ``/usr`` are what the host will run), then
     on the host (``/run``, shared ``/var``)."""
-    from engine.pull import PullRequest
+    from tether.engine.pull import PullRequest
 
     platform = None
     text = image.platform_text
     if text is not None:
-        from registry.manifest import parse_platform
+        from tether.registry.manifest import parse_platform
 
         platform = parse_platform(text)
     return PullRequest(

@@ -19,17 +19,17 @@ import types
 from collections.abc import Callable, Sequence
 from typing import NoReturn, cast
 
-from engine import __version__
-from engine.errors import EngineError
-from registry.errors import RegistryError
-from store.errors import StoreError
+from tether import __version__
+from tether.engine.errors import EngineError
+from tether.registry.errors import RegistryError
+from tether.store.errors import StoreError
 
 COMMAND_MODULES = (
-    "engine.cmd_pull",  # pull
-    "engine.cmd_inspect",  # inspect
-    "engine.cmd_store",  # images, rmi, check
-    "engine.cmd_bound",  # bound list/sync/status/gc/install
-    "engine.cmd_mirror",  # mirror sync/prune
+    "tether.engine.cmd_pull",  # pull
+    "tether.engine.cmd_inspect",  # inspect
+    "tether.engine.cmd_store",  # images, rmi, check
+    "tether.engine.cmd_bound",  # bound list/sync/status/gc/install
+    "tether.engine.cmd_mirror",  # mirror sync/prune
 )
 
 

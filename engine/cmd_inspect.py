@@ -16,10 +16,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.options import CommonOptions, add_common_options, common_options_from_args
+from tether.engine.options import CommonOptions, add_common_options, common_options_from_args
 
 if TYPE_CHECKING:
-    from registry.manifest import Descriptor, ImageConfig
+    from tether.registry.manifest import Descriptor, ImageConfig
 
 # image-spec specs-go/v1/config.go field order (what skopeo's --config prints, via c/image OCIConfig)
 _OCI_IMAGE_FIELDS = ("created", "author", "architecture", "variant", "os", "os.version", "os.features",
@@ -65,11 +65,11 @@ async def inspect_image(
     name: str, options: CommonOptions, *, raw: bool = False, config: bool = False, list_tags: bool = True
 ) -> bytes:
     """The bytes ``tether inspect`` prints for ``name`` (a registry image, ``oci:`` or ``oci-archive:``)."""
-    from engine.options import load_registry_config
-    from registry.client import open_registry_client
-    from registry.errors import RegistryError
-    from registry.reference import DockerName, parse_image_name
-    from registry.registries_conf import resolve_short_name
+    from tether.engine.options import load_registry_config
+    from tether.registry.client import open_registry_client
+    from tether.registry.errors import RegistryError
+    from tether.registry.reference import DockerName, parse_image_name
+    from tether.registry.registries_conf import resolve_short_name
 
     parsed = parse_image_name(name)
     if not isinstance(parsed, DockerName):
@@ -112,7 +112,7 @@ async def inspect_image(
 
 async def _inspect_layout(parsed: Any, options: CommonOptions, *, raw: bool, config: bool) -> bytes:
     """``oci:``/``oci-archive:``: as skopeo, no ``Name`` (no docker reference) and no tags."""
-    from engine.sources import open_layout_source
+    from tether.engine.sources import open_layout_source
 
     async with open_layout_source(parsed, options=options) as source:
         image = await source.resolve(platform=options.wanted_platform())
@@ -169,7 +169,7 @@ def _inspect_output(
 def go_time(value: object) -> str | None:
     """An RFC 3339 time re-marshalled as Go's ``time.Time`` does (RFC3339Nano: trailing zeros of the
     fraction dropped, the offset kept, ``Z`` for UTC); None when absent or unparsable."""
-    from registry.manifest import parse_rfc3339
+    from tether.registry.manifest import parse_rfc3339
 
     if not isinstance(value, str) or not value:
         return None

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from engine.options import add_common_options, add_pull_options, check_pull_options, common_options_from_args
+from tether.engine.options import add_common_options, add_pull_options, check_pull_options, common_options_from_args
 
 
 def register(subparsers: Any) -> None:
@@ -31,15 +31,15 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tether pull``; returns the exit status."""
-    from engine.cli import skip_httpx_cli
+    from tether.engine.cli import skip_httpx_cli
 
-    skip_httpx_cli()  # engine.cli.main did it already; kept for callers of run() that bypass it
+    skip_httpx_cli()  # tether.engine.cli.main did it already; kept for callers of run() that bypass it
     import trio
 
-    from engine.progress import ProgressMode, make_progress
-    from engine.pull import PullRequest, pull
-    from engine.storelock import hold_store
-    from store.containers_storage import Store
+    from tether.engine.progress import ProgressMode, make_progress
+    from tether.engine.pull import PullRequest, pull
+    from tether.engine.storelock import hold_store
+    from tether.store.containers_storage import Store
 
     options = common_options_from_args(args)
     check_pull_options(args)

@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.options import CommonOptions, add_common_options, common_options_from_args
+from tether.engine.options import CommonOptions, add_common_options, common_options_from_args
 
 __all__ = ["image_json", "register"]
 
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 
 def _open(options: CommonOptions) -> Any:
-    from store.containers_storage import Store
+    from tether.store.containers_storage import Store
 
     return Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
 
@@ -156,8 +156,8 @@ def run_images(args: argparse.Namespace) -> int:
 
 def run_rmi(args: argparse.Namespace) -> int:
     """``tether rmi IMAGE...``."""
-    from store.containers_storage import lookup_image
-    from store.errors import StoreError
+    from tether.store.containers_storage import lookup_image
+    from tether.store.errors import StoreError
 
     options = common_options_from_args(args)
     store = _open(options)

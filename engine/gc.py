@@ -12,7 +12,7 @@ image that is still bound. Here an image is kept when any present deployment bin
   (conservative: short-name resolution may pick any search registry).
 
 If discovery fails for any present deployment nothing is removed (its bound set is unknown). Images go
-with :meth:`store.containers_storage.Store.delete_image`, which also removes the layers no other image
+with :meth:`tether.store.containers_storage.Store.delete_image`, which also removes the layers no other image
 (or container) uses. Records of deployments that no longer exist are removed too.
 """
 
@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.bound import BoundImage, normalize_image_name, short_name_matches
-from engine.deployments import Deployment
-from engine.errors import EngineError
-from engine.reconcile import (
+from tether.engine.bound import BoundImage, normalize_image_name, short_name_matches
+from tether.engine.deployments import Deployment
+from tether.engine.errors import EngineError
+from tether.engine.reconcile import (
     deployment_status,
     list_record_files,
     load_record,
 )
-from engine.storelock import hold_store
+from tether.engine.storelock import hold_store
 
 if TYPE_CHECKING:
-    from store.containers_storage import ImageRecord, LayerRecord, Store
+    from tether.store.containers_storage import ImageRecord, LayerRecord, Store
 
 
 class GCError(EngineError):
@@ -161,7 +161,7 @@ def collect_garbage(
 ) -> GCResult:
     """Remove every image no present deployment binds, and the layers that go with them.
 
-    Takes the tether store lock (:class:`engine.storelock.StoreBusyError` if another tether holds it)
+    Takes the tether store lock (:class:`tether.engine.storelock.StoreBusyError` if another tether holds it)
     unless ``locked`` says the caller holds it already.
     """
     with contextlib.ExitStack() as stack:

@@ -5,7 +5,7 @@ bootc install (bootc-dev/bootc ``crates/lib/src/install.rs``, ``--bound-images=s
 - ``stored`` (default): every bound image of the source root must already be in the host's default store
   (``/var/lib/containers/storage``, written by podman); all are looked up *before* the target is touched
   (one missing fails the install early), then each is copied (bootc: ``podman image push
-  containers-storage:[...]IMAGE``; here :func:`store.containers_storage.copy_image`, which rebuilds each
+  containers-storage:[...]IMAGE``; here :func:`tether.store.containers_storage.copy_image`, which rebuilds each
   layer from the source's tar-split and keeps the manifest, config and digests byte for byte) — no network;
 - ``pull``: pulled from the registries into the target store (the ordinary concurrent pull);
 - ``skip``: nothing.
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from engine.bound import BoundImage, discover_bound_images, group_bound_images, normalize_image_name
-from engine.errors import EngineError
+from tether.engine.bound import BoundImage, discover_bound_images, group_bound_images, normalize_image_name
+from tether.engine.errors import EngineError
 
 if TYPE_CHECKING:
-    from engine.options import CommonOptions
-    from engine.progress import Progress
-    from store.containers_storage import ImageRecord
+    from tether.engine.options import CommonOptions
+    from tether.engine.progress import Progress
+    from tether.store.containers_storage import ImageRecord
 
 InstallMode = Literal["stored", "pull", "skip"]
 DEFAULT_SOURCE_STORE = Path("/var/lib/containers/storage")
@@ -45,7 +45,7 @@ class InstalledImage:
     id: str | None
     digest: str | None
     error: str | None = None
-    #: :func:`engine.reconcile.binding_key` of the binding: the image and the pull options it was put there for
+    #: :func:`tether.engine.reconcile.binding_key` of the binding: the image and the pull options it was put there for
     key: str = ""
 
 
@@ -70,7 +70,7 @@ def _target_names(image: BoundImage, source: ImageRecord) -> list[str]:
 
 def resolve_in_source(bound: tuple[BoundImage, ...], source_images: list[ImageRecord]) -> list[ImageRecord]:
     """The source image of each bound image (same order); :class:`InstallError` lists every missing one."""
-    from engine.reconcile import find_image_for
+    from tether.engine.reconcile import find_image_for
 
     found: list[ImageRecord] = []
     missing: list[str] = []
@@ -97,8 +97,8 @@ def install_stored(
     source_driver: str | None = None,
 ) -> InstallReport:
     """``--bound-images=stored``: copy from ``source_store`` without the network (blocking)."""
-    from engine.reconcile import binding_key
-    from store.containers_storage import Store, copy_image, detect_driver
+    from tether.engine.reconcile import binding_key
+    from tether.store.containers_storage import Store, copy_image, detect_driver
 
     bound = tuple(g.image for g in group_bound_images(discover_bound_images(src_root)))
     if not bound:
@@ -126,10 +126,10 @@ async def install_pulled(
     progress: Progress | None = None,
 ) -> InstallReport:
     """``--bound-images=pull``: pull every bound image of ``src_root`` into the target store."""
-    from engine.bound import pull_request_for
-    from engine.pull import pull
-    from engine.reconcile import binding_key
-    from store.containers_storage import Store
+    from tether.engine.bound import pull_request_for
+    from tether.engine.pull import pull
+    from tether.engine.reconcile import binding_key
+    from tether.store.containers_storage import Store
 
     groups = group_bound_images(discover_bound_images(src_root))
     if not groups:
@@ -167,11 +167,11 @@ def record_installed(report: InstallReport, *, sysroot: Path, target_store: Path
     left without one (a sync will pull it).  Blocking."""
     from datetime import UTC, datetime
 
-    from engine.deployments import list_sysroot_deployments
-    from engine.errors import BoundImageError
-    from engine.reconcile import ImageState, ReadinessRecord, binding_key, write_record
-    from engine.storelock import hold_store
-    from store.containers_storage import Store
+    from tether.engine.deployments import list_sysroot_deployments
+    from tether.engine.errors import BoundImageError
+    from tether.engine.reconcile import ImageState, ReadinessRecord, binding_key, write_record
+    from tether.engine.storelock import hold_store
+    from tether.store.containers_storage import Store
 
     installed = {i.key: i for i in report.images if i.error is None and i.id is not None and i.key}
     deployments = list_sysroot_deployments(sysroot)

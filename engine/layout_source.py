@@ -1,14 +1,14 @@
 """Images from OCI layouts (``oci:DIR[:REF]``) and oci-archive files (``oci-archive:FILE[:REF]``).
 
-:func:`open_layout_source` is the hook :func:`engine.sources.open_layout_source` dispatches to for
+:func:`open_layout_source` is the hook :func:`tether.engine.sources.open_layout_source` dispatches to for
 ``tether pull oci:...``; :func:`open_bound_layout_source` serves ``bound sync --source oci:DIR`` (one
 bound image looked up in a layout by its full reference, the ``org.opencontainers.image.ref.name`` a
 ``tether mirror sync --to oci:DIR`` writes). :class:`LayoutReader` is the async view of a layout or
-archive that both these and :mod:`engine.mirror` use.
+archive that both these and :mod:`tether.engine.mirror` use.
 
-Archives are read in place (:class:`store.oci_layout.OCIArchive`: tar headers indexed once, blobs read
+Archives are read in place (:class:`tether.store.oci_layout.OCIArchive`: tar headers indexed once, blobs read
 at their offsets), not unpacked to a temporary directory as containers/image does. Every blob read is
-verified against its digest and size; a mismatch raises :class:`store.oci_layout.BlobDigestError` at
+verified against its digest and size; a mismatch raises :class:`tether.store.oci_layout.BlobDigestError` at
 the end of the stream, before the pull publishes anything.
 
 Names recorded in containers-storage follow podman's libimage (``copyFromDefault``):
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import trio
 
-from engine.errors import EngineError
-from engine.sources import MAX_CONFIG_SIZE, SourceImage
-from registry.errors import InvalidReferenceError, ManifestError
-from registry.manifest import (
+from tether.engine.errors import EngineError
+from tether.engine.sources import MAX_CONFIG_SIZE, SourceImage
+from tether.registry.errors import InvalidReferenceError, ManifestError
+from tether.registry.manifest import (
     Descriptor,
     ImageIndex,
     ImageManifest,
@@ -42,7 +42,7 @@ from registry.manifest import (
     parse_image_config,
     parse_manifest,
 )
-from registry.reference import (
+from tether.registry.reference import (
     OCIArchiveName,
     OCILayoutName,
     Reference,
@@ -51,10 +51,10 @@ from registry.reference import (
     parse_reference,
     parse_short_name,
 )
-from store.oci_layout import MAX_MANIFEST_SIZE, IndexEntry, LayoutError, OCIArchive, OCILayout
+from tether.store.oci_layout import MAX_MANIFEST_SIZE, IndexEntry, LayoutError, OCIArchive, OCILayout
 
 if TYPE_CHECKING:
-    from engine.options import CommonOptions
+    from tether.engine.options import CommonOptions
 
 __all__ = [
     "LayoutReader",
@@ -214,7 +214,7 @@ async def open_layout_reader(transport: Transport, path: Path) -> AsyncIterator[
 
 
 class LayoutSource:
-    """An :class:`engine.sources.ImageSource` for one entry of a layout or archive."""
+    """An :class:`tether.engine.sources.ImageSource` for one entry of a layout or archive."""
 
     def __init__(self, *, reader: LayoutReader, entry: IndexEntry, description: str,
                  names: tuple[str, ...]) -> None:

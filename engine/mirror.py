@@ -55,11 +55,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 
-from engine.errors import MirrorError, UsageError
-from engine.layout_source import LayoutReader, open_layout_reader
-from engine.progress import Progress
-from registry.errors import InvalidReferenceError, RegistryError
-from registry.manifest import (
+from tether.engine.errors import MirrorError, UsageError
+from tether.engine.layout_source import LayoutReader, open_layout_reader
+from tether.engine.progress import Progress
+from tether.registry.errors import InvalidReferenceError, RegistryError
+from tether.registry.manifest import (
     Descriptor,
     ImageIndex,
     ImageManifest,
@@ -69,21 +69,21 @@ from registry.manifest import (
     host_platform,
     parse_manifest,
 )
-from registry.reference import (
+from tether.registry.reference import (
     OCIArchiveName,
     OCILayoutName,
     Reference,
     parse_image_name,
     parse_reference,
 )
-from store.errors import StoreError
-from store.oci_layout import IndexEntry, OCIArchive, OCILayout, PruneResult, write_oci_archive
+from tether.store.errors import StoreError
+from tether.store.oci_layout import IndexEntry, OCIArchive, OCILayout, PruneResult, write_oci_archive
 
 if TYPE_CHECKING:
-    from engine.options import CommonOptions
-    from registry.client import RegistryClient
-    from registry.registries_conf import PullSource, RegistriesConf
-    from registry.registries_d import RegistriesD
+    from tether.engine.options import CommonOptions
+    from tether.registry.client import RegistryClient
+    from tether.registry.registries_conf import PullSource, RegistriesConf
+    from tether.registry.registries_d import RegistriesD
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class _Fetcher(Protocol):
 
 class _RegistryFetcher:
     def __init__(self, client: RegistryClient, ref: Reference, conf: RegistriesConf) -> None:
-        from registry.registries_conf import pull_sources
+        from tether.registry.registries_conf import pull_sources
 
         self.client = client
         self.ref = ref
@@ -753,7 +753,7 @@ class _RegistryWriter:
         fetcher = plan.fetcher
         if self.registries_d is None or not isinstance(fetcher, _RegistryFetcher) or plan.dest_ref is None:
             return
-        from registry.signatures import copy_signatures
+        from tether.registry.signatures import copy_signatures
 
         assert plan.top is not None
         digests = [m.digest for m in plan.children]
@@ -849,7 +849,7 @@ async def _expand_requests(requests: Sequence[SyncRequest], stack: AsyncExitStac
             continue
         if conf is None:
             raise UsageError(f"{req.name}: a short name needs registries.conf")
-        from registry.registries_conf import resolve_short_name
+        from tether.registry.registries_conf import resolve_short_name
 
         candidates = resolve_short_name(conf, parsed.name, tty=False)
         if len(candidates) != 1:
@@ -898,7 +898,7 @@ async def sync(
     if registries_conf_out is not None and dest.kind != "docker":
         raise UsageError("--registries-conf-out needs a docker:// destination (registries.conf mirrors are registries)")
     obs = observer or _NullObserver()
-    from engine.options import load_registry_config
+    from tether.engine.options import load_registry_config
 
     conf, auth = load_registry_config(options)
     async with AsyncExitStack() as stack:
@@ -912,8 +912,8 @@ async def sync(
             key = (authfile, cert_dir, tls_verify)
             found = clients.get(key)
             if found is None:
-                from registry.auth import load_auth_file
-                from registry.client import open_registry_client
+                from tether.registry.auth import load_auth_file
+                from tether.registry.client import open_registry_client
 
                 the_auth = auth if authfile == options.auth_file_path() else load_auth_file(authfile)
                 found = await stack.enter_async_context(
@@ -949,7 +949,7 @@ async def sync(
             assert dst_client is not None
             registries_d = None
             if not remove_signatures:
-                from registry.registries_d import load_registries_d
+                from tether.registry.registries_d import load_registries_d
 
                 registries_d = load_registries_d(home=options.environ.get("HOME"))
             writer = _RegistryWriter(dest, dst_client, scoped=scoped, registries_d=registries_d)
@@ -1028,7 +1028,7 @@ def _write_text_atomically(path: Path, text: str) -> None:
 async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool, platforms: Sequence[Platform],
                jobs: int, observer: SyncObserver, progress: Progress) -> None:
     """Plan every image, then copy every blob once (concurrently), then write each image's manifests."""
-    from engine.progress import LayerInfo
+    from tether.engine.progress import LayerInfo
     limiter = trio.CapacityLimiter(max(1, jobs))
     done: set[tuple[str, str]] = set()
     inflight: dict[str, trio.Event] = {}
@@ -1154,7 +1154,7 @@ def print_report(report: SyncReport, *, stream: Any = None) -> None:
 
 def platforms_from_text(values: Iterable[str]) -> tuple[Platform, ...]:
     """``--platform`` values (``os/arch[/variant]``, also comma-separated) parsed."""
-    from registry.manifest import parse_platform
+    from tether.registry.manifest import parse_platform
 
     out: list[Platform] = []
     for value in values:
@@ -1169,10 +1169,10 @@ def platforms_from_text(values: Iterable[str]) -> tuple[Platform, ...]:
 
 
 def requests_from_bound(images: Iterable[Any], *, root: Path) -> list[SyncRequest]:
-    """:class:`engine.bound.BoundImage` values of one deployment ``root`` -> requests, with the unit's
+    """:class:`tether.engine.bound.BoundImage` values of one deployment ``root`` -> requests, with the unit's
     ``Arch=``/``OS=``/``Variant=``, ``TLSVerify=``, ``AuthFile=``, ``CertDir=`` (files looked up inside
-    ``root`` first, as :func:`engine.bound.pull_request_for` does for a pull)."""
-    from engine.bound import pull_requests_for
+    ``root`` first, as :func:`tether.engine.bound.pull_request_for` does for a pull)."""
+    from tether.engine.bound import pull_requests_for
 
     out: list[SyncRequest] = []
     for pr in pull_requests_for(tuple(images), root=root):

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import UsageError
+from tether.engine.errors import UsageError
 
 if TYPE_CHECKING:
-    from registry.auth import AuthFile
-    from registry.manifest import Platform
-    from registry.registries_conf import RegistriesConf
+    from tether.registry.auth import AuthFile
+    from tether.registry.manifest import Platform
+    from tether.registry.registries_conf import RegistriesConf
 
 #: The bootc image store (bootc: crates/lib/src/podstorage.rs) and its runroot.
 DEFAULT_ROOT = Path("/usr/lib/bootc/storage")
@@ -59,7 +59,7 @@ class CommonOptions:
         """The ``--platform`` value parsed, or ``None`` for the host's platform."""
         if self.platform is None:
             return None
-        from registry.manifest import parse_platform
+        from tether.registry.manifest import parse_platform
 
         return parse_platform(self.platform)
 
@@ -70,7 +70,7 @@ class CommonOptions:
         /etc/ostree/auth.json and /usr/lib/ostree/auth.json, and hands podman an empty ``{}`` when none
         exists so that nothing else is read; ``None`` here means exactly that.
         """
-        from registry.auth import select_auth_file
+        from tether.registry.auth import select_auth_file
 
         return select_auth_file(explicit=self.authfile, environ=self.environ, sysroot=self.sysroot)
 
@@ -152,8 +152,8 @@ def common_options_from_args(args: argparse.Namespace, *, environ: Mapping[str, 
 
 def load_registry_config(options: CommonOptions) -> tuple[RegistriesConf, AuthFile]:
     """Load registries.conf (+ drop-ins) and the credentials file the options select."""
-    from registry.auth import load_auth_file
-    from registry.registries_conf import load_registries_conf
+    from tether.registry.auth import load_auth_file
+    from tether.registry.registries_conf import load_registries_conf
 
     root = None if options.sysroot == Path("/") else options.sysroot
     conf = load_registries_conf(path=options.registries_conf, environ=options.environ, root=root)

@@ -34,16 +34,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from engine.errors import EngineError
-from engine.progress import LayerInfo, Progress
-from engine.sources import ImageSource, RegistrySource, SourceError, SourceImage, open_layout_source
+from tether.engine.errors import EngineError
+from tether.engine.progress import LayerInfo, Progress
+from tether.engine.sources import ImageSource, RegistrySource, SourceError, SourceImage, open_layout_source
 
 if TYPE_CHECKING:
-    from engine.options import CommonOptions
-    from registry.client import RegistryClient
-    from registry.manifest import Descriptor, Platform
-    from registry.reference import Reference
-    from store.containers_storage import ImageRecord, LayerRecord, Store
+    from tether.engine.options import CommonOptions
+    from tether.registry.client import RegistryClient
+    from tether.registry.manifest import Descriptor, Platform
+    from tether.registry.reference import Reference
+    from tether.store.containers_storage import ImageRecord, LayerRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -380,14 +380,14 @@ class _Clients:
 
     def registries(self) -> Any:
         if self._conf is None:
-            from registry.registries_conf import load_registries_conf
+            from tether.registry.registries_conf import load_registries_conf
 
             self._conf = load_registries_conf(path=self.options.registries_conf, environ=self.options.environ)
         return self._conf
 
     async def get(self, request: PullRequest) -> RegistryClient:
-        from registry.auth import load_auth_file
-        from registry.client import open_registry_client
+        from tether.registry.auth import load_auth_file
+        from tether.registry.client import open_registry_client
 
         authfile = request.authfile if request.authfile is not None else self.options.auth_file_path()
         cert_dir = request.cert_dir if request.cert_dir is not None else self.options.cert_dir
@@ -404,7 +404,7 @@ class _Clients:
                     "max_connections_per_host": self.connections,
                 }
                 if request.retries is not None or request.retry_delay is not None:
-                    from registry.client import DEFAULT_RETRY_POLICY
+                    from tether.registry.client import DEFAULT_RETRY_POLICY
 
                     policy = DEFAULT_RETRY_POLICY
                     if request.retries is not None:
@@ -424,8 +424,8 @@ class _Clients:
 async def open_source(request: PullRequest, *, clients: _Clients, stack: AsyncExitStack,
                       options: CommonOptions) -> ImageSource:
     """Turn a request's name into an :class:`ImageSource` (transport dispatch, short names)."""
-    from registry.reference import DockerName, parse_image_name
-    from registry.registries_conf import pull_sources, resolve_short_name
+    from tether.registry.reference import DockerName, parse_image_name
+    from tether.registry.registries_conf import pull_sources, resolve_short_name
 
     parsed = parse_image_name(request.name)
     if not isinstance(parsed, DockerName):
@@ -446,17 +446,17 @@ async def _check_signature_policy(*, image: SourceImage, source: ImageSource, re
                                   options: CommonOptions, policy_cache: dict[str, Any]) -> None:
     """THE signature-policy call site: after resolve, before any layer of ``image`` is fetched or published.
 
-    Delegates to ``engine.verify.enforce_policy`` (issue 8) when that module exists; raises its
+    Delegates to ``tether.engine.verify.enforce_policy`` (issue 8) when that module exists; raises its
     ``PolicyError`` to fail the image.
     """
     try:
-        verify = importlib.import_module("engine.verify")
+        verify = importlib.import_module("tether.engine.verify")
     except ModuleNotFoundError as exc:
-        if exc.name != "engine.verify":
+        if exc.name != "tether.engine.verify":
             raise
         return
     if "policy" not in policy_cache:
-        from registry.policy import load_policy
+        from tether.registry.policy import load_policy
 
         # --signature-policy, else $HOME/.config/containers/policy.json, else /etc/containers/policy.json
         home = options.environ.get("HOME")
@@ -792,14 +792,14 @@ class _Executor:
         self.progress.image_done(run.label, image_id=rec.id, error=None)
 
 
-#: Blobs above this size are extracted in a child process (store.tarapply.ProcessLayerExtractor's
+#: Blobs above this size are extracted in a child process (tether.store.tarapply.ProcessLayerExtractor's
 #: spawn_threshold); smaller ones in this process, so they need no prewarmed child.
 _PREWARM_ABOVE = 4 * 1024 * 1024
 
 
 def _prewarm_extractors(count: int) -> None:
-    """store.tarapply.prewarm_workers(count), best effort."""
-    from store.tarapply import prewarm_workers
+    """tether.store.tarapply.prewarm_workers(count), best effort."""
+    from tether.store.tarapply import prewarm_workers
 
     try:
         prewarm_workers(count)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from engine.errors import BoundImageError
+from tether.engine.errors import BoundImageError
 
 COMMENT_CHARS = "#;"
 BOM = "\ufeff"

@@ -7,13 +7,13 @@ its root and, per bound image, the exact image id and manifest digest that were 
 
 bootc stages the new deployment *before* pulling its bound images, and a failed pull then cannot be retried
 (bootc-dev/bootc#2013). Here the sync is a separate, idempotent step: it pulls (concurrently, one
-:func:`engine.pull.pull` call; the new deployment's images first) every bound image of every deployment that
+:func:`tether.engine.pull.pull` call; the new deployment's images first) every bound image of every deployment that
 is not ready, marks ready only the deployments whose images were all committed, records what failed, and a
 rerun pulls only what is still missing (images already committed for a not-ready deployment are reused by
 id). A floating tag is re-resolved (pull policy ``newer``) for every not-ready deployment; a ready
 deployment keeps the exact ids its record pins, even if the tag has moved since.
 
-Only one tether at a time works on a store's bound images: :func:`engine.storelock.hold_store` takes an
+Only one tether at a time works on a store's bound images: :func:`tether.engine.storelock.hold_store` takes an
 exclusive ``flock`` on ``STORE/tether/tether.lock`` (independent of c/storage's own lock files, which the
 store takes per operation).
 """
@@ -27,23 +27,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.bound import (
+from tether.engine.bound import (
     BoundImage,
     group_bound_images,
     normalize_image_name,
     pull_request_for,
     short_name_matches,
 )
-from engine.deployments import Deployment
-from engine.errors import BoundImageError, EngineError
-from engine.storelock import TETHER_DIR, hold_store
-from store.containers_storage import atomic_write
+from tether.engine.deployments import Deployment
+from tether.engine.errors import BoundImageError, EngineError
+from tether.engine.storelock import TETHER_DIR, hold_store
+from tether.store.containers_storage import atomic_write
 
 if TYPE_CHECKING:
-    from engine.options import CommonOptions
-    from engine.progress import Progress
-    from engine.pull import ImageResult, PullReport, PullRequest
-    from store.containers_storage import ImageRecord, Store
+    from tether.engine.options import CommonOptions
+    from tether.engine.progress import Progress
+    from tether.engine.pull import ImageResult, PullReport, PullRequest
+    from tether.store.containers_storage import ImageRecord, Store
 
 RECORDS_DIR = f"{TETHER_DIR}/deployments"
 RECORD_VERSION = 1
@@ -210,7 +210,7 @@ class DeploymentStatus:
 
 def find_image_for(images: Sequence[ImageRecord], name: str) -> ImageRecord | None:
     """The store image a bound name currently designates (by name, normalised name, or digest)."""
-    from store.containers_storage import lookup_image
+    from tether.store.containers_storage import lookup_image
 
     found = lookup_image(images, name)
     if found is None:
@@ -278,7 +278,7 @@ def compute_status(deployments: Sequence[Deployment], store: Store) -> tuple[Dep
 
 
 def _discover(root: Path) -> tuple[BoundImage, ...]:
-    from engine.bound import discover_bound_images
+    from tether.engine.bound import discover_bound_images
 
     return discover_bound_images(root)
 
@@ -338,7 +338,8 @@ async def sync_deployments(
     source: str | None = None,
 ) -> SyncReport:
     """Make every deployment ready (new first); see the module docstring. Never raises for a pull failure:
-    the report says what failed. Raises :class:`~engine.storelock.StoreBusyError` if another tether holds the store.
+    the report says what failed. Raises :class:`~tether.engine.storelock.StoreBusyError` if another tether holds
+    the store.
 
     ``source`` (``oci:DIR`` or ``oci-archive:FILE``) takes every bound image from that layout instead of its
     registry (bootc-dev/bootc#1166: switching offline); the images are still recorded under their bound
@@ -346,7 +347,7 @@ async def sync_deployments(
     """
     import trio
 
-    from engine.pull import pull
+    from tether.engine.pull import pull
 
     pull_fn = pull_function or pull
     with hold_store(store.root):
@@ -422,7 +423,7 @@ async def sync_deployments(
         gc_removed: tuple[str, ...] = ()
         gc_error: str | None = None
         if gc:
-            from engine.gc import collect_garbage
+            from tether.engine.gc import collect_garbage
 
             try:
                 result_gc = await trio.to_thread.run_sync(
@@ -446,11 +447,11 @@ async def sync_deployments(
 def _requests_from_layout(source: str, requests: Sequence[PullRequest]) -> list[PullRequest]:
     """The same requests with their names pointed into the ``source`` layout (``oci:DIR:REF``).
 
-    Raises :class:`engine.layout_source.LayoutSourceError` naming every image the layout lacks.
+    Raises :class:`tether.engine.layout_source.LayoutSourceError` naming every image the layout lacks.
     """
     from dataclasses import replace
 
-    from engine.layout_source import layout_pull_names
+    from tether.engine.layout_source import layout_pull_names
 
     names = layout_pull_names(source, [r.name for r in requests])
     return [replace(r, name=names[r.name]) for r in requests]

@@ -1,10 +1,10 @@
 """Where image bytes come from: the :class:`ImageSource` protocol and its registry implementation.
 
-The pull engine (:mod:`engine.pull`) never talks to a registry or an OCI layout directly; it asks an
+The pull engine (:mod:`tether.engine.pull`) never talks to a registry or an OCI layout directly; it asks an
 :class:`ImageSource` for a :class:`SourceImage` (manifest + config, already verified and parsed) and then
 for the layer blobs, as verified streams of chunks.
 
-Transports (containers-transports(5) names, parsed by :func:`registry.reference.parse_image_name`):
+Transports (containers-transports(5) names, parsed by :func:`tether.registry.reference.parse_image_name`):
 
 * ``docker://`` or a plain reference -> :class:`RegistrySource` (this module);
 * ``oci:DIR[:REF]`` and ``oci-archive:FILE[:REF]`` -> ``engine/layout_source.py`` (another module),
@@ -28,14 +28,14 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from engine.errors import EngineError
+from tether.engine.errors import EngineError
 
 if TYPE_CHECKING:
-    from engine.options import CommonOptions
-    from registry.client import FetchedManifest, RegistryClient
-    from registry.manifest import Descriptor, ImageConfig, ImageManifest, Platform
-    from registry.reference import OCIArchiveName, OCILayoutName, Reference
-    from registry.registries_conf import PullSource
+    from tether.engine.options import CommonOptions
+    from tether.registry.client import FetchedManifest, RegistryClient
+    from tether.registry.manifest import Descriptor, ImageConfig, ImageManifest, Platform
+    from tether.registry.reference import OCIArchiveName, OCILayoutName, Reference
+    from tether.registry.registries_conf import PullSource
 
 #: Largest config blob accepted (containers/image: iolimits.maxConfigBodySize is 4 MiB).
 MAX_CONFIG_SIZE = 4 * 1024 * 1024
@@ -165,8 +165,8 @@ class RegistrySource:
         return fetched.digest
 
     async def resolve(self, *, platform: Platform | None) -> SourceImage:
-        from registry.errors import ManifestError
-        from registry.manifest import (
+        from tether.registry.errors import ManifestError
+        from tether.registry.manifest import (
             ImageIndex,
             ImageManifest,
             choose_platform,
@@ -226,14 +226,14 @@ class RegistrySource:
 
 def open_layout_source(name: OCILayoutName | OCIArchiveName, *, options: CommonOptions
                        ) -> AbstractAsyncContextManager[ImageSource]:
-    """The hook for ``oci:``/``oci-archive:`` names: delegates to ``engine.layout_source``.
+    """The hook for ``oci:``/``oci-archive:`` names: delegates to ``tether.engine.layout_source``.
 
     Kept as the single dispatch point so the pull engine needs no change when that module lands.
     """
     try:
-        module = importlib.import_module("engine.layout_source")
+        module = importlib.import_module("tether.engine.layout_source")
     except ModuleNotFoundError as exc:
-        if exc.name != "engine.layout_source":
+        if exc.name != "tether.engine.layout_source":
             raise
         raise SourceError(f"{name}: OCI layout sources are not available in this build") from None
     factory = module.open_layout_source

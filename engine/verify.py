@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from registry.errors import ConfigError, PolicyError, RegistryError
-from registry.policy import (
+from tether.registry.errors import ConfigError, PolicyError, RegistryError
+from tether.registry.policy import (
     DockerReference,
     Policy,
     PolicyImage,
@@ -27,15 +27,15 @@ from registry.policy import (
     needs_sigstore_signatures,
     requirements_for,
 )
-from registry.registries_d import RegistriesD, load_registries_d
-from registry.signatures import Signature, fetch_signatures
+from tether.registry.registries_d import RegistriesD, load_registries_d
+from tether.registry.signatures import Signature, fetch_signatures
 
 if TYPE_CHECKING:
     import httpx
 
-    from engine.sources import SourceImage
-    from registry.client import RegistryClient
-    from registry.reference import Reference
+    from tether.engine.sources import SourceImage
+    from tether.registry.client import RegistryClient
+    from tether.registry.reference import Reference
 
 
 def _docker_reference(ref: Reference) -> DockerReference:

@@ -1,7 +1,7 @@
 """The one boundary between httpx and the registry package.
 
 Every request is sent, and every body read, through these functions: httpx exceptions become
-:mod:`registry.errors` exceptions here and nowhere else, error bodies are read with a cap, and the
+:mod:`tether.registry.errors` exceptions here and nowhere else, error bodies are read with a cap, and the
 ``registry.http`` logger records each exchange at DEBUG with credentials redacted.
 """
 
@@ -17,7 +17,7 @@ import httpcore
 import httpx
 import trio
 
-from registry.errors import (
+from tether.registry.errors import (
     AuthenticationError,
     ConnectionFailedError,
     HTTPStatusError,
@@ -36,7 +36,7 @@ __all__ = [
     "status_error",
 ]
 
-log = logging.getLogger("registry.http")
+log = logging.getLogger("tether.registry.http")
 
 #: Error bodies are read up to this many bytes (a hostile server cannot make us buffer more).
 MAX_ERROR_BODY = 64 * 1024
@@ -85,7 +85,7 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 
 
 def map_exception(method: str, url: httpx.URL, exc: httpx.HTTPError) -> RegistryError:
-    """The :mod:`registry.errors` exception for an httpx exception raised by ``method url``."""
+    """The :mod:`tether.registry.errors` exception for an httpx exception raised by ``method url``."""
     where = f"{method} {display_url(url)}"
     ssl_error = _ssl_cause(exc)
     if ssl_error is not None and isinstance(exc, httpx.ConnectError):

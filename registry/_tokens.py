@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from registry.errors import AuthenticationError
+from tether.registry.errors import AuthenticationError
 
 __all__ = ["MIN_TOKEN_LIFETIME", "BearerToken", "TokenCache", "parse_token_response"]
 

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from registry.errors import AuthenticationError, ConfigError
-from registry.reference import Reference
-from registry.registries_conf import AUTHENTICATION_FILE_HELPER
+from tether.registry.errors import AuthenticationError, ConfigError
+from tether.registry.reference import Reference
+from tether.registry.registries_conf import AUTHENTICATION_FILE_HELPER
 
 __all__ = [
     "BOOTC_AUTH_FILES",

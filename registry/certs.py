@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from registry.errors import ConfigError
+from tether.registry.errors import ConfigError
 
 __all__ = [
     "CertDir",

@@ -34,13 +34,13 @@ from typing import Any
 import httpx
 import trio
 
-from registry import _http
-from registry._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
-from registry._tokens import BearerToken, TokenCache, parse_token_response
-from registry.auth import AuthFile, Credentials, lookup_credentials
-from registry.certs import ssl_context_for
-from registry.challenge import Challenge, parse_www_authenticate
-from registry.errors import (
+from tether.registry import _http
+from tether.registry._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from tether.registry._tokens import BearerToken, TokenCache, parse_token_response
+from tether.registry.auth import AuthFile, Credentials, lookup_credentials
+from tether.registry.certs import ssl_context_for
+from tether.registry.challenge import Challenge, parse_www_authenticate
+from tether.registry.errors import (
     AuthenticationError,
     ConnectionFailedError,
     DigestMismatchError,
@@ -50,7 +50,7 @@ from registry.errors import (
     TLSError,
     TransportError,
 )
-from registry.manifest import (
+from tether.registry.manifest import (
     ACCEPTED_MANIFEST_TYPES,
     MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE,
@@ -64,8 +64,8 @@ from registry.manifest import (
     parse_image_config,
     parse_manifest,
 )
-from registry.reference import DEFAULT_DOMAIN, DOCKER_REGISTRY_HOST, Reference
-from registry.registries_conf import AUTHENTICATION_FILE_HELPER, PullSource, RegistriesConf, pull_sources
+from tether.registry.reference import DEFAULT_DOMAIN, DOCKER_REGISTRY_HOST, Reference
+from tether.registry.registries_conf import AUTHENTICATION_FILE_HELPER, PullSource, RegistriesConf, pull_sources
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
@@ -76,7 +76,7 @@ __all__ = [
     "open_registry_client",
 ]
 
-logger = logging.getLogger("registry.client")
+logger = logging.getLogger("tether.registry.client")
 
 USER_AGENT = "tether/0.1 (containers/image compatible)"
 DEFAULT_RETRY_POLICY = RetryPolicy()
@@ -118,7 +118,7 @@ class ResolvedImage:
 
 
 # ---------------------------------------------------------------------------------------------
-# credentials (adapter over registry.auth)
+# credentials (adapter over tether.registry.auth)
 
 
 #: Cap of the signature API extension's answer (c/image: iolimits.maxSignatureListBodySize, 4 MiB).
@@ -1231,11 +1231,11 @@ async def open_registry_client(
 ) -> AsyncIterator[RegistryClient]:
     """A :class:`RegistryClient` for one configuration; its connections close on exit.
 
-    ``auth`` is a loaded containers-auth.json (:func:`registry.auth.load_auth_file`); ``cert_dir``
+    ``auth`` is a loaded containers-auth.json (:func:`tether.registry.auth.load_auth_file`); ``cert_dir``
     replaces the certs.d lookup (``--cert-dir``); ``tls_verify`` overrides registries.conf's
     ``insecure`` either way when set. ``retry_policy`` tunes retries and timeouts;
     ``cert_search_dirs`` replaces the certs.d parents searched for ``HOST[:PORT]/`` (default
-    :func:`registry.certs.cert_search_dirs`). ``transport`` replaces the network for every host
+    :func:`tether.registry.certs.cert_search_dirs`). ``transport`` replaces the network for every host
     (``httpx.MockTransport`` in protocol tests).
     """
     async with AsyncExitStack() as stack:

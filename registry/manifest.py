@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from registry.errors import ManifestError, PlatformError
+from tether.registry.errors import ManifestError, PlatformError
 
 __all__ = [
     "ACCEPTED_MANIFEST_TYPES",

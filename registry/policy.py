@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ConfigError
-from registry.reference import ANCHORED_DOMAIN_RE, ANCHORED_NAME_RE, parse_normalized_named
-from registry.signatures import (
+from tether.registry.errors import ConfigError
+from tether.registry.reference import ANCHORED_DOMAIN_RE, ANCHORED_NAME_RE, parse_normalized_named
+from tether.registry.signatures import (
     SIGSTORE_CERTIFICATE_ANNOTATION,
     SIGSTORE_CHAIN_ANNOTATION,
     SIGSTORE_SET_ANNOTATION,

@@ -18,7 +18,7 @@ Normalisation (``ParseNormalizedNamed``/``splitDockerDomain``): the first compon
 contains ``.`` or ``:`` or is ``localhost``; ``index.docker.io`` is spelled ``docker.io``; one-component
 paths on ``docker.io`` get ``library/``. A name without such a domain is a *short name*: tether never
 silently adds ``docker.io`` to it; short names go through registries.conf
-(:func:`registry.registries_conf.resolve_short_name`), as podman does.
+(:func:`tether.registry.registries_conf.resolve_short_name`), as podman does.
 
 Transports (containers/image ``transports/alltransports``): ``docker://NAME`` (also the default when no
 transport is given), ``oci:DIR[:REF]`` (or ``oci:DIR:@INDEX``) and ``oci-archive:FILE[:REF]``, the path
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Final
 
-from registry.errors import InvalidReferenceError
+from tether.registry.errors import InvalidReferenceError
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -289,7 +289,7 @@ def parse_reference(text: str) -> Reference:
     :meth:`Reference.tag_name_only`).
 
     Short names (``alpine``, ``library/alpine:3``) raise :class:`InvalidReferenceError`: they must be
-    resolved with registries.conf (:func:`registry.registries_conf.resolve_short_name`).
+    resolved with registries.conf (:func:`tether.registry.registries_conf.resolve_short_name`).
     """
     if _IDENTIFIER_RE.match(text):
         raise InvalidReferenceError(f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings")

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-from registry.errors import BlockedRegistryError, ConfigError, InvalidReferenceError, ShortNameError
-from registry.reference import (
+from tether.registry.errors import BlockedRegistryError, ConfigError, InvalidReferenceError, ShortNameError
+from tether.registry.reference import (
     ANCHORED_DOMAIN_RE,
     Reference,
     ShortName,

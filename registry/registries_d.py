@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.errors import ConfigError
-from registry.policy import DockerReference, docker_policy_identity, docker_policy_namespaces
+from tether.registry.errors import ConfigError
+from tether.registry.policy import DockerReference, docker_policy_identity, docker_policy_namespaces
 
 SYSTEM_REGISTRIES_D = Path("/etc/containers/registries.d")
 USER_REGISTRIES_D = Path(".config/containers/registries.d")  # relative to $HOME

@@ -41,15 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.errors import HTTPStatusError, PolicyError, RegistryError
+from tether.registry.errors import HTTPStatusError, PolicyError, RegistryError
 
 if TYPE_CHECKING:
     import httpx
 
-    from registry.client import RegistryClient
-    from registry.reference import Reference
-    from registry.registries_conf import PullSource
-    from registry.registries_d import RegistriesD
+    from tether.registry.client import RegistryClient
+    from tether.registry.reference import Reference
+    from tether.registry.registries_conf import PullSource
+    from tether.registry.registries_d import RegistriesD
 
 #: containers/image ``internal/signature/sigstore.go``.
 SIGSTORE_SIGNATURE_MIME_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -793,7 +793,7 @@ def sigstore_attachment_tag(manifest_digest: str) -> str:
 
 
 def _docker_reference_of(ref: Reference) -> Any:
-    from registry.policy import DockerReference
+    from tether.registry.policy import DockerReference
 
     return DockerReference(name=ref.name, tag=ref.tag, digest=ref.digest)
 
@@ -832,7 +832,7 @@ async def read_lookaside_blobs(base: str, manifest_digest: str, *, http: httpx.A
     """
     import trio
 
-    from registry.registries_d import lookaside_signature_url
+    from tether.registry.registries_d import lookaside_signature_url
 
     scheme = urllib.parse.urlsplit(base).scheme
     if scheme not in ("file", "http", "https"):
@@ -873,7 +873,7 @@ async def read_lookaside_blobs(base: str, manifest_digest: str, *, http: httpx.A
 async def read_lookaside_signatures(base: str, manifest_digest: str, *, http: httpx.AsyncClient | None = None
                                     ) -> tuple[Signature, ...]:
     """:func:`read_lookaside_blobs`, decoded (an undecodable file is an error, as in containers/image)."""
-    from registry.registries_d import lookaside_signature_url
+    from tether.registry.registries_d import lookaside_signature_url
 
     out = []
     for index, blob in enumerate(await read_lookaside_blobs(base, manifest_digest, http=http)):
@@ -931,7 +931,7 @@ async def fetch_sigstore_attachments(client: RegistryClient, repository: Referen
     no attachments (``None``); another media type than an OCI manifest is an error.
     ``with_config`` also fetches the config blob (for copying), returned as the first ``layers`` entry.
     """
-    from registry.manifest import ImageManifest, parse_manifest
+    from tether.registry.manifest import ImageManifest, parse_manifest
 
     tag = sigstore_attachment_tag(manifest_digest)
     sig_ref = repository.trimmed().with_tag(tag)
@@ -1014,7 +1014,7 @@ async def write_lookaside_blobs(base: str, manifest_digest: str, blobs: Sequence
     as in containers/image), removing stale higher-numbered files so readers stop at n."""
     import trio
 
-    from registry.registries_d import lookaside_signature_url
+    from tether.registry.registries_d import lookaside_signature_url
 
     if urllib.parse.urlsplit(base).scheme != "file":
         raise PolicyError(f"writing signatures to {_redact(base)} is not supported (only file:// lookaside)")
@@ -1046,7 +1046,7 @@ async def copy_signatures(*, source_client: RegistryClient, source_repository: R
     Signatures are copied, not verified: the host that pulls from the mirror verifies them.
     Call it for every manifest digest copied (each per-platform manifest and the index).
     """
-    from registry.manifest import Descriptor
+    from tether.registry.manifest import Descriptor
 
     lookaside_count = 0
     src_ref = _docker_reference_of(source_repository)

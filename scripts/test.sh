@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff" && ruff check --no-cache engine registry store tests benchmarks
-echo "== mypy --strict" && mypy --strict engine registry store tests benchmarks
+echo "== mypy --strict" && bash scripts/typecheck.sh
 echo "== pytest"
 exec pytest -p no:cacheprovider "$@"

@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from store.errors import StoreError
+from tether.store.errors import StoreError
 
 __all__ = [
     "LAYER_ID_RE",
@@ -45,7 +45,7 @@ def _no_crash(point: str) -> None:
     del point
 
 
-#: Set by :mod:`store.containers_storage` to its kill -9 test hook.
+#: Set by :mod:`tether.store.containers_storage` to its kill -9 test hook.
 crash_hook: Callable[[str], None] = _no_crash
 LINK_ID_LENGTH = 26  # overlay.go idLength
 DEFAULT_PERMS = 0o555  # overlay.go / vfs driver.go defaultPerms

@@ -1,4 +1,4 @@
-"""Child process for :class:`store.tarapply.ProcessLayerExtractor`: ``python -m store._extract_worker``.
+"""Child process for :class:`tether.store.tarapply.ProcessLayerExtractor`: ``python -m tether.store._extract_worker``.
 
 Protocol, per layer (a worker serves several layers one after another): a frame holding the JSON object
 ``{"target_dir", "mode", "tar_split_path", "threaded"}``, then the raw (compressed or not) blob bytes as frames (4-byte
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from store.errors import StoreError
-from store.tarapply import LayerExtractor
+from tether.store.errors import StoreError
+from tether.store.tarapply import LayerExtractor
 
 _READ = 1024 * 1024
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from store._gojson import parse_go_time
+from tether.store._gojson import parse_go_time
 
 __all__ = [
     "ImageRecord",

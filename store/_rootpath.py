@@ -17,7 +17,7 @@ import os
 import stat
 from typing import Final
 
-from store.errors import HostileArchiveError
+from tether.store.errors import HostileArchiveError
 
 __all__ = ["RootResolver", "confine"]
 

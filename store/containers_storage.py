@@ -35,16 +35,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from store import _drivers
-from store._fsync import fsync_dir
-from store._gojson import (
+from tether.store import _drivers
+from tether.store._fsync import fsync_dir
+from tether.store._gojson import (
     format_go_time,
     go_json_dumps,
     go_json_string,
     normalize_go_time,
     now_go_time,
 )
-from store._records import (
+from tether.store._records import (
     IMAGE_FIELD_ORDER,
     INCOMPLETE_FLAG,
     LAYER_FIELD_ORDER,
@@ -63,7 +63,7 @@ from store._records import (
     ordered,
     valid_digest,
 )
-from store.errors import (
+from tether.store.errors import (
     CorruptStoreError,
     DiffIDMismatchError,
     ImageUnknownError,
@@ -71,7 +71,7 @@ from store.errors import (
     StoreError,
     UnsupportedError,
 )
-from store.lockfile import LockFile, get_lockfile
+from tether.store.lockfile import LockFile, get_lockfile
 
 __all__ = [
     "DRIVERS",
@@ -119,9 +119,9 @@ ExtractorFactory = Callable[[Path, str, Path, bool], _Extractor]
 
 
 def _default_extractor(target: Path, mode: str, tar_split_path: Path, background: bool) -> _Extractor:
-    """The tar applier of :mod:`store.tarapply`: a child process per layer (``background``: at a lower CPU
-    priority, see :class:`store.tarapply.ProcessLayerExtractor`)."""
-    from store.tarapply import ProcessLayerExtractor
+    """The tar applier of :mod:`tether.store.tarapply`: a child process per layer (``background``: at a lower CPU
+    priority, see :class:`tether.store.tarapply.ProcessLayerExtractor`)."""
+    from tether.store.tarapply import ProcessLayerExtractor
 
     return ProcessLayerExtractor(target, mode=mode,  # type: ignore[arg-type]
                                  tar_split_path=tar_split_path, background=background)
@@ -1049,7 +1049,7 @@ class Store:
             raise StoreError(f"exporting layer {layer_id} from {self.root}: no tar-split file {split}")
         import importlib
 
-        tarsplit: Any = importlib.import_module("store.tarsplit")
+        tarsplit: Any = importlib.import_module("tether.store.tarsplit")
         assemble: Any = tarsplit.assemble_tar
         chunks: Iterator[bytes] = assemble(split, self.layer_directory(layer))
         return chunks

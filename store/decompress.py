@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from isal import isal_zlib
 
-from store.errors import StoreError
+from tether.store.errors import StoreError
 
 _ISAL_ERROR: Any = isal_zlib.error
 

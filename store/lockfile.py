@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from store.errors import LockError
+from tether.store.errors import LockError
 
 __all__ = ["LAST_WRITER_SIZE", "LockFile", "get_lockfile", "new_last_writer_token"]
 

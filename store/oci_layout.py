@@ -39,8 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Self
 
-from store._fsync import fsync_dir
-from store.errors import CorruptStoreError, ImageUnknownError, StoreError
+from tether.store._fsync import fsync_dir
+from tether.store.errors import CorruptStoreError, ImageUnknownError, StoreError
 
 __all__ = [
     "INDEX_FILE",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from store.errors import CorruptStoreError
+from tether.store.errors import CorruptStoreError
 
 __all__ = ["DEFAULT_GRAPHROOT", "DEFAULT_RUNROOT", "StorageConf", "find_storage_conf", "load_storage_conf"]
 

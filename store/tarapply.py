@@ -1,9 +1,9 @@
 """Streaming layer application: compressed blob chunks in, a layer directory, its tar-split and its diffID out.
 
 One pass over the stream, as containers/storage's ``layerStore.applyDiffWithOptions`` (layers.go) does with
-its tee of readers: the blob is decompressed (compression detected by magic, :mod:`store.decompress`), the
+its tee of readers: the blob is decompressed (compression detected by magic, :mod:`tether.store.decompress`), the
 uncompressed bytes are hashed (diffID, ``diff-size``) and parsed by a hand-written tar parser fed incremental
-chunks (no seeking), which writes the tar-split (:mod:`store.tarsplit`) and applies every entry as
+chunks (no seeking), which writes the tar-split (:mod:`tether.store.tarsplit`) and applies every entry as
 ``pkg/archive`` does:
 
 * overlay (``archive.Unpack`` with ``OverlayWhiteoutFormat``): ``.wh.NAME`` becomes a 0:0 character device
@@ -18,8 +18,8 @@ chunks (no seeking), which writes the tar-split (:mod:`store.tarsplit`) and appl
   non-directory (or a directory replaced by a non-directory) is removed first.
 
 Names are confined as containers/storage confines them (it extracts inside a chroot of the layer directory):
-see :mod:`store._rootpath`.  Nothing is ever created, written or linked outside the layer directory; entries
-that cannot be applied safely raise :class:`~store.errors.HostileArchiveError` naming the entry.
+see :mod:`tether.store._rootpath`.  Nothing is ever created, written or linked outside the layer directory; entries
+that cannot be applied safely raise :class:`~tether.store.errors.HostileArchiveError` naming the entry.
 
 The header parser follows Go's ``archive/tar`` reader (and tar-split's fork of it, whose raw accounting
 defines the segments): V7, USTAR, PAX (``path``, ``linkpath``, ``size``, ``uid``, ``gid``, ``mtime``,
@@ -29,7 +29,7 @@ whatever their size field says, at most 1 MiB of PAX/GNU long-name data.  Sparse
 types are refused (containers/storage's applier refuses the latter too).
 
 :class:`LayerExtractor` does the work in the calling thread; :class:`ProcessLayerExtractor` has the same
-interface and does it in a reusable child process (``store._extract_worker``), so that layers extracting at
+interface and does it in a reusable child process (``tether.store._extract_worker``), so that layers extracting at
 the same time use every core instead of fighting over the GIL; :func:`prewarm_workers` starts those children
 ahead of the first layer.  The cost is per entry: the hot path (a USTAR header, a regular file owned by root)
 is one header parse with fast paths for the fields GNU tar and Go write, ``open``/``write``/``utime``/``close``,
@@ -53,10 +53,10 @@ from typing import Any, Final, Literal
 
 from fastcrc import crc64
 
-from store._rootpath import RootResolver, confine
-from store.decompress import Decompressor
-from store.errors import HostileArchiveError, StoreError, UnsupportedError
-from store.tarsplit import TarSplitWriter, go_clean
+from tether.store._rootpath import RootResolver, confine
+from tether.store.decompress import Decompressor
+from tether.store.errors import HostileArchiveError, StoreError, UnsupportedError
+from tether.store.tarsplit import TarSplitWriter, go_clean
 
 __all__ = [
     "BACKGROUND_NICE",
@@ -97,7 +97,7 @@ class ExtractResult:
     ``diff_digest`` is ``sha256:<hex>`` of the whole uncompressed stream and ``diff_size`` its length
     (padding and bytes after the end-of-archive blocks included, as layers.go counts them); ``compression`` is
     the detected input compression (``"gzip"``, ``"zstd"``, ``"none"``, ``"bzip2"``, ``"xz"``; see
-    :data:`store.decompress.COMPRESSION_CODES`); ``uidset``/``gidset`` are the sorted unique header ids of
+    :data:`tether.store.decompress.COMPRESSION_CODES`); ``uidset``/``gidset`` are the sorted unique header ids of
     every entry whose base name does not start with ``.wh.``; ``compressed_size`` the bytes fed.
     """
 
@@ -855,9 +855,9 @@ class LayerExtractor:
     ``target_dir`` must exist: empty for overlay (the diff directory), a copy of the parent's tree for vfs.
     ``feed(chunk)`` blocks while the chunk is decompressed and applied; ``finish()`` checks the end of the
     stream and returns the :class:`ExtractResult`; ``abort()`` closes everything and removes the partial
-    tar-split (the caller removes ``target_dir``).  Raises :class:`~store.errors.HostileArchiveError` for
-    refused archives, :class:`~store.decompress.CorruptCompressedStreamError` for bad compression,
-    :class:`~store.errors.UnsupportedError` for sparse files and exotic entry types.  Memory is bounded
+    tar-split (the caller removes ``target_dir``).  Raises :class:`~tether.store.errors.HostileArchiveError` for
+    refused archives, :class:`~tether.store.decompress.CorruptCompressedStreamError` for bad compression,
+    :class:`~tether.store.errors.UnsupportedError` for sparse files and exotic entry types.  Memory is bounded
     whatever the layer size.  Not thread-safe; one thread at a time.
     """
 
@@ -974,7 +974,7 @@ class _ApplyThread:
     """:class:`LayerExtractor`'s threaded mode: the tar parser/applier runs in its own thread, fed through a
     bounded queue of decompressed pieces, while the caller's thread reads, decompresses (ISA-L and zstd
     release the GIL) and hashes the next ones; so one large layer keeps more than one core busy.  Memory
-    stays bounded (:data:`_PIPE_DEPTH` pieces of at most :data:`~store.decompress.OUTPUT_PIECE` bytes)."""
+    stays bounded (:data:`_PIPE_DEPTH` pieces of at most :data:`~tether.store.decompress.OUTPUT_PIECE` bytes)."""
 
     def __init__(self, applier: TarApplier) -> None:
         import queue
@@ -1045,7 +1045,7 @@ _WORKER_ERRORS: Final[dict[str, type[StoreError]]] = {
 
 
 class _Worker:
-    """One ``python -m store._extract_worker`` child; reusable for the next layer after a success."""
+    """One ``python -m tether.store._extract_worker`` child; reusable for the next layer after a success."""
 
     def __init__(self) -> None:
         import subprocess
@@ -1057,7 +1057,7 @@ class _Worker:
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "store._extract_worker"],
+            [sys.executable, "-m", "tether.store._extract_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, bufsize=0, env=env,
             close_fds=True,
         )
@@ -1279,7 +1279,7 @@ def _close_idle_workers() -> None:
 
 class ProcessLayerExtractor:
     """:class:`LayerExtractor`'s interface, with the work done in a child process
-    (``python -m store._extract_worker``), so that several layers extracting at once use every core.
+    (``python -m tether.store._extract_worker``), so that several layers extracting at once use every core.
 
     Chunks go to the child over a pipe (``feed`` blocks when the child is behind: memory stays bounded);
     ``finish`` closes the pipe and returns the child's :class:`ExtractResult`; a refused layer raises the
@@ -1418,11 +1418,11 @@ class ProcessLayerExtractor:
         if "error" in msg:
             cls_name = str(msg["error"])
             if cls_name == "CorruptCompressedStreamError":
-                from store.decompress import CorruptCompressedStreamError
+                from tether.store.decompress import CorruptCompressedStreamError
 
                 raise CorruptCompressedStreamError(str(msg["message"]))
             if cls_name == "TarSplitError":
-                from store.tarsplit import TarSplitError
+                from tether.store.tarsplit import TarSplitError
 
                 raise TarSplitError(str(msg["message"]))
             exc = _WORKER_ERRORS.get(cls_name, StoreError)

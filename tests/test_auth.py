@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.auth import (
+from tests.harness.registry import RunningRegistry, start_registry
+from tether.registry.auth import (
     AuthFile,
     Credentials,
     find_bootc_auth_file,
@@ -25,9 +26,8 @@ from registry.auth import (
     normalize_auth_key,
     select_auth_file,
 )
-from registry.errors import AuthenticationError, ConfigError
-from registry.reference import parse_reference
-from tests.harness.registry import RunningRegistry, start_registry
+from tether.registry.errors import AuthenticationError, ConfigError
+from tether.registry.reference import parse_reference
 
 
 def b64(text: str) -> str:

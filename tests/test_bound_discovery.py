@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.bound import (
+from tether.engine.bound import (
     BOUND_IMAGE_DIR,
     MAX_SYMLINKS,
     NotFoundInRootError,
@@ -17,7 +17,7 @@ from engine.bound import (
     parse_go_duration,
     resolve_in_root,
 )
-from engine.errors import BoundImageError
+from tether.engine.errors import BoundImageError
 
 CONTAINER_DIR = "usr/share/containers/systemd"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
 from tests.harness.bound import make_root
 from tests.harness.images import simple_image, write_oci_layout
 from tests.harness.podman import Podman, short_runroot
+from tether.engine.cli import main
 
 # Names of a registry that does not exist: any network access would fail the sync.
 APP = "registry.invalid/org/app:1"

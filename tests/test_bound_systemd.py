@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import build_parser
-from engine.quadlet import parse_unit
+from tether.engine.cli import build_parser
+from tether.engine.quadlet import parse_unit
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 UNITS = ("tether-bound-sync.service", "tether-bound-sync.path", "tether-bound-sync.timer")

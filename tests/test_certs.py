@@ -15,7 +15,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from registry.certs import (
+from tests.harness.registry import RunningRegistry
+from tests.harness.tls import PKIFiles as PKI
+from tests.harness.tls import make_pki, start_tls_registry, write_certs_d
+from tether.registry.certs import (
     CertDir,
     cert_search_dirs,
     find_cert_dir,
@@ -23,10 +26,7 @@ from registry.certs import (
     skip_tls_verify,
     ssl_context_for,
 )
-from registry.errors import ConfigError
-from tests.harness.registry import RunningRegistry
-from tests.harness.tls import PKIFiles as PKI
-from tests.harness.tls import make_pki, start_tls_registry, write_certs_d
+from tether.registry.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

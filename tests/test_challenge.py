@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry.challenge import Challenge, parse_www_authenticate
+from tether.registry.challenge import Challenge, parse_www_authenticate
 
 CASES: list[tuple[str | list[str], list[tuple[str, dict[str, str]]]]] = [
     # docker-registry's token auth

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import __version__
-from engine.cli import build_parser, main
-from engine.errors import UsageError
-from engine.options import CommonOptions, add_common_options, common_options_from_args, parse_bool
+from tether import __version__
+from tether.engine.cli import build_parser, main
+from tether.engine.errors import UsageError
+from tether.engine.options import CommonOptions, add_common_options, common_options_from_args, parse_bool
 
 
 def run_tether(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_version_and_help_from_the_console_entry_point() -> None:

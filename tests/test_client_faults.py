@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from registry.client import RetryPolicy
-from registry.errors import DigestMismatchError, HTTPStatusError, TransportError
-from registry.manifest import Descriptor
-from registry.reference import parse_reference
 from tests.harness import images as factory
 from tests.harness.client_env import FAST_RETRIES, client_for, insecure_conf, read_blob, write_registries_conf
 from tests.harness.faulty_proxy import Fault, FaultyProxy
 from tests.harness.registry import RunningRegistry
+from tether.registry.client import RetryPolicy
+from tether.registry.errors import DigestMismatchError, HTTPStatusError, TransportError
+from tether.registry.manifest import Descriptor
+from tether.registry.reference import parse_reference
 
 BIG = 3_000_000
 CUT = 1_000_000

@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from registry._retry import RetryPolicy, parse_retry_after
-from registry._tokens import MIN_TOKEN_LIFETIME, BearerToken, TokenCache, parse_token_response
-from registry.auth import AuthEntry, AuthFile, Credentials
-from registry.client import open_registry_client
-from registry.errors import AuthenticationError, DigestMismatchError, ManifestError
-from registry.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
-from registry.reference import parse_reference
-from registry.registries_conf import PullSource, RegistriesConf
+from tether.registry._retry import RetryPolicy, parse_retry_after
+from tether.registry._tokens import MIN_TOKEN_LIFETIME, BearerToken, TokenCache, parse_token_response
+from tether.registry.auth import AuthEntry, AuthFile, Credentials
+from tether.registry.client import open_registry_client
+from tether.registry.errors import AuthenticationError, DigestMismatchError, ManifestError
+from tether.registry.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
+from tether.registry.reference import parse_reference
+from tether.registry.registries_conf import PullSource, RegistriesConf
 
 # ---- retry policy
 
@@ -305,7 +305,7 @@ async def test_list_tags_follows_link_pages() -> None:
      ("::1", True), ("quay.io", False), ("10.0.0.1:5000", False), ("registry-1.docker.io", False)],
 )
 def test_proxies_never_for_loopback(host: str, loopback: bool) -> None:
-    from registry.client import _is_loopback
+    from tether.registry.client import _is_loopback
 
     assert _is_loopback(host) is loopback
 

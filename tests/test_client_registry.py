@@ -13,21 +13,21 @@ from typing import Any
 import pytest
 import trio
 
-import registry.client as client_module
-from registry.errors import (
+import tether.registry.client as client_module
+from tests.harness import images as factory
+from tests.harness.client_env import client_for, insecure_conf, read_blob, write_auth_file, write_registries_conf
+from tests.harness.registry import RunningRegistry
+from tests.harness.token_server import TokenServer
+from tether.registry.errors import (
     AuthenticationError,
     BlockedRegistryError,
     HTTPStatusError,
     PlatformError,
     TransportError,
 )
-from registry.manifest import DOCKER_MANIFEST_LIST, OCI_INDEX, Descriptor, ImageManifest, Platform
-from registry.reference import parse_reference
-from registry.registries_conf import resolve_short_name
-from tests.harness import images as factory
-from tests.harness.client_env import client_for, insecure_conf, read_blob, write_auth_file, write_registries_conf
-from tests.harness.registry import RunningRegistry
-from tests.harness.token_server import TokenServer
+from tether.registry.manifest import DOCKER_MANIFEST_LIST, OCI_INDEX, Descriptor, ImageManifest, Platform
+from tether.registry.reference import parse_reference
+from tether.registry.registries_conf import resolve_short_name
 
 Factory = Callable[..., RunningRegistry]
 
@@ -119,7 +119,7 @@ async def test_basic_auth(registry_factory: Factory, tmp_path: Path, caplog: pyt
     factory.push_image(secured.host, "private/app:1", image, credentials=("alice", "s3cret-pw"))
     conf = insecure_conf(tmp_path / "conf", secured.host)
     ref = parse_reference(f"{secured.host}/private/app:1")
-    caplog.set_level(logging.DEBUG, logger="registry")
+    caplog.set_level(logging.DEBUG, logger="tether.registry")
     good = write_auth_file(tmp_path / "good", basic={f"{secured.host}/private": ("alice", "s3cret-pw")})
     async with client_for(conf, good) as client:
         resolved = await client.resolve_image(ref)
@@ -163,7 +163,7 @@ async def test_bearer_tokens_cached_per_scope(
     _push_with_token(server, running, "team/app:1", image)
     conf = insecure_conf(tmp_path / "conf", running.host)
     auth = write_auth_file(tmp_path / "auth", basic={running.host: ("bob", "bob-password")})
-    caplog.set_level(logging.DEBUG, logger="registry")
+    caplog.set_level(logging.DEBUG, logger="tether.registry")
     async with client_for(conf, auth) as client:
         ref = parse_reference(f"{running.host}/team/app:1")
         resolved = await client.resolve_image(ref)

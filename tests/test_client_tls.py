@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from registry.errors import TLSError, TransportError
-from registry.manifest import Descriptor
-from registry.reference import parse_reference
 from tests.harness import images as factory
 from tests.harness.client_env import client_for, read_blob, write_registries_conf
 from tests.harness.registry import RunningRegistry
 from tests.harness.tls import PKIFiles, make_pki, start_tls_registry, write_certs_d
+from tether.registry.errors import TLSError, TransportError
+from tether.registry.manifest import Descriptor
+from tether.registry.reference import parse_reference
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ async def test_private_ca_and_client_certificate_from_certs_d(
     write_certs_d(certs_d, tls_registry.host, pki, client=True)
     image = factory.simple_image(200, files=3)
     ref = parse_reference(f"{tls_registry.host}/secure/app:1")
-    caplog.set_level(logging.DEBUG, logger="registry.http")
+    caplog.set_level(logging.DEBUG, logger="tether.registry.http")
     async with client_for(write_registries_conf(tmp_path, ""), cert_search_dirs=[certs_d]) as client:
         for digest, data in image.blobs():
             await client.upload_blob(ref, Descriptor("application/octet-stream", digest, len(data)), _chunks(data))
@@ -103,7 +103,7 @@ async def test_h2_body_cut_early_does_not_stall_other_streams(
 
     import trio
 
-    from registry import _http
+    from tether.registry import _http
 
     certs_d = tmp_path / "certs.d"
     write_certs_d(certs_d, tls_registry.host, pki, client=True)

@@ -1,4 +1,4 @@
-"""store.decompress: compression detected by magic bytes, multi-member gzip, multi-frame zstd, bounded
+"""tether.store.decompress: compression detected by magic bytes, multi-member gzip, multi-frame zstd, bounded
 output, truncation and trailing-garbage refusal."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import zstandard
 
-from store.decompress import (
+from tether.store.decompress import (
     COMPRESSION_CODES,
     OUTPUT_PIECE,
     CorruptCompressedStreamError,

@@ -12,9 +12,9 @@ from typing import Literal
 
 import pytest
 
-from store.errors import HostileArchiveError, StoreError, UnsupportedError
-from store.tarapply import LayerExtractor, ProcessLayerExtractor
 from tests.harness.trees import snapshot
+from tether.store.errors import HostileArchiveError, StoreError, UnsupportedError
+from tether.store.tarapply import LayerExtractor, ProcessLayerExtractor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application needs root")
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
-from engine.deployments import list_sysroot_deployments
-from engine.reconcile import load_record
-from store.containers_storage import Store
 from tests.harness.bound import make_root
 from tests.harness.images import build_image, build_layer, busybox_entries, push_image, simple_image
 from tests.harness.ostree_sysroot import make_sysroot
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
+from tether.engine.cli import main
+from tether.engine.deployments import list_sysroot_deployments
+from tether.engine.reconcile import load_record
+from tether.store.containers_storage import Store
 
 
 def release(podman: Podman) -> None:

@@ -6,21 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from engine.layout_source import (
+from tests.harness.images import build_index, sha256_digest, simple_image, write_oci_layout
+from tests.harness.podman import skopeo
+from tether.engine.layout_source import (
     LayoutSourceError,
     find_entry_for_image,
     normalize_layout_name,
     open_bound_layout_source,
     open_layout_source,
 )
-from engine.sources import ImageSource
-from engine.sources import open_layout_source as pull_hook
-from registry.manifest import Platform
-from registry.reference import parse_image_name
-from store.errors import ImageUnknownError
-from store.oci_layout import BlobDigestError, IndexEntry, OCILayout, write_oci_archive
-from tests.harness.images import build_index, sha256_digest, simple_image, write_oci_layout
-from tests.harness.podman import skopeo
+from tether.engine.sources import ImageSource
+from tether.engine.sources import open_layout_source as pull_hook
+from tether.registry.manifest import Platform
+from tether.registry.reference import parse_image_name
+from tether.store.errors import ImageUnknownError
+from tether.store.oci_layout import BlobDigestError, IndexEntry, OCILayout, write_oci_archive
 
 
 @pytest.mark.parametrize(

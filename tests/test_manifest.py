@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from registry.errors import ManifestError, PlatformError
-from registry.manifest import (
+from tether.registry.errors import ManifestError, PlatformError
+from tether.registry.manifest import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine.cli import main as tether
-from engine.errors import UsageError
-from engine.mirror import SyncRequest, sync
-from engine.options import CommonOptions
-from registry.manifest import Platform
-from store.oci_layout import OCIArchive, OCILayout
 from tests.harness.images import BuiltImage, build_index, simple_image, write_oci_layout
 from tests.harness.podman import skopeo
+from tether.engine.cli import main as tether
+from tether.engine.errors import UsageError
+from tether.engine.mirror import SyncRequest, sync
+from tether.engine.options import CommonOptions
+from tether.registry.manifest import Platform
+from tether.store.oci_layout import OCIArchive, OCILayout
 
 AMD = simple_image(21, files=2, architecture="amd64")
 ARM = simple_image(22, files=2, architecture="arm64", variant="v8")
@@ -193,8 +193,8 @@ def test_cli_sync_from_a_bound_root(source: Path, tmp_path: Path) -> None:
 
 async def test_offline_provisioning_from_a_mirror_layout(source: Path, tmp_path: Path, options: CommonOptions) -> None:
     """``bound sync --source oci:DIR`` path: bound names -> layout entries -> tether pull, names kept."""
-    from engine.layout_source import LayoutSourceError, layout_pull_names
     from tests.harness.podman import Podman, short_runroot
+    from tether.engine.layout_source import LayoutSourceError, layout_pull_names
 
     mirror = tmp_path / "mirror"
     report = await sync([f"oci:{source}"], to=f"oci:{mirror}", options=options, all_platforms=True)
@@ -243,7 +243,7 @@ def test_cli_sync_reports_progress_and_json(source: Path, tmp_path: Path, capsys
 async def test_resumed_archive_sync_keeps_entries_replaced_before_the_interruption(
     source: Path, tmp_path: Path, options: CommonOptions
 ) -> None:
-    from store.oci_layout import IndexEntry
+    from tether.store.oci_layout import IndexEntry
 
     archive = tmp_path / "mirror.tar"
     report = await sync([f"oci:{source}:registry.example:5000/app:2"], to=f"oci-archive:{archive}", options=options)

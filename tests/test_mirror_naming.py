@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from engine.errors import UsageError
-from engine.mirror import (
+from tether.engine.errors import UsageError
+from tether.engine.mirror import (
     Destination,
     MirrorMapping,
     destination_reference,
@@ -20,8 +20,8 @@ from engine.mirror import (
     render_registries_conf,
     scoped_host_component,
 )
-from registry.reference import Reference, parse_reference
-from registry.registries_conf import load_registries_conf, pull_sources
+from tether.registry.reference import Reference, parse_reference
+from tether.registry.registries_conf import load_registries_conf, pull_sources
 
 
 @pytest.mark.parametrize(

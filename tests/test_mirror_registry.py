@@ -18,11 +18,6 @@ from pathlib import Path
 import oras.provider
 import pytest
 
-from engine.cli import main as tether
-from engine.mirror import sync
-from engine.options import CommonOptions
-from registry.manifest import Platform
-from store.oci_layout import OCILayout
 from tests.harness.images import (
     build_image,
     build_index,
@@ -33,6 +28,11 @@ from tests.harness.images import (
 )
 from tests.harness.podman import Podman, short_runroot, skopeo
 from tests.harness.registry import RunningRegistry
+from tether.engine.cli import main as tether
+from tether.engine.mirror import sync
+from tether.engine.options import CommonOptions
+from tether.registry.manifest import Platform
+from tether.store.oci_layout import OCILayout
 
 AMD64 = Platform("linux", "amd64")
 SHARED = build_layer([file("shared/base", "the layer both images share\n" * 50)])

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store.errors import CorruptStoreError, ImageUnknownError
-from store.oci_layout import (
+from tests.harness.images import BuiltImage, BuiltIndex, build_index, sha256_digest, simple_image
+from tests.harness.podman import skopeo
+from tether.store.errors import CorruptStoreError, ImageUnknownError
+from tether.store.oci_layout import (
     REF_NAME_ANNOTATION,
     BlobDigestError,
     IndexEntry,
@@ -26,8 +28,6 @@ from store.oci_layout import (
     split_layout_reference,
     write_oci_archive,
 )
-from tests.harness.images import BuiltImage, BuiltIndex, build_index, sha256_digest, simple_image
-from tests.harness.podman import skopeo
 
 # --- pure parts -------------------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from registry.errors import ConfigError
-from registry.policy import (
+from tests.harness.signing import CosignKey, FulcioCA, GPGSigner, key_data, make_rekor_set, pki_sign_image
+from tether.registry.errors import ConfigError
+from tether.registry.policy import (
     DockerReference,
     ExactReference,
     ExactRepository,
@@ -39,7 +40,7 @@ from registry.policy import (
     parse_policy,
     requirements_for,
 )
-from registry.signatures import (
+from tether.registry.signatures import (
     SIGSTORE_PAYLOAD_TYPE,
     SIGSTORE_SET_ANNOTATION,
     SIGSTORE_SIGNATURE_ANNOTATION,
@@ -49,7 +50,6 @@ from registry.signatures import (
     make_signature_payload,
     sign_sigstore_payload,
 )
-from tests.harness.signing import CosignKey, FulcioCA, GPGSigner, key_data, make_rekor_set, pki_sign_image
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()

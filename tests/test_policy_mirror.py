@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from engine.options import CommonOptions
-from engine.pull import pull
-from registry.auth import load_auth_file
-from registry.client import open_registry_client
-from registry.reference import Reference
-from registry.registries_conf import RegistriesConf
-from registry.registries_d import load_registries_d
-from registry.signatures import copy_signatures, sigstore_attachment_tag
-from store.containers_storage import Store
 from tests.harness import images as factory
 from tests.harness.podman import podman_for
 from tests.harness.registry import RunningRegistry
 from tests.harness.signing import CosignKey, GPGSigner, push_sigstore_attachments, write_lookaside
+from tether.engine.options import CommonOptions
+from tether.engine.pull import pull
+from tether.registry.auth import load_auth_file
+from tether.registry.client import open_registry_client
+from tether.registry.reference import Reference
+from tether.registry.registries_conf import RegistriesConf
+from tether.registry.registries_d import load_registries_d
+from tether.registry.signatures import copy_signatures, sigstore_attachment_tag
+from tether.store.containers_storage import Store
 
 
 def _regd(home: Path, text: str) -> Path:

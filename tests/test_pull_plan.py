@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from engine.pull import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
-from engine.sources import SourceImage
-from registry.manifest import ImageManifest, parse_image_config, parse_manifest
 from tests.harness import images as factory
+from tether.engine.pull import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
+from tether.engine.sources import SourceImage
+from tether.registry.manifest import ImageManifest, parse_image_config, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def test_source_image_ids_and_digests() -> None:
 async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
     import trio
 
-    from engine.pull import _LargestFirst
+    from tether.engine.pull import _LargestFirst
 
     slots = _LargestFirst(2)
     order: list[int] = []
@@ -173,7 +173,7 @@ async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
 async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
     import trio
 
-    from engine.pull import _LargestFirst
+    from tether.engine.pull import _LargestFirst
 
     slots = _LargestFirst(1)
     got: list[int] = []

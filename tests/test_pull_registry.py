@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.options import CommonOptions
-from engine.progress import Progress
-from engine.pull import PullRequest, pull
-from store.containers_storage import STAGING_SUBDIR, LayerWriter, Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 from tests.test_progress import validate_line
+from tether.engine.options import CommonOptions
+from tether.engine.progress import Progress
+from tether.engine.pull import PullRequest, pull
+from tether.store.containers_storage import STAGING_SUBDIR, LayerWriter, Store
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -66,7 +66,7 @@ def open_sockets() -> int:
 def extractor_children() -> list[int]:
     """Extraction workers of this process still alive, other than the idle ones the store keeps pooled
     for the next layers (earlier tests in the same process may have left some there)."""
-    from store import tarapply
+    from tether.store import tarapply
 
     with tarapply._POOL_LOCK:
         idle = {w.proc.pid for w in tarapply._POOL}
@@ -260,7 +260,7 @@ async def test_shared_layers_are_fetched_once_across_images(tmp_path: Path, regi
     options = make_options(tmp_path, registry)
     store = open_store(options)
     progress_lines: list[bytes] = []
-    from engine.progress import JsonLinesProgress
+    from tether.engine.progress import JsonLinesProgress
 
     report = await pull([f"{registry.host}/{repo}:1" for repo in sorted(repos)], store=store, options=options,
                         jobs=8, progress=JsonLinesProgress(write=progress_lines.append))
@@ -440,7 +440,7 @@ def test_cli_pull_json_progress_fd_and_exit_status(tmp_path: Path, registry: Run
     factory.push_image(registry.host, "cli/app:1", factory.simple_image(951))
     options = make_options(tmp_path, registry)
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "engine", "pull", "--root", str(options.root), "--runroot", str(options.runroot),
+    cmd = [sys.executable, "-m", "tether", "pull", "--root", str(options.root), "--runroot", str(options.runroot),
            "--storage-driver", "overlay", "--registries-conf", str(options.registries_conf), "--authfile",
            str(options.authfile), "--tls-verify=false", "--progress", "plain", "--progress-fd", str(write_fd),
            f"{registry.host}/cli/app:1", f"{registry.host}/cli/missing:1"]

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import BoundImageError
-from engine.quadlet import (
+from tether.engine.errors import BoundImageError
+from tether.engine.quadlet import (
     SpecifierError,
     UnitSyntaxError,
     expand_specifiers,

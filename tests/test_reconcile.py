@@ -13,20 +13,20 @@ from typing import Any
 
 import pytest
 
-from engine.cli import main
-from engine.deployments import root_deployments
-from engine.options import CommonOptions
-from engine.reconcile import (
-    load_record,
-    record_path,
-    sync_deployments,
-)
-from engine.storelock import StoreBusyError, hold_store
-from store.containers_storage import Store
 from tests.harness.bound import QUADLET_DIR, SpyPull, make_root
 from tests.harness.images import push_image, simple_image
 from tests.harness.podman import short_runroot
 from tests.harness.registry import RunningRegistry
+from tether.engine.cli import main
+from tether.engine.deployments import root_deployments
+from tether.engine.options import CommonOptions
+from tether.engine.reconcile import (
+    load_record,
+    record_path,
+    sync_deployments,
+)
+from tether.engine.storelock import StoreBusyError, hold_store
+from tether.store.containers_storage import Store
 
 
 @pytest.fixture

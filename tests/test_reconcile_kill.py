@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.deployments import root_deployments
-from engine.reconcile import load_record
-from store.containers_storage import Store
 from tests.harness.bound import make_root
 from tests.harness.faulty_proxy import Fault, FaultyProxy
 from tests.harness.images import push_image, simple_image
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
+from tether.engine.deployments import root_deployments
+from tether.engine.reconcile import load_record
+from tether.store.containers_storage import Store
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def proxy(registry: RunningRegistry) -> Iterator[FaultyProxy]:
 
 def tether(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine", *args],
+        [sys.executable, "-m", "tether", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
@@ -66,7 +66,7 @@ def test_killed_sync_leaves_not_ready_then_completes(
     (deployment,) = root_deployments([root])
     record = load_record(store, deployment)
     assert record is None or not record.ready
-    status = subprocess.run([sys.executable, "-m", "engine", "bound", "status", "--root", str(root), "--store",
+    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--root", str(root), "--store",
                              str(store), "--check", str(root)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert status.returncode == 1
@@ -85,7 +85,7 @@ def test_killed_sync_leaves_not_ready_then_completes(
     rerun = tether(*args)
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
-    status = subprocess.run([sys.executable, "-m", "engine", "bound", "status", "--root", str(root), "--store",
+    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--root", str(root), "--store",
                              str(store), "--format", "json"], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parent.parent)
     (doc,) = json.loads(status.stdout)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.errors import InvalidReferenceError
-from registry.reference import (
+from tether.registry.errors import InvalidReferenceError
+from tether.registry.reference import (
     ANCHORED_DOMAIN_RE,
     REFERENCE_RE,
     DockerName,

@@ -16,9 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.errors import BlockedRegistryError, ConfigError, ShortNameError
-from registry.reference import Reference, parse_reference
-from registry.registries_conf import (
+from tests.harness.images import push_image, simple_image
+from tests.harness.podman import Podman, podman_for
+from tests.harness.registry import RunningRegistry
+from tether.registry.errors import BlockedRegistryError, ConfigError, ShortNameError
+from tether.registry.reference import Reference, parse_reference
+from tether.registry.registries_conf import (
     Alias,
     Mirror,
     PullSource,
@@ -30,9 +33,6 @@ from registry.registries_conf import (
     resolve_short_name,
     resolve_short_name_detailed,
 )
-from tests.harness.images import push_image, simple_image
-from tests.harness.podman import Podman, podman_for
-from tests.harness.registry import RunningRegistry
 
 D = "sha256:" + "ab" * 32
 

@@ -9,16 +9,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.errors import ConfigError, PolicyError
-from registry.policy import parse_normalized_docker_reference
-from registry.registries_d import (
+from tests.harness.signing import write_lookaside
+from tether.registry.errors import ConfigError, PolicyError
+from tether.registry.policy import parse_normalized_docker_reference
+from tether.registry.registries_d import (
     DEFAULT_ROOT_LOOKASIDE,
     RegistriesD,
     RegistryNamespace,
     load_registries_d,
     lookaside_signature_url,
 )
-from registry.signatures import (
+from tether.registry.signatures import (
     SIGSTORE_PAYLOAD_TYPE,
     SIGSTORE_SIGNATURE_MIME_TYPE,
     SIMPLE_SIGNING_TYPE,
@@ -33,7 +34,6 @@ from registry.signatures import (
     sigstore_attachment_tag,
     write_lookaside_blobs,
 )
-from tests.harness.signing import write_lookaside
 
 D = "sha256:" + "a" * 64
 
@@ -243,8 +243,8 @@ class _ExtensionClient:
 
 
 async def test_signature_extension_replaces_lookaside(tmp_path: Path) -> None:
-    from registry.reference import Reference
-    from registry.signatures import fetch_signatures, parse_extension_signatures
+    from tether.registry.reference import Reference
+    from tether.registry.signatures import fetch_signatures, parse_extension_signatures
 
     body = json.dumps({"signatures": [
         {"schemaVersion": 2, "type": "atomic", "name": f"{D}@sig1", "content": base64.b64encode(b"\xa3ext").decode()},
@@ -267,7 +267,7 @@ async def test_signature_extension_replaces_lookaside(tmp_path: Path) -> None:
 
 
 def test_render_registries_d_round_trips(tmp_path: Path) -> None:
-    from registry.registries_d import parse_registries_d_file, render_registries_d
+    from tether.registry.registries_d import parse_registries_d_file, render_registries_d
 
     docker = {"mirror.local:5000/team": RegistryNamespace(lookaside="file:///srv/sigs", use_sigstore_attachments=True),
               "mirror.local:5000/other": RegistryNamespace(use_sigstore_attachments=False),
@@ -279,7 +279,7 @@ def test_render_registries_d_round_trips(tmp_path: Path) -> None:
 
 
 def test_go_base64_skips_line_breaks_only() -> None:
-    from registry.signatures import go_b64decode
+    from tether.registry.signatures import go_b64decode
 
     assert go_b64decode("aGVs\nbG8=\r\n") == b"hello"  # openssl/cosign wrap base64 at 64/76 columns
     for bad in ("aGVs bG8=", "aGVsbG8", "aGVs\tbG8=", "é"):

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from engine.cli import main
-from store.containers_storage import Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
+from tether.engine.cli import main
+from tether.store.containers_storage import Store
 
 
 def test_images_json_matches_podman(registry: RunningRegistry, podman: Podman,

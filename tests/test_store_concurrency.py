@@ -7,12 +7,12 @@ import subprocess
 import threading
 from pathlib import Path
 
-from store.containers_storage import Store
 from tests.harness import images as factory
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import pull_into_store
 from tests.test_store_crash import assert_no_orphans, run_pull
+from tether.store.containers_storage import Store
 
 
 def images_sharing_a_base(count: int, seed: int) -> list[factory.BuiltImage]:

@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from store.containers_storage import CRASH_ENV, Store, chain_id
 from tests.harness import images as factory
 from tests.harness.podman import Podman, podman_for
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import pull_into_store, release_podman
+from tether.store.containers_storage import CRASH_ENV, Store, chain_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PULL_SCRIPT = """
 import sys
 from pathlib import Path
-from store.containers_storage import Store
+from tether.store.containers_storage import Store
 from tests.harness.store_pull import pull_into_store
 store = Store.open(Path(sys.argv[1]), driver=sys.argv[4])
 record = pull_into_store(store, sys.argv[2], sys.argv[3])
@@ -129,7 +129,7 @@ def _kill_and_recover(point: str, driver: str, podman: Podman, registry: Running
 DELETE_SCRIPT = """
 import sys
 from pathlib import Path
-from store.containers_storage import Store
+from tether.store.containers_storage import Store
 print(",".join(Store.open(Path(sys.argv[1])).delete_image(sys.argv[2])))
 """
 

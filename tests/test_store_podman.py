@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from store import containers_storage
-from store.containers_storage import Store
-from store.errors import StoreError
 from tests.harness import images as factory
 from tests.harness.podman import RUN_DENIED, Podman, podman_for, skopeo
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import pull_into_store, release_podman
+from tether.store import containers_storage
+from tether.store.containers_storage import Store
+from tether.store.errors import StoreError
 
 
 def rich_image(seed: int) -> factory.BuiltImage:

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from store._gojson import format_go_time, go_json_dumps, go_json_string, normalize_go_time
-from store._records import big_data_file_name, chain_id, image_from_raw
-from store.containers_storage import Store, _add_names, lookup_image
-from store.errors import ImageUnknownError, LockError
-from store.lockfile import LAST_WRITER_SIZE, get_lockfile, new_last_writer_token
-from store.storage_conf import load_storage_conf
+from tether.store._gojson import format_go_time, go_json_dumps, go_json_string, normalize_go_time
+from tether.store._records import big_data_file_name, chain_id, image_from_raw
+from tether.store.containers_storage import Store, _add_names, lookup_image
+from tether.store.errors import ImageUnknownError, LockError
+from tether.store.lockfile import LAST_WRITER_SIZE, get_lockfile, new_last_writer_token
+from tether.store.storage_conf import load_storage_conf
 
 # Seen in a store podman 4.3 pulled: base layer id == diff id hex; the next is sha256(parent + "+" + diff hex).
 BASE_DIFF = "sha256:1598d4e0353eb91367ac61882ad30b762fc8a78485c7f231c7fe6158e76a869b"
@@ -158,7 +158,7 @@ def test_recovery_and_volatile_layers(tmp_path: Path) -> None:
         assert (root / name).exists(), name
     # a live staging (held by another Store object of this process) survives an open; a dead one does not
     other = Store(root, driver="overlay")
-    from store.containers_storage import _Staging
+    from tether.store.containers_storage import _Staging
 
     held = _Staging(other.staging_base)
     dead = other.staging_base / "deadbeef"

@@ -1,4 +1,4 @@
-"""store.tarapply: streaming layer application compared with GNU tar's extraction of the same tarball,
+"""tether.store.tarapply: streaming layer application compared with GNU tar's extraction of the same tarball,
 overlay and vfs whiteouts, uid/gid sets, and the child-process extractor."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from store.errors import HostileArchiveError, StoreError
-from store.tarapply import ExtractResult, LayerExtractor, ProcessLayerExtractor
-from store.tarsplit import assemble_tar
 from tests.harness import images
 from tests.harness.trees import diff_snapshots, snapshot
+from tether.store.errors import HostileArchiveError, StoreError
+from tether.store.tarapply import ExtractResult, LayerExtractor, ProcessLayerExtractor
+from tether.store.tarsplit import assemble_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application needs root (chown, mknod)")
 
@@ -395,7 +395,7 @@ def test_child_never_finishes_a_layer_whose_feeder_died(tmp_path: Path) -> None:
     script = f"""
 import os, sys
 from pathlib import Path
-from store.tarapply import ProcessLayerExtractor
+from tether.store.tarapply import ProcessLayerExtractor
 x = ProcessLayerExtractor(Path({str(tmp_path / 'diff')!r}), mode="overlay",
                           tar_split_path=Path({str(tmp_path / 'diff.ts.gz')!r}), spawn_threshold=0)
 x.feed({cut!r})
@@ -418,7 +418,7 @@ os._exit(9)
 
 
 def test_prewarmed_workers_are_reused(tmp_path: Path) -> None:
-    import store.tarapply as tarapply
+    import tether.store.tarapply as tarapply
 
     tarapply.prewarm_workers(2)
     with tarapply._POOL_LOCK:
@@ -488,7 +488,7 @@ def start_layer(tmp_path: Path) -> Iterator[Callable[..., _Started]]:
 @pytest.mark.parametrize("background", [True, False])
 def test_background_layers_run_niced_on_one_thread_critical_ones_threaded(
         start_layer: Callable[..., _Started], background: bool) -> None:
-    from store.tarapply import BACKGROUND_NICE
+    from tether.store.tarapply import BACKGROUND_NICE
 
     started = start_layer("d", background=background)
     files = started.target / "d"
@@ -503,7 +503,7 @@ def test_background_layers_run_niced_on_one_thread_critical_ones_threaded(
 
 def test_an_idle_background_worker_is_brought_back_to_the_foreground_or_replaced(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import store.tarapply as tarapply
+    import tether.store.tarapply as tarapply
 
     tarapply._close_idle_workers()
     base = _nice(0)
@@ -535,7 +535,7 @@ def test_an_idle_background_worker_is_brought_back_to_the_foreground_or_replaced
 
 def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extracted(
         start_layer: Callable[..., _Started]) -> None:
-    import store.tarapply as tarapply
+    import tether.store.tarapply as tarapply
 
     base = _nice(0)
     early = start_layer("early", background=True)
@@ -562,7 +562,7 @@ def test_background_layers_run_under_sched_idle_while_a_critical_layer_is_extrac
 @pytest.mark.parametrize(("own", "restore"), [("SCHED_OTHER", "SCHED_OTHER"), ("SCHED_BATCH", "SCHED_BATCH"),
                                               ("SCHED_IDLE", None)])
 def test_background_children_return_to_the_pulls_own_policy(own: str, restore: str | None) -> None:
-    import store.tarapply as tarapply
+    import tether.store.tarapply as tarapply
 
     try:
         os.sched_setscheduler(0, getattr(os, own), os.sched_param(0))  # as a unit's CPUSchedulingPolicy= would
@@ -573,7 +573,7 @@ def test_background_children_return_to_the_pulls_own_policy(own: str, restore: s
 
 def test_under_sched_batch_background_layers_go_back_to_batch(
         start_layer: Callable[..., _Started], monkeypatch: pytest.MonkeyPatch) -> None:
-    import store.tarapply as tarapply
+    import tether.store.tarapply as tarapply
 
     monkeypatch.setattr(tarapply, "_RESTORE_POLICY", os.SCHED_BATCH)
     try:
@@ -589,7 +589,7 @@ def test_under_sched_batch_background_layers_go_back_to_batch(
 
 def test_a_worker_left_under_sched_idle_is_not_reused_and_the_scheme_turns_off(
         start_layer: Callable[..., _Started], monkeypatch: pytest.MonkeyPatch) -> None:
-    import store.tarapply as tarapply
+    import tether.store.tarapply as tarapply
 
     monkeypatch.setattr(tarapply, "_SCHED_IDLE_OK", True)
     real = os.sched_setscheduler
@@ -618,7 +618,7 @@ def test_a_worker_left_under_sched_idle_is_not_reused_and_the_scheme_turns_off(
 def test_a_layer_starting_while_workers_are_prewarmed_takes_one_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import store.tarapply as tarapply
+    import tether.store.tarapply as tarapply
 
     tarapply._close_idle_workers()
     created: list[tarapply._Worker] = []

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from store.decompress import CorruptCompressedStreamError
-from store.errors import HostileArchiveError
-from store.tarapply import LayerExtractor
-from store.tarsplit import assemble_tar
 from tests.harness import images
 from tests.harness.trees import diff_snapshots, snapshot
 from tests.test_tarapply import compress, extract, layer
+from tether.store.decompress import CorruptCompressedStreamError
+from tether.store.errors import HostileArchiveError
+from tether.store.tarapply import LayerExtractor
+from tether.store.tarsplit import assemble_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application needs root (chown, mknod)")
 

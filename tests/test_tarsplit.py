@@ -1,4 +1,4 @@
-"""store.tarsplit: the format as vbatts/tar-split writes it, byte-exact reassembly, and agreement with the
+"""tether.store.tarsplit: the format as vbatts/tar-split writes it, byte-exact reassembly, and agreement with the
 tar-split files podman 4.3 (containers/storage 1.43) writes for the same layers."""
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from store.errors import HostileArchiveError
-from store.tarapply import LayerExtractor
-from store.tarsplit import (
+from tests.harness import images
+from tests.harness.trees import diff_snapshots, snapshot
+from tether.store.errors import HostileArchiveError
+from tether.store.tarapply import LayerExtractor
+from tether.store.tarsplit import (
     FILE_TYPE,
     SEGMENT_TYPE,
     TarSplitError,
@@ -27,8 +29,6 @@ from store.tarsplit import (
     crc64_iso,
     read_tar_split,
 )
-from tests.harness import images
-from tests.harness.trees import diff_snapshots, snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="layer application needs root")
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from registry.auth import AuthFile, load_auth_file
-from registry.client import RegistryClient, RetryPolicy, open_registry_client
-from registry.registries_conf import RegistriesConf, load_registries_conf
+from tether.registry.auth import AuthFile, load_auth_file
+from tether.registry.client import RegistryClient, RetryPolicy, open_registry_client
+from tether.registry.registries_conf import RegistriesConf, load_registries_conf
 
 #: Retries without real waiting, so fault tests stay fast.
 FAST_RETRIES = RetryPolicy(attempts=4, connect_attempts=2, base_delay=0.01, max_delay=0.05, read_timeout=5.0)

@@ -23,14 +23,14 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from registry.signatures import (
+from tests.harness.images import push_blob
+from tether.registry.signatures import (
     SIGSTORE_PAYLOAD_TYPE,
     SIMPLE_SIGNING_TYPE,
     SigstoreSignature,
     make_signature_payload,
     sign_sigstore_payload,
 )
-from tests.harness.images import push_blob
 
 
 class GPGSigner:

@@ -1,5 +1,5 @@
 """Test helpers for store/: a minimal synchronous "engine" that pulls an image over plain HTTP into a
-:class:`store.containers_storage.Store` (stage -> publish in parent order -> commit), independent of engine/.
+:class:`tether.store.containers_storage.Store` (stage -> publish in parent order -> commit), independent of engine/.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from store.containers_storage import ImageRecord, StagedLayer, Store, chain_id
+from tether.store.containers_storage import ImageRecord, StagedLayer, Store, chain_id
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
