@@ -1,3 +1,3 @@
-from tether.engine.cli import run
+from tether.engine.cli.main import run
 
 run()

@@ -1,7 +1,7 @@
 """tether's own lock on a store: one sync or gc at a time, and no gc while a pull runs.
 
 ``STORE/tether/tether.lock`` is an ``flock`` taken by :func:`hold_store`, independent of c/storage's own lock
-files (which the store takes per operation). Kept apart from :mod:`tether.engine.reconcile` so that ``tether pull``
+files (which the store takes per operation). Kept apart from :mod:`tether.engine.bound.sync` so that ``tether pull``
 takes it without importing the bound-image machinery.
 """
 

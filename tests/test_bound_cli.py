@@ -13,7 +13,7 @@ from tests.harness.bound import QUADLET_DIR, make_root
 from tests.harness.images import push_image, simple_image
 from tests.harness.ostree_sysroot import make_sysroot
 from tests.harness.registry import RunningRegistry
-from tether.engine.cli import main
+from tether.engine.cli.main import main
 
 
 def test_list_json_like_bootc_plus_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.engine.bound import (
+from tether.engine.bound.discovery import (
     BOUND_IMAGE_DIR,
     MAX_SYMLINKS,
     NotFoundInRootError,

@@ -15,10 +15,10 @@ from tests.harness.bound import QUADLET_DIR, make_root
 from tests.harness.faulty_proxy import Fault, FaultyProxy
 from tests.harness.images import build_image, build_index, build_layer, file, push_image, simple_image
 from tests.harness.registry import RunningRegistry
-from tether.engine.bound import discover_bound_images, pull_request_for, pull_requests_for
-from tether.engine.deployments import root_deployments
+from tether.engine.bound.deployments import root_deployments
+from tether.engine.bound.discovery import discover_bound_images, pull_request_for, pull_requests_for
+from tether.engine.bound.sync import sync_deployments
 from tether.engine.options import CommonOptions
-from tether.engine.reconcile import sync_deployments
 from tether.registry.manifest import Platform
 from tether.store.containers_storage import Store
 

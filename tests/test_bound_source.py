@@ -14,7 +14,7 @@ import pytest
 from tests.harness.bound import make_root
 from tests.harness.images import simple_image, write_oci_layout
 from tests.harness.podman import Podman, short_runroot
-from tether.engine.cli import main
+from tether.engine.cli.main import main
 
 # Names of a registry that does not exist: any network access would fail the sync.
 APP = "registry.invalid/org/app:1"

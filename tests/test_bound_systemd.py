@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tether.engine.cli import build_parser
-from tether.engine.quadlet import parse_unit
+from tether.engine.bound.quadlet import parse_unit
+from tether.engine.cli.main import build_parser
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 UNITS = ("tether-bound-sync.service", "tether-bound-sync.path", "tether-bound-sync.timer")

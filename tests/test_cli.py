@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tether import __version__
-from tether.engine.cli import build_parser, main
+from tether.engine.cli.main import build_parser, main
 from tether.engine.errors import UsageError
 from tether.engine.options import CommonOptions, add_common_options, common_options_from_args, parse_bool
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 
 def test_every_command_skips_the_httpx_command_line() -> None:
-    # `tether images` on an empty store goes through tether.engine.cli.main; httpx imported afterwards (as any
+    # `tether images` on an empty store goes through tether.engine.cli.main.main; httpx imported afterwards (as any
     # command reaching a registry does) must not load its command line.
     code = (
         "import sys, tempfile\n"
-        "from tether.engine.cli import main\n"
+        "from tether.engine.cli.main import main\n"
         "d = tempfile.mkdtemp()\n"
         "rc = main(['images', '--root', d, '--runroot', d + '/run', '--storage-driver', 'vfs'])\n"
         "import httpx\n"  # as any command's registry access would, after main() ran its set-up

@@ -11,8 +11,8 @@ import pytest
 
 from tests.harness import images as factory
 from tests.harness.registry import RunningRegistry
-from tether.engine.cli import main
-from tether.engine.cmd_inspect import go_json, go_time, oci_config_view
+from tether.engine.cli.inspect import go_json, go_time, oci_config_view
+from tether.engine.cli.main import main
 
 #: keys skopeo 1.9 prints (newer skopeo adds Variant and LayersData, which tether prints too)
 SKOPEO_KEYS = ("Name", "Digest", "RepoTags", "Created", "DockerVersion", "Labels", "Architecture", "Os", "Layers",

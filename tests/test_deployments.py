@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness.ostree_sysroot import OSNAME, make_sysroot
-from tether.engine.bound import discover_bound_images
-from tether.engine.deployments import find_deployment, list_sysroot_deployments, root_deployments
+from tether.engine.bound.deployments import find_deployment, list_sysroot_deployments, root_deployments
+from tether.engine.bound.discovery import discover_bound_images
 from tether.engine.errors import DeploymentError
 
 pytestmark = pytest.mark.skipif(shutil.which("ostree") is None, reason="ostree not installed")

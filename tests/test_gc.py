@@ -15,10 +15,10 @@ from tests.harness.bound import make_root
 from tests.harness.images import build_image, build_layer, directory, file, push_image, simple_image
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
-from tether.engine.cli import main
-from tether.engine.deployments import root_deployments
+from tether.engine.bound.deployments import root_deployments
+from tether.engine.bound.gc import collect_garbage, image_matches
+from tether.engine.cli.main import main
 from tether.engine.errors import EngineError
-from tether.engine.gc import collect_garbage, image_matches
 from tether.store.containers_storage import ImageRecord, Store
 
 D1 = "sha256:" + "1" * 64
@@ -137,7 +137,7 @@ def test_gc_refuses_when_a_deployment_is_unreadable(tmp_path: Path) -> None:
 
 
 def test_gc_keeps_recorded_ids_and_drops_stale_records(tmp_path: Path) -> None:
-    from tether.engine.reconcile import ImageState, ReadinessRecord, record_path, write_record
+    from tether.engine.bound.sync import ImageState, ReadinessRecord, record_path, write_record
 
     a = make_root(tmp_path / "a", {})
     gone = make_root(tmp_path / "gone", {})
@@ -157,7 +157,7 @@ def test_gc_keeps_recorded_ids_and_drops_stale_records(tmp_path: Path) -> None:
 def test_find_image_for_short_names() -> None:
     from dataclasses import replace
 
-    from tether.engine.reconcile import find_image_for
+    from tether.engine.bound.sync import find_image_for
 
     a = replace(record("docker.io/library/alpine:latest"), id="a" * 64)
     b = replace(record("quay.io/x/app:1"), id="b" * 64)

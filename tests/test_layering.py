@@ -155,10 +155,10 @@ def test_no_import_cycles() -> None:
 
 def test_checkers_see_what_they_look_for(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
-    sample.write_text("import tether.engine.cli\nfrom tether.store import errors\nfrom . import x\n"
-                      "import importlib\nimportlib.import_module('tether.engine.pull')\n")
+    sample.write_text("import tether.engine.cli.main\nfrom tether.store import errors\nfrom . import x\n"
+                      "import importlib\nimportlib.import_module('tether.engine.copy.pull')\n")
     found = {name for _, name in imports_of(sample, "tether.registry.m")}
-    assert {"tether.engine.cli", "tether.store", "tether.store.errors", "tether.registry.x"} <= found
-    assert [name for _, name in hidden_imports(sample)] == ["tether.engine.pull"]
+    assert {"tether.engine.cli.main", "tether.store", "tether.store.errors", "tether.registry.x"} <= found
+    assert [name for _, name in hidden_imports(sample)] == ["tether.engine.copy.pull"]
     assert find_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     assert module_name(ROOT / "engine" / "api" / "__init__.py") == "tether"

@@ -8,15 +8,15 @@ import pytest
 
 from tests.harness.images import build_index, sha256_digest, simple_image, write_oci_layout
 from tests.harness.podman import skopeo
-from tether.engine.layout_source import (
+from tether.engine.copy.layouts import (
     LayoutSourceError,
     find_entry_for_image,
     normalize_layout_name,
     open_bound_layout_source,
     open_layout_source,
 )
-from tether.engine.sources import ImageSource
-from tether.engine.sources import open_layout_source as pull_hook
+from tether.engine.copy.sources import ImageSource
+from tether.engine.copy.sources import open_layout_source as pull_hook
 from tether.registry.manifest import Platform
 from tether.registry.reference import parse_image_name
 from tether.store.errors import ImageUnknownError

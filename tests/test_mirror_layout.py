@@ -10,9 +10,9 @@ import trio
 
 from tests.harness.images import BuiltImage, build_index, simple_image, write_oci_layout
 from tests.harness.podman import skopeo
-from tether.engine.cli import main as tether
+from tether.engine.cli.main import main as tether
+from tether.engine.copy.mirror import SyncRequest, sync
 from tether.engine.errors import UsageError
-from tether.engine.mirror import SyncRequest, sync
 from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
 from tether.store.oci_layout import OCIArchive, OCILayout
@@ -194,7 +194,7 @@ def test_cli_sync_from_a_bound_root(source: Path, tmp_path: Path) -> None:
 async def test_offline_provisioning_from_a_mirror_layout(source: Path, tmp_path: Path, options: CommonOptions) -> None:
     """``bound sync --source oci:DIR`` path: bound names -> layout entries -> tether pull, names kept."""
     from tests.harness.podman import Podman, short_runroot
-    from tether.engine.layout_source import LayoutSourceError, layout_pull_names
+    from tether.engine.copy.layouts import LayoutSourceError, layout_pull_names
 
     mirror = tmp_path / "mirror"
     report = await sync([f"oci:{source}"], to=f"oci:{mirror}", options=options, all_platforms=True)

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tether.engine.errors import UsageError
-from tether.engine.mirror import (
+from tether.engine.copy.mirror import (
     Destination,
     MirrorMapping,
     destination_reference,
@@ -20,6 +19,7 @@ from tether.engine.mirror import (
     render_registries_conf,
     scoped_host_component,
 )
+from tether.engine.errors import UsageError
 from tether.registry.reference import Reference, parse_reference
 from tether.registry.registries_conf import load_registries_conf, pull_sources
 

@@ -28,8 +28,8 @@ from tests.harness.images import (
 )
 from tests.harness.podman import Podman, short_runroot, skopeo
 from tests.harness.registry import RunningRegistry
-from tether.engine.cli import main as tether
-from tether.engine.mirror import sync
+from tether.engine.cli.main import main as tether
+from tether.engine.copy.mirror import sync
 from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
 from tether.store.oci_layout import OCILayout

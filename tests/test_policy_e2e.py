@@ -28,8 +28,8 @@ from tests.harness import images as factory
 from tests.harness.podman import podman_for
 from tests.harness.registry import RunningRegistry
 from tests.harness.signing import CosignKey, GPGSigner, push_sigstore_attachments, write_lookaside
+from tether.engine.copy.pull import pull
 from tether.engine.options import CommonOptions
-from tether.engine.pull import pull
 from tether.registry.signatures import SigstoreSignature
 from tether.store.containers_storage import Store
 

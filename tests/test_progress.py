@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from tether.engine.progress import JsonLinesProgress, LayerInfo, PlainProgress, make_progress
+from tether.engine.copy.progress import JsonLinesProgress, LayerInfo, PlainProgress, make_progress
 
 # The shape of bootc's docs/src/progress-v0.schema.json as bootc serialises it today
 # (crates/lib/src/progress_jsonl.rs: #[serde(tag = "type", rename_all_fields = "camelCase")]).
@@ -135,7 +135,7 @@ def test_auto_mode_is_plain_off_a_tty() -> None:
 def test_rich_display_renders_bars_and_skips() -> None:
     from rich.console import Console
 
-    from tether.engine.progress import RichProgress
+    from tether.engine.copy.progress import RichProgress
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=160, color_system=None)

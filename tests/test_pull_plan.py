@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.harness import images as factory
-from tether.engine.pull import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
-from tether.engine.sources import SourceImage
+from tether.engine.copy.pull import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
+from tether.engine.copy.sources import SourceImage
 from tether.registry.manifest import ImageManifest, parse_image_config, parse_manifest
 
 
@@ -146,7 +146,7 @@ def test_source_image_ids_and_digests() -> None:
 async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
     import trio
 
-    from tether.engine.pull import _LargestFirst
+    from tether.engine.copy.pull import _LargestFirst
 
     slots = _LargestFirst(2)
     order: list[int] = []
@@ -173,7 +173,7 @@ async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
 async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
     import trio
 
-    from tether.engine.pull import _LargestFirst
+    from tether.engine.copy.pull import _LargestFirst
 
     slots = _LargestFirst(1)
     got: list[int] = []

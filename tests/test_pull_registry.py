@@ -19,9 +19,9 @@ from tests.harness import images as factory
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 from tests.test_progress import validate_line
+from tether.engine.copy.progress import Progress
+from tether.engine.copy.pull import PullRequest, pull
 from tether.engine.options import CommonOptions
-from tether.engine.progress import Progress
-from tether.engine.pull import PullRequest, pull
 from tether.store.containers_storage import STAGING_SUBDIR, LayerWriter, Store
 
 # --------------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ async def test_shared_layers_are_fetched_once_across_images(tmp_path: Path, regi
     options = make_options(tmp_path, registry)
     store = open_store(options)
     progress_lines: list[bytes] = []
-    from tether.engine.progress import JsonLinesProgress
+    from tether.engine.copy.progress import JsonLinesProgress
 
     report = await pull([f"{registry.host}/{repo}:1" for repo in sorted(repos)], store=store, options=options,
                         jobs=8, progress=JsonLinesProgress(write=progress_lines.append))

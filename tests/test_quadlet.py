@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.engine.errors import BoundImageError
-from tether.engine.quadlet import (
+from tether.engine.bound.quadlet import (
     SpecifierError,
     UnitSyntaxError,
     expand_specifiers,
@@ -15,6 +14,7 @@ from tether.engine.quadlet import (
     parse_unit,
     unquote_value,
 )
+from tether.engine.errors import BoundImageError
 
 
 def test_sections_keys_and_comments() -> None:

@@ -17,14 +17,14 @@ from tests.harness.bound import QUADLET_DIR, SpyPull, make_root
 from tests.harness.images import push_image, simple_image
 from tests.harness.podman import short_runroot
 from tests.harness.registry import RunningRegistry
-from tether.engine.cli import main
-from tether.engine.deployments import root_deployments
-from tether.engine.options import CommonOptions
-from tether.engine.reconcile import (
+from tether.engine.bound.deployments import root_deployments
+from tether.engine.bound.sync import (
     load_record,
     record_path,
     sync_deployments,
 )
+from tether.engine.cli.main import main
+from tether.engine.options import CommonOptions
 from tether.engine.storelock import StoreBusyError, hold_store
 from tether.store.containers_storage import Store
 

@@ -20,10 +20,10 @@ from tests.harness.images import push_image, simple_image
 from tests.harness.ostree_sysroot import make_sysroot
 from tests.harness.podman import short_runroot
 from tests.harness.registry import RunningRegistry
-from tether.engine.deployments import list_sysroot_deployments
-from tether.engine.gc import collect_garbage
+from tether.engine.bound.deployments import list_sysroot_deployments
+from tether.engine.bound.gc import collect_garbage
+from tether.engine.bound.sync import compute_status, load_record, sync_deployments
 from tether.engine.options import CommonOptions
-from tether.engine.reconcile import compute_status, load_record, sync_deployments
 from tether.store.containers_storage import Store
 
 pytestmark = pytest.mark.skipif(shutil.which("ostree") is None, reason="ostree not installed")

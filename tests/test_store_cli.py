@@ -9,7 +9,7 @@ import pytest
 from tests.harness import images as factory
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
-from tether.engine.cli import main
+from tether.engine.cli.main import main
 from tether.store.containers_storage import Store
 
 

@@ -1,5 +1,5 @@
 """``python -m tether``: the ``tether`` command."""
 
-from tether.engine.cli import run
+from tether.engine.cli.main import run
 
 run()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tether.engine.pull import PullReport, PullRequest, pull
+from tether.engine.copy.pull import PullReport, PullRequest, pull
 
 BOUND_DIR = "usr/lib/bootc/bound-images.d"
 QUADLET_DIR = "usr/share/containers/systemd"

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tether.engine.bound import BoundImage, discover_bound_images, group_bound_images, normalize_image_name
+from tether.engine.bound.discovery import BoundImage, discover_bound_images, group_bound_images, normalize_image_name
 from tether.engine.errors import EngineError
 
 if TYPE_CHECKING:
+    from tether.engine.copy.progress import Progress
     from tether.engine.options import CommonOptions
-    from tether.engine.progress import Progress
     from tether.store.containers_storage import ImageRecord
 
 InstallMode = Literal["stored", "pull", "skip"]
@@ -45,7 +45,7 @@ class InstalledImage:
     id: str | None
     digest: str | None
     error: str | None = None
-    #: :func:`tether.engine.reconcile.binding_key` of the binding: the image and the pull options it was put there for
+    #: :func:`tether.engine.bound.sync.binding_key` of the binding: the image and the pull options it was put there for
     key: str = ""
 
 
@@ -70,7 +70,7 @@ def _target_names(image: BoundImage, source: ImageRecord) -> list[str]:
 
 def resolve_in_source(bound: tuple[BoundImage, ...], source_images: list[ImageRecord]) -> list[ImageRecord]:
     """The source image of each bound image (same order); :class:`InstallError` lists every missing one."""
-    from tether.engine.reconcile import find_image_for
+    from tether.engine.bound.sync import find_image_for
 
     found: list[ImageRecord] = []
     missing: list[str] = []
@@ -97,7 +97,7 @@ def install_stored(
     source_driver: str | None = None,
 ) -> InstallReport:
     """``--bound-images=stored``: copy from ``source_store`` without the network (blocking)."""
-    from tether.engine.reconcile import binding_key
+    from tether.engine.bound.sync import binding_key
     from tether.store.containers_storage import Store, copy_image, detect_driver
 
     bound = tuple(g.image for g in group_bound_images(discover_bound_images(src_root)))
@@ -126,9 +126,9 @@ async def install_pulled(
     progress: Progress | None = None,
 ) -> InstallReport:
     """``--bound-images=pull``: pull every bound image of ``src_root`` into the target store."""
-    from tether.engine.bound import pull_request_for
-    from tether.engine.pull import pull
-    from tether.engine.reconcile import binding_key
+    from tether.engine.bound.discovery import pull_request_for
+    from tether.engine.bound.sync import binding_key
+    from tether.engine.copy.pull import pull
     from tether.store.containers_storage import Store
 
     groups = group_bound_images(discover_bound_images(src_root))
@@ -167,9 +167,9 @@ def record_installed(report: InstallReport, *, sysroot: Path, target_store: Path
     left without one (a sync will pull it).  Blocking."""
     from datetime import UTC, datetime
 
-    from tether.engine.deployments import list_sysroot_deployments
+    from tether.engine.bound.deployments import list_sysroot_deployments
+    from tether.engine.bound.sync import ImageState, ReadinessRecord, binding_key, write_record
     from tether.engine.errors import BoundImageError
-    from tether.engine.reconcile import ImageState, ReadinessRecord, binding_key, write_record
     from tether.engine.storelock import hold_store
     from tether.store.containers_storage import Store
 

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tether.engine.bound import BoundImage, normalize_image_name, short_name_matches
-from tether.engine.deployments import Deployment
-from tether.engine.errors import EngineError
-from tether.engine.reconcile import (
+from tether.engine.bound.deployments import Deployment
+from tether.engine.bound.discovery import BoundImage, normalize_image_name, short_name_matches
+from tether.engine.bound.sync import (
     deployment_status,
     list_record_files,
     load_record,
 )
+from tether.engine.errors import EngineError
 from tether.engine.storelock import hold_store
 
 if TYPE_CHECKING:

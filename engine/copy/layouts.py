@@ -1,10 +1,10 @@
 """Images from OCI layouts (``oci:DIR[:REF]``) and oci-archive files (``oci-archive:FILE[:REF]``).
 
-:func:`open_layout_source` is the hook :func:`tether.engine.sources.open_layout_source` dispatches to for
+:func:`open_layout_source` is the hook :func:`tether.engine.copy.sources.open_layout_source` dispatches to for
 ``tether pull oci:...``; :func:`open_bound_layout_source` serves ``bound sync --source oci:DIR`` (one
 bound image looked up in a layout by its full reference, the ``org.opencontainers.image.ref.name`` a
 ``tether mirror sync --to oci:DIR`` writes). :class:`LayoutReader` is the async view of a layout or
-archive that both these and :mod:`tether.engine.mirror` use.
+archive that both these and :mod:`tether.engine.copy.mirror` use.
 
 Archives are read in place (:class:`tether.store.oci_layout.OCIArchive`: tar headers indexed once, blobs read
 at their offsets), not unpacked to a temporary directory as containers/image does. Every blob read is
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import trio
 
+from tether.engine.copy.sources import MAX_CONFIG_SIZE, SourceImage
 from tether.engine.errors import EngineError
-from tether.engine.sources import MAX_CONFIG_SIZE, SourceImage
 from tether.registry.errors import InvalidReferenceError, ManifestError
 from tether.registry.manifest import (
     Descriptor,
@@ -214,7 +214,7 @@ async def open_layout_reader(transport: Transport, path: Path) -> AsyncIterator[
 
 
 class LayoutSource:
-    """An :class:`tether.engine.sources.ImageSource` for one entry of a layout or archive."""
+    """An :class:`tether.engine.copy.sources.ImageSource` for one entry of a layout or archive."""
 
     def __init__(self, *, reader: LayoutReader, entry: IndexEntry, description: str,
                  names: tuple[str, ...]) -> None:

@@ -1,6 +1,6 @@
 """Where image bytes come from: the :class:`ImageSource` protocol and its registry implementation.
 
-The pull engine (:mod:`tether.engine.pull`) never talks to a registry or an OCI layout directly; it asks an
+The pull engine (:mod:`tether.engine.copy.pull`) never talks to a registry or an OCI layout directly; it asks an
 :class:`ImageSource` for a :class:`SourceImage` (manifest + config, already verified and parsed) and then
 for the layer blobs, as verified streams of chunks.
 
@@ -226,14 +226,14 @@ class RegistrySource:
 
 def open_layout_source(name: OCILayoutName | OCIArchiveName, *, options: CommonOptions
                        ) -> AbstractAsyncContextManager[ImageSource]:
-    """The hook for ``oci:``/``oci-archive:`` names: delegates to ``tether.engine.layout_source``.
+    """The hook for ``oci:``/``oci-archive:`` names: delegates to ``tether.engine.copy.layouts``.
 
     Kept as the single dispatch point so the pull engine needs no change when that module lands.
     """
     try:
-        module = importlib.import_module("tether.engine.layout_source")
+        module = importlib.import_module("tether.engine.copy.layouts")
     except ModuleNotFoundError as exc:
-        if exc.name != "tether.engine.layout_source":
+        if exc.name != "tether.engine.copy.layouts":
             raise
         raise SourceError(f"{name}: OCI layout sources are not available in this build") from None
     factory = module.open_layout_source

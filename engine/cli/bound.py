@@ -192,7 +192,7 @@ def _is_root(path: Path) -> bool:
 
 
 def _deployments(args: argparse.Namespace) -> tuple[Any, ...]:
-    from tether.engine.deployments import list_sysroot_deployments, root_deployments
+    from tether.engine.bound.deployments import list_sysroot_deployments, root_deployments
 
     roots = getattr(args, "deployment_roots", None)
     sysroot = getattr(args, "sysroot", None)
@@ -218,7 +218,7 @@ def _open_store(options: CommonOptions) -> Any:
 
 def run_list(args: argparse.Namespace) -> int:
     """``tether bound list``."""
-    from tether.engine.bound import discover_bound_images
+    from tether.engine.bound.discovery import discover_bound_images
 
     images = discover_bound_images(args.deployment_root)
     if args.format == "json":
@@ -241,8 +241,8 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     """``tether bound status``."""
-    from tether.engine.deployments import find_deployment
-    from tether.engine.reconcile import compute_status
+    from tether.engine.bound.deployments import find_deployment
+    from tether.engine.bound.sync import compute_status
 
     options = _options(args)
     deployments = _deployments(args)
@@ -296,8 +296,8 @@ def run_sync(args: argparse.Namespace) -> int:
     """``tether bound sync``."""
     import trio
 
-    from tether.engine.progress import make_progress
-    from tether.engine.reconcile import sync_deployments
+    from tether.engine.bound.sync import sync_deployments
+    from tether.engine.copy.progress import make_progress
 
     options = _options(args)
     check_pull_options(args)
@@ -339,7 +339,7 @@ def run_sync(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     """``tether bound gc``."""
-    from tether.engine.gc import collect_garbage
+    from tether.engine.bound.gc import collect_garbage
 
     options = _options(args)
     deployments = _deployments(args)
@@ -376,14 +376,14 @@ def run_install(args: argparse.Namespace) -> int:
     """``tether bound install``."""
     import trio
 
-    from tether.engine.install import install_pulled, install_stored, record_installed
-    from tether.engine.progress import make_progress
+    from tether.engine.bound.install import install_pulled, install_stored, record_installed
+    from tether.engine.copy.progress import make_progress
 
     if args.bound_images == "skip":
         print("bound images skipped")
         return 0
     if args.sysroot is not None:
-        from tether.engine.deployments import list_sysroot_deployments
+        from tether.engine.bound.deployments import list_sysroot_deployments
 
         list_sysroot_deployments(args.sysroot)  # a wrong --sysroot fails before anything is copied
     if args.bound_images == "stored":

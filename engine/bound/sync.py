@@ -7,7 +7,7 @@ its root and, per bound image, the exact image id and manifest digest that were 
 
 bootc stages the new deployment *before* pulling its bound images, and a failed pull then cannot be retried
 (bootc-dev/bootc#2013). Here the sync is a separate, idempotent step: it pulls (concurrently, one
-:func:`tether.engine.pull.pull` call; the new deployment's images first) every bound image of every deployment that
+:func:`tether.engine.copy.pull.pull` call; the new deployment's images first) every bound image of every deployment that
 is not ready, marks ready only the deployments whose images were all committed, records what failed, and a
 rerun pulls only what is still missing (images already committed for a not-ready deployment are reused by
 id). A floating tag is re-resolved (pull policy ``newer``) for every not-ready deployment; a ready
@@ -27,22 +27,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tether.engine.bound import (
+from tether.engine.bound.deployments import Deployment
+from tether.engine.bound.discovery import (
     BoundImage,
     group_bound_images,
     normalize_image_name,
     pull_request_for,
     short_name_matches,
 )
-from tether.engine.deployments import Deployment
 from tether.engine.errors import BoundImageError, EngineError
 from tether.engine.storelock import TETHER_DIR, hold_store
 from tether.store.containers_storage import atomic_write
 
 if TYPE_CHECKING:
+    from tether.engine.copy.progress import Progress
+    from tether.engine.copy.pull import ImageResult, PullReport, PullRequest
     from tether.engine.options import CommonOptions
-    from tether.engine.progress import Progress
-    from tether.engine.pull import ImageResult, PullReport, PullRequest
     from tether.store.containers_storage import ImageRecord, Store
 
 RECORDS_DIR = f"{TETHER_DIR}/deployments"
@@ -278,7 +278,7 @@ def compute_status(deployments: Sequence[Deployment], store: Store) -> tuple[Dep
 
 
 def _discover(root: Path) -> tuple[BoundImage, ...]:
-    from tether.engine.bound import discover_bound_images
+    from tether.engine.bound.discovery import discover_bound_images
 
     return discover_bound_images(root)
 
@@ -347,7 +347,7 @@ async def sync_deployments(
     """
     import trio
 
-    from tether.engine.pull import pull
+    from tether.engine.copy.pull import pull
 
     pull_fn = pull_function or pull
     with hold_store(store.root):
@@ -423,7 +423,7 @@ async def sync_deployments(
         gc_removed: tuple[str, ...] = ()
         gc_error: str | None = None
         if gc:
-            from tether.engine.gc import collect_garbage
+            from tether.engine.bound.gc import collect_garbage
 
             try:
                 result_gc = await trio.to_thread.run_sync(
@@ -447,11 +447,11 @@ async def sync_deployments(
 def _requests_from_layout(source: str, requests: Sequence[PullRequest]) -> list[PullRequest]:
     """The same requests with their names pointed into the ``source`` layout (``oci:DIR:REF``).
 
-    Raises :class:`tether.engine.layout_source.LayoutSourceError` naming every image the layout lacks.
+    Raises :class:`tether.engine.copy.layouts.LayoutSourceError` naming every image the layout lacks.
     """
     from dataclasses import replace
 
-    from tether.engine.layout_source import layout_pull_names
+    from tether.engine.copy.layouts import layout_pull_names
 
     names = layout_pull_names(source, [r.name for r in requests])
     return [replace(r, name=names[r.name]) for r in requests]

@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 
+from tether.engine.copy.layouts import LayoutReader, open_layout_reader
+from tether.engine.copy.progress import Progress
 from tether.engine.errors import MirrorError, UsageError
-from tether.engine.layout_source import LayoutReader, open_layout_reader
-from tether.engine.progress import Progress
 from tether.registry.errors import InvalidReferenceError, RegistryError
 from tether.registry.manifest import (
     Descriptor,
@@ -1028,7 +1028,7 @@ def _write_text_atomically(path: Path, text: str) -> None:
 async def _run(plans: list[_ImagePlan], writer: _Writer, *, all_platforms: bool, platforms: Sequence[Platform],
                jobs: int, observer: SyncObserver, progress: Progress) -> None:
     """Plan every image, then copy every blob once (concurrently), then write each image's manifests."""
-    from tether.engine.progress import LayerInfo
+    from tether.engine.copy.progress import LayerInfo
     limiter = trio.CapacityLimiter(max(1, jobs))
     done: set[tuple[str, str]] = set()
     inflight: dict[str, trio.Event] = {}
@@ -1169,10 +1169,10 @@ def platforms_from_text(values: Iterable[str]) -> tuple[Platform, ...]:
 
 
 def requests_from_bound(images: Iterable[Any], *, root: Path) -> list[SyncRequest]:
-    """:class:`tether.engine.bound.BoundImage` values of one deployment ``root`` -> requests, with the unit's
+    """:class:`tether.engine.bound.discovery.BoundImage` values of one deployment ``root`` -> requests, with the unit's
     ``Arch=``/``OS=``/``Variant=``, ``TLSVerify=``, ``AuthFile=``, ``CertDir=`` (files looked up inside
-    ``root`` first, as :func:`tether.engine.bound.pull_request_for` does for a pull)."""
-    from tether.engine.bound import pull_requests_for
+    ``root`` first, as :func:`tether.engine.bound.discovery.pull_request_for` does for a pull)."""
+    from tether.engine.bound.discovery import pull_requests_for
 
     out: list[SyncRequest] = []
     for pr in pull_requests_for(tuple(images), root=root):

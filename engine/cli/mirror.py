@@ -1,4 +1,4 @@
-"""``tether mirror sync`` and ``tether mirror prune`` (see :mod:`tether.engine.mirror`)."""
+"""``tether mirror sync`` and ``tether mirror prune`` (see :mod:`tether.engine.copy.mirror`)."""
 
 from __future__ import annotations
 
@@ -82,12 +82,12 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def _bound_requests(args: argparse.Namespace) -> list[Any]:
-    from tether.engine.bound import discover_bound_images
-    from tether.engine.mirror import requests_from_bound
+    from tether.engine.bound.discovery import discover_bound_images
+    from tether.engine.copy.mirror import requests_from_bound
 
     if args.root is not None:
         return requests_from_bound(discover_bound_images(args.root), root=args.root)
-    from tether.engine.deployments import list_sysroot_deployments
+    from tether.engine.bound.deployments import list_sysroot_deployments
 
     found: list[Any] = []
     for deployment in list_sysroot_deployments(args.sysroot):
@@ -101,7 +101,7 @@ def run_sync(args: argparse.Namespace) -> int:
     """Run ``tether mirror sync``; exit status 1 if any image failed or the result did not verify."""
     import trio
 
-    from tether.engine.mirror import DEFAULT_JOBS, SyncRequest, platforms_from_text, sync
+    from tether.engine.copy.mirror import DEFAULT_JOBS, SyncRequest, platforms_from_text, sync
 
     platforms = platforms_from_text(args.platform or ())
     common_args = argparse.Namespace(**{**vars(args), "platform": None, "root": None})
@@ -121,7 +121,7 @@ def run_sync(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
 
-    from tether.engine.progress import make_progress
+    from tether.engine.copy.progress import make_progress
 
     progress = make_progress("none" if args.format == "json" else args.progress)
 
@@ -158,7 +158,7 @@ def run_sync(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     """Run ``tether mirror prune``."""
-    from tether.engine.mirror import prune
+    from tether.engine.copy.mirror import prune
 
     result = prune(args.target, remove=args.remove)
     if args.format == "json":

@@ -33,7 +33,7 @@ from tether.registry.signatures import Signature, fetch_signatures
 if TYPE_CHECKING:
     import httpx
 
-    from tether.engine.sources import SourceImage
+    from tether.engine.copy.sources import SourceImage
     from tether.registry.client import RegistryClient
     from tether.registry.reference import Reference
 

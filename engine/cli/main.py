@@ -25,11 +25,11 @@ from tether.registry.errors import RegistryError
 from tether.store.errors import StoreError
 
 COMMAND_MODULES = (
-    "tether.engine.cmd_pull",  # pull
-    "tether.engine.cmd_inspect",  # inspect
-    "tether.engine.cmd_store",  # images, rmi, check
-    "tether.engine.cmd_bound",  # bound list/sync/status/gc/install
-    "tether.engine.cmd_mirror",  # mirror sync/prune
+    "tether.engine.cli.pull",  # pull
+    "tether.engine.cli.inspect",  # inspect
+    "tether.engine.cli.images",  # images, rmi, check
+    "tether.engine.cli.bound",  # bound list/sync/status/gc/install
+    "tether.engine.cli.mirror",  # mirror sync/prune
 )
 
 

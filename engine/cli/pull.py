@@ -31,13 +31,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tether pull``; returns the exit status."""
-    from tether.engine.cli import skip_httpx_cli
+    from tether.engine.cli.main import skip_httpx_cli
 
-    skip_httpx_cli()  # tether.engine.cli.main did it already; kept for callers of run() that bypass it
+    skip_httpx_cli()  # tether.engine.cli.main.main did it already; kept for callers of run() that bypass it
     import trio
 
-    from tether.engine.progress import ProgressMode, make_progress
-    from tether.engine.pull import PullRequest, pull
+    from tether.engine.copy.progress import ProgressMode, make_progress
+    from tether.engine.copy.pull import PullRequest, pull
     from tether.engine.storelock import hold_store
     from tether.store.containers_storage import Store
 

@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tether.engine.bound import resolve_in_root
+from tether.engine.bound.discovery import resolve_in_root
+from tether.engine.bound.quadlet import parse_unit
 from tether.engine.errors import BoundImageError, DeploymentError
-from tether.engine.quadlet import parse_unit
 
 log = logging.getLogger(__name__)
 

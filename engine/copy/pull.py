@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
+from tether.engine.copy.progress import LayerInfo, Progress
+from tether.engine.copy.sources import ImageSource, RegistrySource, SourceError, SourceImage, open_layout_source
 from tether.engine.errors import EngineError
-from tether.engine.progress import LayerInfo, Progress
-from tether.engine.sources import ImageSource, RegistrySource, SourceError, SourceImage, open_layout_source
 
 if TYPE_CHECKING:
     from tether.engine.options import CommonOptions
@@ -446,13 +446,13 @@ async def _check_signature_policy(*, image: SourceImage, source: ImageSource, re
                                   options: CommonOptions, policy_cache: dict[str, Any]) -> None:
     """THE signature-policy call site: after resolve, before any layer of ``image`` is fetched or published.
 
-    Delegates to ``tether.engine.verify.enforce_policy`` (issue 8) when that module exists; raises its
+    Delegates to ``tether.engine.copy.verify.enforce_policy`` (issue 8) when that module exists; raises its
     ``PolicyError`` to fail the image.
     """
     try:
-        verify = importlib.import_module("tether.engine.verify")
+        verify = importlib.import_module("tether.engine.copy.verify")
     except ModuleNotFoundError as exc:
-        if exc.name != "tether.engine.verify":
+        if exc.name != "tether.engine.copy.verify":
             raise
         return
     if "policy" not in policy_cache:

@@ -112,7 +112,7 @@ async def inspect_image(
 
 async def _inspect_layout(parsed: Any, options: CommonOptions, *, raw: bool, config: bool) -> bytes:
     """``oci:``/``oci-archive:``: as skopeo, no ``Name`` (no docker reference) and no tags."""
-    from tether.engine.sources import open_layout_source
+    from tether.engine.copy.sources import open_layout_source
 
     async with open_layout_source(parsed, options=options) as source:
         image = await source.resolve(platform=options.wanted_platform())
