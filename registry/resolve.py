@@ -8,8 +8,8 @@ image. A transport only says how to read a top manifest, a child manifest and a 
 
 1. the top manifest is parsed (type from the reader's media type unless generic, else from the body);
 2. an index chooses the wanted platform's entry (:func:`tether.registry.manifest.choose_platform`; the
-   host's platform by default), whose manifest is read by digest and must match the entry's digest and size;
-   an index inside an index is refused;
+   host's platform by default), whose manifest is read by digest and must match the entry's digest and size
+   (:func:`read_child`, also what a mirror uses for every entry it keeps); an index inside an index is refused;
 3. the config is read (at most :data:`~tether.registry.manifest.MAX_CONFIG_SIZE`), checked against the
    manifest's config descriptor and parsed.
 
@@ -25,6 +25,7 @@ from typing import Protocol
 from tether.registry.errors import DigestMismatchError, ManifestError
 from tether.registry.manifest import (
     MAX_CONFIG_SIZE,
+    MAX_MANIFEST_SIZE,
     Descriptor,
     ImageConfig,
     ImageIndex,
@@ -37,7 +38,15 @@ from tether.registry.manifest import (
     parse_manifest,
 )
 
-__all__ = ["ImageReader", "RawManifest", "ResolvedImage", "choose_instance", "resolve_image"]
+__all__ = [
+    "ImageReader",
+    "ManifestReader",
+    "RawManifest",
+    "ResolvedImage",
+    "choose_instance",
+    "read_child",
+    "resolve_image",
+]
 
 
 @dataclass(frozen=True)
@@ -49,20 +58,24 @@ class RawManifest:
     digest: str
 
 
-class ImageReader(Protocol):
-    """How one transport reads the pieces :func:`resolve_image` asks for; it decides nothing itself."""
+class ManifestReader(Protocol):
+    """How one transport reads a manifest by digest (what :func:`read_child` needs)."""
 
     @property
     def description(self) -> str:
         """The image as messages name it (``quay.io/org/app:1``, ``oci:/srv/mirror:app``)."""
         ...
 
-    async def read_top(self) -> RawManifest:
-        """The manifest or index the name points at (digest verified when the name pins one)."""
-        ...
-
     async def read_manifest(self, descriptor: Descriptor) -> RawManifest:
         """The manifest ``descriptor`` (an index entry) names, read by digest."""
+        ...
+
+
+class ImageReader(ManifestReader, Protocol):
+    """How one transport reads the pieces :func:`resolve_image` asks for; it decides nothing itself."""
+
+    async def read_top(self) -> RawManifest:
+        """The manifest or index the name points at (digest verified when the name pins one)."""
         ...
 
     async def read_config(self, descriptor: Descriptor) -> bytes:
@@ -97,6 +110,23 @@ def choose_instance(top: RawManifest, platform: Platform | None) -> Descriptor |
     return choose_platform(parsed, platform or host_platform())
 
 
+async def read_child(reader: ManifestReader, descriptor: Descriptor) -> RawManifest:
+    """The manifest an index entry names, checked against the entry's digest and size (OCI image-spec
+    descriptor.md: content must be verified against its descriptor) and its declared size capped."""
+    if descriptor.size > MAX_MANIFEST_SIZE:
+        raise ManifestError(f"{reader.description}: manifest {descriptor.digest} is {descriptor.size} bytes, "
+                            f"more than the {MAX_MANIFEST_SIZE} byte limit")
+    manifest = await reader.read_manifest(descriptor)
+    actual = compute_digest(manifest.raw)
+    if manifest.digest != descriptor.digest or actual != descriptor.digest:
+        raise DigestMismatchError(f"{reader.description}: manifest {descriptor.digest} of the index came back "
+                                  f"as {actual}")
+    if len(manifest.raw) != descriptor.size:
+        raise DigestMismatchError(f"{reader.description}: manifest {descriptor.digest} is {len(manifest.raw)} "
+                                  f"bytes, the index says {descriptor.size}")
+    return manifest
+
+
 async def resolve_image(reader: ImageReader, *, platform: Platform | None = None,
                         top: RawManifest | None = None) -> ResolvedImage:
     """Resolve ``reader``'s image for ``platform`` (default: the host's); ``top`` if already read.
@@ -111,14 +141,7 @@ async def resolve_image(reader: ImageReader, *, platform: Platform | None = None
     manifest = top
     if isinstance(parsed, ImageIndex):
         chosen = choose_platform(parsed, platform or host_platform())
-        manifest = await reader.read_manifest(chosen)
-        # OCI image-spec descriptor.md: content must be verified against the descriptor's digest and size.
-        if manifest.digest != chosen.digest or compute_digest(manifest.raw) != chosen.digest:
-            raise DigestMismatchError(f"{reader.description}: manifest {chosen.digest} of the index came back "
-                                      f"as {compute_digest(manifest.raw)}")
-        if len(manifest.raw) != chosen.size:
-            raise DigestMismatchError(f"{reader.description}: manifest {chosen.digest} is {len(manifest.raw)} "
-                                      f"bytes, the index says {chosen.size}")
+        manifest = await read_child(reader, chosen)
         child = parse_manifest(manifest.raw, manifest.media_type or chosen.media_type)
         if not isinstance(child, ImageManifest):
             raise ManifestError(f"{reader.description}: index entry {chosen.digest} is an index itself "
