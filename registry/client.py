@@ -55,7 +55,6 @@ from tether.registry.manifest import (
     MAX_CONFIG_SIZE,
     MAX_MANIFEST_SIZE,
     Descriptor,
-    ImageConfig,
     ImageIndex,
     ImageManifest,
     Platform,
@@ -66,12 +65,13 @@ from tether.registry.manifest import (
 )
 from tether.registry.reference import DEFAULT_DOMAIN, DOCKER_REGISTRY_HOST, Reference
 from tether.registry.registries_conf import AUTHENTICATION_FILE_HELPER, PullSource, RegistriesConf, pull_sources
+from tether.registry.resolve import RawManifest, ResolvedImage
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
     "FetchedManifest",
     "RegistryClient",
-    "ResolvedImage",
+    "RegistryImage",
     "RetryPolicy",
     "open_registry_client",
 ]
@@ -95,25 +95,20 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 @dataclass(frozen=True)
-class FetchedManifest:
+class FetchedManifest(RawManifest):
     """Manifest bytes as served, their media type (Content-Type, checked) and digest, and the endpoint."""
 
-    raw: bytes
-    media_type: str
-    digest: str
     source: PullSource
 
 
-@dataclass(frozen=True)
-class ResolvedImage:
-    """An image resolved to one platform's manifest and its config."""
+@dataclass(frozen=True, kw_only=True)
+class RegistryImage(ResolvedImage):
+    """An image resolved to one platform's manifest and its config, with the endpoints its blobs come from
+    (the one that served the manifest first)."""
 
-    reference: Reference
+    top: FetchedManifest
     manifest: FetchedManifest
-    index: FetchedManifest | None
-    parsed: ImageManifest
-    config_raw: bytes
-    config: ImageConfig
+    reference: Reference
     sources: tuple[PullSource, ...]
 
 
@@ -574,22 +569,24 @@ class RegistryClient:
         others = "; ".join(f"{s.reference.domain}: {e}" for s, e in errors[:-1])
         raise _with_message(last, f"{last} (also tried: {others})")
 
-    async def resolve_image(self, ref: Reference, *, platform: Platform | None = None) -> ResolvedImage:
+    async def resolve_image(self, ref: Reference, *, platform: Platform | None = None,
+                            top: FetchedManifest | None = None) -> RegistryImage:
         """Manifest (via the index and the platform choice), then config, from one endpoint.
 
         ``platform`` defaults to :func:`host_platform`. The endpoint that served the manifest comes
         first in :attr:`ResolvedImage.sources`, then the others in ``pull_sources`` order.
         """
         sources = pull_sources(self._registries, ref)
+        if top is not None and top.source in sources:
+            sources = (top.source, *(s for s in sources if s != top.source))
         wanted = platform or host_platform()
 
-        async def attempt(source: PullSource) -> ResolvedImage:
-            top = await self._fetch_manifest_at(source, source.reference)
-            parsed = parse_manifest(top.raw, top.media_type)
-            index: FetchedManifest | None = None
-            manifest = top
+        async def attempt(source: PullSource) -> RegistryImage:
+            first = top if top is not None and top.source == source else await self._fetch_manifest_at(
+                source, source.reference)
+            parsed = parse_manifest(first.raw, first.media_type)
+            manifest = first
             if isinstance(parsed, ImageIndex):
-                index = top
                 chosen = choose_platform(parsed, wanted)
                 by_digest = Reference(source.reference.domain, source.reference.path, None, chosen.digest)
                 manifest = await self._fetch_manifest_at(source, by_digest)
@@ -609,17 +606,17 @@ class RegistryClient:
                 config = parse_image_config(config_raw)
             except ManifestError as exc:
                 raise ManifestError(f"config {parsed.config.digest} of {source.reference}: {exc}") from None
-            return ResolvedImage(
+            return RegistryImage(
                 reference=ref,
+                top=first,
                 manifest=manifest,
-                index=index,
                 parsed=parsed,
                 config_raw=config_raw,
                 config=config,
                 sources=ordered,
             )
 
-        result: ResolvedImage = await self._first_success(sources, attempt)
+        result: RegistryImage = await self._first_success(sources, attempt)
         return result
 
     async def list_tags(self, source: PullSource, *, max_pages: int = 100) -> tuple[str, ...]:

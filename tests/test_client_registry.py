@@ -372,6 +372,6 @@ async def test_push_then_skopeo_reads_back(
     assert isinstance((await _resolve_plain(registry, tmp_path, ref)).parsed, ImageManifest)
 
 
-async def _resolve_plain(registry: RunningRegistry, tmp_path: Path, ref: object) -> client_module.ResolvedImage:
+async def _resolve_plain(registry: RunningRegistry, tmp_path: Path, ref: object) -> client_module.RegistryImage:
     async with client_for(insecure_conf(tmp_path / "again", registry.host)) as client:
         return await client.resolve_image(ref)  # type: ignore[arg-type]

@@ -137,7 +137,7 @@ def test_gc_refuses_when_a_deployment_is_unreadable(tmp_path: Path) -> None:
 
 
 def test_gc_keeps_recorded_ids_and_drops_stale_records(tmp_path: Path) -> None:
-    from tether.engine.bound.sync import ImageState, ReadinessRecord, record_path, write_record
+    from tether.engine.bound.records import ImageState, ReadinessRecord, record_path, write_record
 
     a = make_root(tmp_path / "a", {})
     gone = make_root(tmp_path / "gone", {})
@@ -157,7 +157,7 @@ def test_gc_keeps_recorded_ids_and_drops_stale_records(tmp_path: Path) -> None:
 def test_find_image_for_short_names() -> None:
     from dataclasses import replace
 
-    from tether.engine.bound.sync import find_image_for
+    from tether.engine.bound.records import find_image_for
 
     a = replace(record("docker.io/library/alpine:latest"), id="a" * 64)
     b = replace(record("quay.io/x/app:1"), id="b" * 64)

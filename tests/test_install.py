@@ -16,7 +16,7 @@ from tests.harness.ostree_sysroot import make_sysroot
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 from tether.engine.bound.deployments import list_sysroot_deployments
-from tether.engine.bound.sync import load_record
+from tether.engine.bound.records import load_record
 from tether.engine.cli.main import main
 from tether.store.containers_storage import Store
 

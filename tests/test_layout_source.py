@@ -1,24 +1,27 @@
-"""engine/layout_source.py: oci: and oci-archive: image sources (layouts written by the harness and skopeo)."""
+"""engine/copy/sources/layout.py: oci: and oci-archive: image sources (layouts written by the harness and skopeo)."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
 from tests.harness.images import build_index, sha256_digest, simple_image, write_oci_layout
 from tests.harness.podman import skopeo
-from tether.engine.copy.layouts import (
+from tether.engine.copy.clients import RegistryClients
+from tether.engine.copy.image import ImageSource, PullRequest
+from tether.engine.copy.sources import open_image_source
+from tether.engine.copy.sources.layout import (
     LayoutSourceError,
     find_entry_for_image,
     normalize_layout_name,
     open_bound_layout_source,
     open_layout_source,
 )
-from tether.engine.copy.sources import ImageSource
-from tether.engine.copy.sources import open_layout_source as pull_hook
+from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
-from tether.registry.reference import parse_image_name
+from tether.registry.reference import OCIArchiveName, OCILayoutName, parse_image_name
 from tether.store.errors import ImageUnknownError
 from tether.store.oci_layout import BlobDigestError, IndexEntry, OCILayout, write_oci_archive
 
@@ -52,6 +55,12 @@ def test_find_entry_for_image_exact_then_normalized() -> None:
     assert find_entry_for_image(entries, "quay.io/org/app:2") is None
 
 
+def layout_name(text: str) -> OCILayoutName | OCIArchiveName:
+    parsed = parse_image_name(text)
+    assert isinstance(parsed, OCILayoutName | OCIArchiveName)
+    return parsed
+
+
 @pytest.fixture
 def layout_dir(tmp_path: Path) -> Path:
     amd = simple_image(11, files=2, architecture="amd64")
@@ -72,14 +81,19 @@ async def read_all(source: ImageSource, platform: Platform | None) -> tuple[byte
     return image.config_raw, blobs
 
 
-async def test_pull_hook_resolves_platforms_from_a_layout(layout_dir: Path) -> None:
+async def test_a_pull_resolves_platforms_from_a_layout(layout_dir: Path) -> None:
     arm = simple_image(12, files=2, architecture="arm64", variant="v8")
-    async with pull_hook(parse_image_name(f"oci:{layout_dir}:quay.io/org/multi:1"), options=None) as source:  # type: ignore[arg-type]
+    async with AsyncExitStack() as stack:
+        # the copy engine's dispatch: an oci: name opens a layout source (no registry client is opened)
+        clients = RegistryClients(stack, CommonOptions(), connections=1)
+        source = await open_image_source(PullRequest(name=f"oci:{layout_dir}:quay.io/org/multi:1"), clients=clients,
+                                         stack=stack)
         assert isinstance(source, ImageSource)
         assert source.local_names == ("quay.io/org/multi:1",)
         image = await source.resolve(platform=Platform("linux", "arm64", "v8"))
         assert image.manifest_digest == arm.manifest_digest
-        assert image.index_digest == build_index([simple_image(11, files=2), arm]).manifest_digest
+        assert image.index is not None
+        assert image.index.digest == build_index([simple_image(11, files=2), arm]).manifest_digest
         assert image.transport == "oci"
         config, blobs = await read_all(source, Platform("linux", "arm64", "v8"))
         assert config == arm.config
@@ -89,19 +103,19 @@ async def test_pull_hook_resolves_platforms_from_a_layout(layout_dir: Path) -> N
 async def test_archive_source_names_and_refusals(layout_dir: Path, tmp_path: Path) -> None:
     archive = tmp_path / "a.tar"
     write_oci_archive(OCILayout.open(layout_dir), archive)
-    async with open_layout_source(parse_image_name(f"oci-archive:{archive}:app:2")) as source:  # type: ignore[arg-type]
+    async with open_layout_source(layout_name(f"oci-archive:{archive}:app:2")) as source:
         assert source.local_names == ("localhost/app:2",)
         config, blobs = await read_all(source, None)
         assert config == simple_image(13, files=2).config
         assert blobs == [layer.blob for layer in simple_image(13, files=2).layers]
-    async with open_layout_source(parse_image_name(f"oci:{layout_dir}:@1")) as source:  # type: ignore[arg-type]
+    async with open_layout_source(layout_name(f"oci:{layout_dir}:@1")) as source:
         assert source.local_names == ()
-        assert await source.probe_digest() == simple_image(13, files=2).manifest_digest
+        assert (await source.read_top()).digest == simple_image(13, files=2).manifest_digest
     with pytest.raises(ImageUnknownError, match="holds 2 images"):
-        async with open_layout_source(parse_image_name(f"oci:{layout_dir}")):  # type: ignore[arg-type]
+        async with open_layout_source(layout_name(f"oci:{layout_dir}")):
             pass
     with pytest.raises(ImageUnknownError, match="no image named"):
-        async with open_layout_source(parse_image_name(f"oci-archive:{archive}:nope")):  # type: ignore[arg-type]
+        async with open_layout_source(layout_name(f"oci-archive:{archive}:nope")):
             pass
 
 
@@ -109,7 +123,7 @@ async def test_corrupt_layer_fails_at_the_end_of_the_stream(layout_dir: Path) ->
     image = simple_image(13, files=2)
     blob = layout_dir / "blobs" / "sha256" / image.layers[0].digest.split(":")[1]
     blob.write_bytes(bytes(len(image.layers[0].blob)))
-    async with open_layout_source(parse_image_name(f"oci:{layout_dir}:app:2")) as source:  # type: ignore[arg-type]
+    async with open_layout_source(layout_name(f"oci:{layout_dir}:app:2")) as source:
         resolved = await source.resolve(platform=None)
         with pytest.raises(BlobDigestError):
             async with source.open_blob(resolved.manifest.layers[0]) as chunks:

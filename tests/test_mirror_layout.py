@@ -11,7 +11,9 @@ import trio
 from tests.harness.images import BuiltImage, build_index, simple_image, write_oci_layout
 from tests.harness.podman import skopeo
 from tether.engine.cli.main import main as tether
-from tether.engine.copy.mirror import SyncRequest, sync
+from tether.engine.copy.image import PullRequest
+from tether.engine.copy.mirror import sync
+from tether.engine.copy.progress import Progress
 from tether.engine.errors import UsageError
 from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
@@ -93,19 +95,16 @@ async def test_sync_to_layout_filters_platforms_shares_blobs_and_skopeo_reads_it
 async def test_sync_to_archive_adds_to_it_and_resumes(source: Path, tmp_path: Path, options: CommonOptions) -> None:
     archive = tmp_path / "usb" / "mirror.tar"
 
-    class Interrupt(Exception):
-        pass
+    class Interrupt(BaseException):
+        """What a Ctrl-C or a cancelled caller does: nothing inside the copy catches it."""
 
-    class StopAfterFirstBlob:
-        def blob_bytes(self, digest: str, done: int) -> None:
-            pass
-
-        def blob_done(self, digest: str, how: str) -> None:
+    class StopAfterFirstBlob(Progress):
+        def layer_done(self, image: str, digest: str) -> None:
             raise Interrupt(digest)
 
-    with pytest.raises(BaseExceptionGroup) as interrupted:  # an observer's own error escapes trio's nurseries
+    with pytest.raises(BaseExceptionGroup) as interrupted:
         await sync([f"oci:{source}:quay.io/org/multi:1"], to=f"oci-archive:{archive}", options=options,
-                   all_platforms=True, jobs=1, observer=StopAfterFirstBlob())
+                   all_platforms=True, jobs=1, progress=StopAfterFirstBlob())
     assert interrupted.group_contains(Interrupt, depth=None)
     assert not archive.exists()
     staging = archive.with_name(".mirror.tar.tether-staging")
@@ -170,7 +169,7 @@ async def test_usage_errors(source: Path, tmp_path: Path, options: CommonOptions
     with pytest.raises(UsageError, match="no images"):
         await sync([], to=f"oci:{tmp_path}/m", options=options)
     with pytest.raises(UsageError):
-        await sync([SyncRequest(name=f"oci:{source}")], to="oci:/x:ref", options=options)
+        await sync([PullRequest(name=f"oci:{source}")], to="oci:/x:ref", options=options)
 
 
 def test_cli_sync_from_a_bound_root(source: Path, tmp_path: Path) -> None:
@@ -194,7 +193,7 @@ def test_cli_sync_from_a_bound_root(source: Path, tmp_path: Path) -> None:
 async def test_offline_provisioning_from_a_mirror_layout(source: Path, tmp_path: Path, options: CommonOptions) -> None:
     """``bound sync --source oci:DIR`` path: bound names -> layout entries -> tether pull, names kept."""
     from tests.harness.podman import Podman, short_runroot
-    from tether.engine.copy.layouts import LayoutSourceError, layout_pull_names
+    from tether.engine.copy.sources.layout import LayoutSourceError, layout_pull_names
 
     mirror = tmp_path / "mirror"
     report = await sync([f"oci:{source}"], to=f"oci:{mirror}", options=options, all_platforms=True)

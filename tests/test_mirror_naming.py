@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tether.engine.copy.mirror import (
-    Destination,
+from tether.engine.copy.mirror_naming import (
+    DestinationName,
     MirrorMapping,
     destination_reference,
     filter_index,
@@ -27,13 +27,13 @@ from tether.registry.registries_conf import load_registries_conf, pull_sources
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("oci:/srv/mirror", Destination(kind="oci", path=Path("/srv/mirror"))),
-        ("oci-archive:/media/usb/m.tar", Destination(kind="oci-archive", path=Path("/media/usb/m.tar"))),
-        ("docker://127.0.0.1:5000", Destination(kind="docker", host="127.0.0.1:5000")),
-        ("docker://mirror.lan/ns/sub/", Destination(kind="docker", host="mirror.lan", namespace="ns/sub")),
+        ("oci:/srv/mirror", DestinationName(kind="oci", path=Path("/srv/mirror"))),
+        ("oci-archive:/media/usb/m.tar", DestinationName(kind="oci-archive", path=Path("/media/usb/m.tar"))),
+        ("docker://127.0.0.1:5000", DestinationName(kind="docker", host="127.0.0.1:5000")),
+        ("docker://mirror.lan/ns/sub/", DestinationName(kind="docker", host="mirror.lan", namespace="ns/sub")),
     ],
 )
-def test_parse_destination(text: str, expected: Destination) -> None:
+def test_parse_destination(text: str, expected: DestinationName) -> None:
     assert parse_destination(text) == expected
 
 

@@ -30,6 +30,7 @@ from tests.harness.podman import Podman, short_runroot, skopeo
 from tests.harness.registry import RunningRegistry
 from tether.engine.cli.main import main as tether
 from tether.engine.copy.mirror import sync
+from tether.engine.copy.progress import Progress
 from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
 from tether.store.oci_layout import OCILayout
@@ -212,17 +213,17 @@ async def test_sync_interrupted_by_a_registry_crash_resumes(
     name = f"{source.host}/org/big:1"
     finished: list[str] = []
 
-    class KillMidUpload:
-        def blob_bytes(self, digest: str, done: int) -> None:
+    class KillMidUpload(Progress):
+        def layer_bytes(self, image: str, digest: str, done: int) -> None:
             # The registry dies once a blob has arrived, while the next one's upload session is open
             # and its bytes are flowing (blobs go one at a time, in an order trio chooses).
             if finished and dest.process is not None:
                 dest.kill()
 
-        def blob_done(self, digest: str, how: str) -> None:
+        def layer_done(self, image: str, digest: str) -> None:
             finished.append(digest)
 
-    report = await sync([name], to=f"docker://{dest.host}", options=options, jobs=1, observer=KillMidUpload())
+    report = await sync([name], to=f"docker://{dest.host}", options=options, jobs=1, progress=KillMidUpload())
     assert not report.ok
     (failed,) = report.images
     assert failed.error is not None

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 from tests.harness import images as factory
-from tether.engine.copy.pull import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
-from tether.engine.copy.sources import SourceImage
+from tether.engine.copy.execute import LargestFirst
+from tether.engine.copy.image import SourceImage
+from tether.engine.copy.plan import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
 from tether.registry.manifest import ImageManifest, parse_image_config, parse_manifest
+from tether.registry.resolve import RawManifest, ResolvedImage
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,10 @@ class FakeImageRecord:
 def source_image(built: factory.BuiltImage, name: str = "127.0.0.1:5000/x:1") -> SourceImage:
     parsed = parse_manifest(built.manifest, built.media_type)
     assert isinstance(parsed, ImageManifest)
-    return SourceImage(transport="docker", names=(name,), reference=None, manifest_raw=built.manifest,
-                       manifest_media_type=built.media_type, manifest_digest=built.manifest_digest, manifest=parsed,
-                       index_raw=None, index_digest=None, config_raw=built.config,
-                       config=parse_image_config(built.config))
+    manifest = RawManifest(built.manifest, built.media_type, built.manifest_digest)
+    resolved = ResolvedImage(top=manifest, manifest=manifest, parsed=parsed, config_raw=built.config,
+                             config=parse_image_config(built.config))
+    return SourceImage(transport="docker", description=name, names=(name,), reference=None, resolved=resolved)
 
 
 def layer(seed: int) -> factory.BuiltLayer:
@@ -117,7 +119,7 @@ def test_manifest_and_config_disagreeing_is_a_plan_error() -> None:
     img = factory.build_image([layer(1), layer(2)])
     liar = factory.build_image([layer(1)])
     src = source_image(img)
-    bad = SourceImage(**{**src.__dict__, "config_raw": liar.config, "config": parse_image_config(liar.config)})
+    bad = replace(src, resolved=replace(src.resolved, config_raw=liar.config, config=parse_image_config(liar.config)))
     with pytest.raises(PlanError, match=r"2 layers but the config.s rootfs\.diff_ids 1"):
         plan_pull([(0, bad)], existing_layers=[])
 
@@ -146,9 +148,7 @@ def test_source_image_ids_and_digests() -> None:
 async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
     import trio
 
-    from tether.engine.copy.pull import _LargestFirst
-
-    slots = _LargestFirst(2)
+    slots = LargestFirst(2)
     order: list[int] = []
     running = 0
     most = 0
@@ -173,9 +173,7 @@ async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
 async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
     import trio
 
-    from tether.engine.copy.pull import _LargestFirst
-
-    slots = _LargestFirst(1)
+    slots = LargestFirst(1)
     got: list[int] = []
 
     async def job(size: int, scope: trio.CancelScope | None = None) -> None:

@@ -18,11 +18,8 @@ from tests.harness.images import push_image, simple_image
 from tests.harness.podman import short_runroot
 from tests.harness.registry import RunningRegistry
 from tether.engine.bound.deployments import root_deployments
-from tether.engine.bound.sync import (
-    load_record,
-    record_path,
-    sync_deployments,
-)
+from tether.engine.bound.records import load_record, record_path
+from tether.engine.bound.sync import sync_deployments
 from tether.engine.cli.main import main
 from tether.engine.options import CommonOptions
 from tether.engine.storelock import StoreBusyError, hold_store

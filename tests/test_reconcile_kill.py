@@ -21,7 +21,7 @@ from tests.harness.images import push_image, simple_image
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 from tether.engine.bound.deployments import root_deployments
-from tether.engine.bound.sync import load_record
+from tether.engine.bound.records import load_record
 from tether.store.containers_storage import Store
 
 

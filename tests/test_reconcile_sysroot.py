@@ -22,7 +22,8 @@ from tests.harness.podman import short_runroot
 from tests.harness.registry import RunningRegistry
 from tether.engine.bound.deployments import list_sysroot_deployments
 from tether.engine.bound.gc import collect_garbage
-from tether.engine.bound.sync import compute_status, load_record, sync_deployments
+from tether.engine.bound.records import compute_status, load_record
+from tether.engine.bound.sync import sync_deployments
 from tether.engine.options import CommonOptions
 from tether.store.containers_storage import Store
 

@@ -28,13 +28,11 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from tether.engine.bound.quadlet import UnitFile, expand_specifiers, parse_bool, parse_unit
+from tether.engine.copy.image import PullRequest
 from tether.engine.errors import BoundImageError
-
-if TYPE_CHECKING:
-    from tether.engine.copy.pull import PullRequest
 
 BOUND_IMAGE_DIR = "usr/lib/bootc/bound-images.d"
 #: Quadlet's system unit search directories inside a root, highest priority first
@@ -541,7 +539,6 @@ def pull_request_for(image: BoundImage, *, root: Path) -> PullRequest:
     """The :class:`tether.engine.copy.pull.PullRequest` for one binding; files named by the unit are looked up
     inside the deployment ``root`` first (its ``/etc`` and ``/usr`` are what the host will run), then
     on the host (``/run``, shared ``/var``)."""
-    from tether.engine.copy.pull import PullRequest
 
     platform = None
     text = image.platform_text

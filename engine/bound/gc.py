@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from tether.engine.bound.deployments import Deployment
 from tether.engine.bound.discovery import BoundImage, normalize_image_name, short_name_matches
-from tether.engine.bound.sync import (
+from tether.engine.bound.records import (
     deployment_status,
     list_record_files,
     load_record,

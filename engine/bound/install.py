@@ -5,7 +5,7 @@ bootc install (bootc-dev/bootc ``crates/lib/src/install.rs``, ``--bound-images=s
 - ``stored`` (default): every bound image of the source root must already be in the host's default store
   (``/var/lib/containers/storage``, written by podman); all are looked up *before* the target is touched
   (one missing fails the install early), then each is copied (bootc: ``podman image push
-  containers-storage:[...]IMAGE``; here :func:`tether.store.containers_storage.copy_image`, which rebuilds each
+  containers-storage:[...]IMAGE``; here the copy engine with a containers-storage source, which rebuilds each
   layer from the source's tar-split and keeps the manifest, config and digests byte for byte) — no network;
 - ``pull``: pulled from the registries into the target store (the ordinary concurrent pull);
 - ``skip``: nothing.
@@ -17,16 +17,34 @@ the first boot finds them ready (``bound status --check``) without a sync, a reg
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tether.engine.bound.discovery import BoundImage, discover_bound_images, group_bound_images, normalize_image_name
-from tether.engine.errors import EngineError
+import trio
+
+from tether.engine.bound.deployments import list_sysroot_deployments
+from tether.engine.bound.discovery import (
+    BoundImage,
+    discover_bound_images,
+    group_bound_images,
+    normalize_image_name,
+    pull_request_for,
+)
+from tether.engine.bound.records import ImageState, ReadinessRecord, binding_key, find_image_for, write_record
+from tether.engine.copy.clients import RegistryClients
+from tether.engine.copy.image import ImageSource, PullRequest
+from tether.engine.copy.pull import copy_into_store, pull
+from tether.engine.copy.sources.storage import StorageSource
+from tether.engine.errors import BoundImageError, EngineError
+from tether.engine.options import CommonOptions
+from tether.engine.storelock import hold_store
+from tether.store.containers_storage import Store, detect_driver
 
 if TYPE_CHECKING:
     from tether.engine.copy.progress import Progress
-    from tether.engine.options import CommonOptions
     from tether.store.containers_storage import ImageRecord
 
 InstallMode = Literal["stored", "pull", "skip"]
@@ -70,7 +88,6 @@ def _target_names(image: BoundImage, source: ImageRecord) -> list[str]:
 
 def resolve_in_source(bound: tuple[BoundImage, ...], source_images: list[ImageRecord]) -> list[ImageRecord]:
     """The source image of each bound image (same order); :class:`InstallError` lists every missing one."""
-    from tether.engine.bound.sync import find_image_for
 
     found: list[ImageRecord] = []
     missing: list[str] = []
@@ -88,32 +105,51 @@ def resolve_in_source(bound: tuple[BoundImage, ...], source_images: list[ImageRe
     return found
 
 
-def install_stored(
+async def install_stored(
     src_root: Path,
     *,
     source_store: Path,
     target_store: Path,
     target_driver: str | None = None,
     source_driver: str | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> InstallReport:
-    """``--bound-images=stored``: copy from ``source_store`` without the network (blocking)."""
-    from tether.engine.bound.sync import binding_key
-    from tether.store.containers_storage import Store, copy_image, detect_driver
-
+    """``--bound-images=stored``: copy from ``source_store`` without the network, through the copy engine
+    (:class:`~tether.engine.copy.sources.storage.StorageSource` into the target store, all images at once)."""
     bound = tuple(g.image for g in group_bound_images(discover_bound_images(src_root)))
     if not bound:
         return InstallReport(images=(), mode="stored")
     if detect_driver(source_store) is None and source_driver is None:
         raise InstallError(f"source store {source_store} holds no containers-storage images")
-    source = Store.open(source_store, driver=source_driver)
-    records = resolve_in_source(bound, source.list_images())
+    source = await trio.to_thread.run_sync(lambda: Store.open(source_store, driver=source_driver))
+    source_images = await trio.to_thread.run_sync(source.list_images)
+    records = resolve_in_source(bound, source_images)
     # Everything is in the source: only now is the target created/touched.
-    target = Store.open(target_store, driver=target_driver)
-    out: list[InstalledImage] = []
-    for image, record in zip(bound, records, strict=True):
-        copied = copy_image(source, record.id, target, names=_target_names(image, record))
-        out.append(InstalledImage(image=image.image, id=copied.id, digest=copied.digest, key=binding_key(image)))
-    return InstallReport(images=tuple(out), mode="stored")
+    target = await trio.to_thread.run_sync(lambda: Store.open(target_store, driver=target_driver))
+    requests = [PullRequest(name=image.image) for image in bound]
+    sources = {
+        request: StorageSource(store=source, record=record, names=tuple(_target_names(image, record)))
+        for request, image, record in zip(requests, bound, records, strict=True)
+    }
+
+    async def open_stored(request: PullRequest, clients: RegistryClients, stack: AsyncExitStack) -> ImageSource:
+        return sources[request]
+
+    # The images were verified (if the policy asked) when they were pulled into the source store.
+    report = await copy_into_store(requests, open_stored, store=target, options=CommonOptions(root=target_store),
+                                   jobs=jobs, progress=progress, check_signatures=False)
+    # The digest an install records is the copied record's (the source's: an index digest when it was pulled
+    # through one), as the readiness record of a sync would have it.
+    digests = {rec.id: rec.digest for rec in await trio.to_thread.run_sync(target.list_images)}
+    return InstallReport(
+        images=tuple(
+            InstalledImage(image=image.image, id=r.image_id, error=r.error, key=binding_key(image),
+                           digest=digests.get(r.image_id) if r.error is None and r.image_id else None)
+            for image, r in zip(bound, report.results, strict=True)
+        ),
+        mode="stored",
+    )
 
 
 async def install_pulled(
@@ -126,10 +162,6 @@ async def install_pulled(
     progress: Progress | None = None,
 ) -> InstallReport:
     """``--bound-images=pull``: pull every bound image of ``src_root`` into the target store."""
-    from tether.engine.bound.discovery import pull_request_for
-    from tether.engine.bound.sync import binding_key
-    from tether.engine.copy.pull import pull
-    from tether.store.containers_storage import Store
 
     groups = group_bound_images(discover_bound_images(src_root))
     if not groups:
@@ -165,13 +197,7 @@ def record_installed(report: InstallReport, *, sysroot: Path, target_store: Path
     the same record a sync would write, so that the installed system boots ready with no sync.  Deployments
     binding nothing need no record (they are ready as they are); a deployment that binds anything else is
     left without one (a sync will pull it).  Blocking."""
-    from datetime import UTC, datetime
 
-    from tether.engine.bound.deployments import list_sysroot_deployments
-    from tether.engine.bound.sync import ImageState, ReadinessRecord, binding_key, write_record
-    from tether.engine.errors import BoundImageError
-    from tether.engine.storelock import hold_store
-    from tether.store.containers_storage import Store
 
     installed = {i.key: i for i in report.images if i.error is None and i.id is not None and i.key}
     deployments = list_sysroot_deployments(sysroot)

@@ -242,7 +242,7 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 def run_status(args: argparse.Namespace) -> int:
     """``tether bound status``."""
     from tether.engine.bound.deployments import find_deployment
-    from tether.engine.bound.sync import compute_status
+    from tether.engine.bound.records import compute_status
 
     options = _options(args)
     deployments = _deployments(args)
@@ -387,11 +387,14 @@ def run_install(args: argparse.Namespace) -> int:
 
         list_sysroot_deployments(args.sysroot)  # a wrong --sysroot fails before anything is copied
     if args.bound_images == "stored":
-        report = install_stored(
-            args.deployment_root,
-            source_store=args.source_store,
-            target_store=args.target_store,
-            target_driver=args.storage_driver,
+        report = trio.run(
+            lambda: install_stored(
+                args.deployment_root,
+                source_store=args.source_store,
+                target_store=args.target_store,
+                target_driver=args.storage_driver,
+                jobs=args.jobs,
+            )
         )
     else:
         options = dataclasses.replace(_options(args), root=args.target_store)

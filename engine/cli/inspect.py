@@ -64,69 +64,37 @@ def run(args: argparse.Namespace) -> int:
 async def inspect_image(
     name: str, options: CommonOptions, *, raw: bool = False, config: bool = False, list_tags: bool = True
 ) -> bytes:
-    """The bytes ``tether inspect`` prints for ``name`` (a registry image, ``oci:`` or ``oci-archive:``)."""
-    from tether.engine.options import load_registry_config
-    from tether.registry.client import open_registry_client
-    from tether.registry.errors import RegistryError
-    from tether.registry.reference import DockerName, parse_image_name
-    from tether.registry.registries_conf import resolve_short_name
+    """The bytes ``tether inspect`` prints for ``name`` (a registry image, ``oci:`` or ``oci-archive:``), read
+    through the copy engine's sources: the same resolution a pull makes."""
+    from contextlib import AsyncExitStack
 
-    parsed = parse_image_name(name)
-    if not isinstance(parsed, DockerName):
-        return await _inspect_layout(parsed, options, raw=raw, config=config)
-    conf, auth = load_registry_config(options)
-    candidates = (parsed.reference,) if parsed.reference is not None else resolve_short_name(conf, parsed.name)
-    async with open_registry_client(
-        registries=conf, auth=auth, cert_dir=options.cert_dir, tls_verify=options.tls_verify
-    ) as client:
+    from tether.engine.copy.clients import RegistryClients
+    from tether.engine.copy.image import PullRequest
+    from tether.engine.copy.sources import open_image_source
+    from tether.engine.copy.sources.registry import RegistrySource
+
+    async with AsyncExitStack() as stack:
+        clients = RegistryClients(stack, options, connections=4)
+        source = await open_image_source(PullRequest(name=name), clients=clients, stack=stack)
+        top = await source.read_top()
         if raw and not config:
-            for i, ref in enumerate(candidates):
-                try:
-                    return (await client.fetch_manifest(ref)).raw
-                except RegistryError:
-                    if i == len(candidates) - 1:
-                        raise
-        resolved = None
-        for i, ref in enumerate(candidates):
-            try:
-                resolved = await client.resolve_image(ref, platform=options.wanted_platform())
-                break
-            except RegistryError:
-                if i == len(candidates) - 1:
-                    raise
-        assert resolved is not None
+            return top.raw
+        image = await source.resolve(platform=options.wanted_platform(), top=top)
         if config:
-            return resolved.config_raw if raw else go_json(oci_config_view(resolved.config.raw)) + b"\n"
-        served = resolved.manifest.source
-        tags = await client.list_tags(served) if list_tags else ()
-    top = resolved.index or resolved.manifest
+            return image.config_raw if raw else go_json(oci_config_view(image.config.raw)) + b"\n"
+        if not isinstance(source, RegistrySource):
+            # oci:/oci-archive: as skopeo shows them: no Name (no docker reference) and no tags.
+            return _inspect_output(name=None, digest=image.digest, tags=(), image_config=image.config,
+                                   layers=image.manifest.layers, endpoint=source.description)
+        served = image.endpoints[0]
+        tags = await source.client.list_tags(served) if list_tags else ()
     return _inspect_output(
-        name=resolved.reference.name,
-        digest=top.digest,
+        name=source.reference.name,
+        digest=image.digest,
         tags=tags,
-        image_config=resolved.config,
-        layers=resolved.parsed.layers,
-        endpoint=served.reference.name,
-    )
-
-
-async def _inspect_layout(parsed: Any, options: CommonOptions, *, raw: bool, config: bool) -> bytes:
-    """``oci:``/``oci-archive:``: as skopeo, no ``Name`` (no docker reference) and no tags."""
-    from tether.engine.copy.sources import open_layout_source
-
-    async with open_layout_source(parsed, options=options) as source:
-        image = await source.resolve(platform=options.wanted_platform())
-    if raw and not config:
-        return image.index_raw if image.index_raw is not None else image.manifest_raw
-    if config:
-        return image.config_raw if raw else go_json(oci_config_view(image.config.raw)) + b"\n"
-    return _inspect_output(
-        name=None,
-        digest=image.index_digest or image.manifest_digest,
-        tags=(),
         image_config=image.config,
         layers=image.manifest.layers,
-        endpoint=str(parsed),
+        endpoint=served.reference.name,
     )
 
 

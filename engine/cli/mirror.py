@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tether.engine.bound.deployments import list_sysroot_deployments
+from tether.engine.bound.discovery import BoundImage, discover_bound_images, pull_requests_for
+from tether.engine.copy.image import PullRequest
 from tether.engine.errors import UsageError
 from tether.engine.options import add_common_options, common_options_from_args, parse_bool
 
@@ -81,17 +85,26 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _bound_requests(args: argparse.Namespace) -> list[Any]:
-    from tether.engine.bound.discovery import discover_bound_images
-    from tether.engine.copy.mirror import requests_from_bound
+def _requests_from_bound(images: Iterable[BoundImage], *, root: Path) -> list[PullRequest]:
+    """:class:`tether.engine.bound.discovery.BoundImage` values of one deployment ``root`` -> requests, with the unit's
+    ``Arch=``/``OS=``/``Variant=``, ``TLSVerify=``, ``AuthFile=``, ``CertDir=`` (files looked up inside
+    ``root`` first, as :func:`tether.engine.bound.discovery.pull_request_for` does for a pull)."""
+    out: list[PullRequest] = []
+    for pr in pull_requests_for(tuple(images), root=root):
+        req = PullRequest(name=pr.name, platform=pr.platform, tls_verify=pr.tls_verify, authfile=pr.authfile,
+                          cert_dir=pr.cert_dir)
+        if req not in out:
+            out.append(req)
+    return out
 
+
+def _bound_requests(args: argparse.Namespace) -> list[PullRequest]:
     if args.root is not None:
-        return requests_from_bound(discover_bound_images(args.root), root=args.root)
-    from tether.engine.bound.deployments import list_sysroot_deployments
+        return _requests_from_bound(discover_bound_images(args.root), root=args.root)
 
-    found: list[Any] = []
+    found: list[PullRequest] = []
     for deployment in list_sysroot_deployments(args.sysroot):
-        for req in requests_from_bound(discover_bound_images(deployment.root), root=deployment.root):
+        for req in _requests_from_bound(discover_bound_images(deployment.root), root=deployment.root):
             if req not in found:
                 found.append(req)
     return found
@@ -101,14 +114,14 @@ def run_sync(args: argparse.Namespace) -> int:
     """Run ``tether mirror sync``; exit status 1 if any image failed or the result did not verify."""
     import trio
 
-    from tether.engine.copy.mirror import DEFAULT_JOBS, SyncRequest, platforms_from_text, sync
+    from tether.engine.copy.mirror import DEFAULT_JOBS, platforms_from_text, sync
 
     platforms = platforms_from_text(args.platform or ())
     common_args = argparse.Namespace(**{**vars(args), "platform": None, "root": None})
     options = common_options_from_args(common_args)
     if (args.root is not None or args.sysroot is not None) and args.images:
         raise UsageError("mirror sync: give IMAGEs or --root/--sysroot, not both")
-    requests: list[Any]
+    requests: list[PullRequest]
     if args.root is not None or args.sysroot is not None:
         requests = _bound_requests(args)
         if not requests:
@@ -117,7 +130,7 @@ def run_sync(args: argparse.Namespace) -> int:
     else:
         if not args.images:
             raise UsageError("mirror sync: give IMAGEs, --root DIR or --sysroot DIR")
-        requests = [SyncRequest(name=name) for name in args.images]
+        requests = [PullRequest(name=name) for name in args.images]
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
 

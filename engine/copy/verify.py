@@ -1,5 +1,8 @@
-"""Signature policy enforcement for one resolved image (issue 8): the pull calls :func:`enforce_policy`
-after resolving an image and before any of its layers is fetched or published.
+"""Signature policy enforcement for one resolved image: the pull calls :meth:`PolicyCheck.enforce` after
+resolving an image and before any of its layers is fetched or published.
+
+It fails closed: a policy that cannot be read, signatures that cannot be fetched, an evaluation that raises
+anything at all -- each rejects the image with a :class:`PolicyError` naming it; nothing turns verification off.
 
 As containers/image's ``copy.Image``: the policy is evaluated on the image *as named* (the logical
 reference chooses the policy scope and is what ``signedIdentity`` rules compare signatures with) and
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from tether.engine.copy.sources.registry import RegistrySource
 from tether.registry.errors import ConfigError, PolicyError, RegistryError
 from tether.registry.policy import (
     DockerReference,
@@ -23,6 +27,7 @@ from tether.registry.policy import (
     docker_scope,
     evaluate_policy,
     layout_scope,
+    load_policy,
     needs_signatures,
     needs_sigstore_signatures,
     requirements_for,
@@ -33,7 +38,8 @@ from tether.registry.signatures import Signature, fetch_signatures
 if TYPE_CHECKING:
     import httpx
 
-    from tether.engine.copy.sources import SourceImage
+    from tether.engine.copy.image import ImageSource, SourceImage
+    from tether.engine.options import CommonOptions
     from tether.registry.client import RegistryClient
     from tether.registry.reference import Reference
 
@@ -74,12 +80,10 @@ def policy_image_for(*, image: SourceImage, name: str, transport: str) -> Policy
 
 
 def _physical_repository(image: SourceImage) -> Reference:
-    sources = image.extra.get("sources") or ()
-    if sources:
-        physical: Reference = sources[0].reference
-        return physical
-    assert image.reference is not None
-    return image.reference
+    physical = image.physical_reference
+    if physical is None:
+        raise PolicyError(f"{image.description}: no registry repository to read signatures from")
+    return physical
 
 
 async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, transport: str,
@@ -120,4 +124,34 @@ def _evaluate(policy: Policy, image: PolicyImage, signatures: tuple[Signature, .
     return evaluate_policy(policy, image, signatures)
 
 
-__all__ = ["enforce_policy", "policy_image_for"]
+class PolicyCheck:
+    """The signature policy of one copy: loaded once (``--signature-policy``, else
+    ``$HOME/.config/containers/policy.json``, else ``/etc/containers/policy.json``), enforced per image."""
+
+    def __init__(self, options: CommonOptions) -> None:
+        self.options = options
+        self._policy: Policy | None = None
+        self._lock = trio.Lock()
+
+    async def _load(self) -> Policy:
+        async with self._lock:
+            if self._policy is None:
+                home = self.options.environ.get("HOME")
+                path = self.options.signature_policy
+                self._policy = await trio.to_thread.run_sync(lambda: load_policy(path, home=home))
+            return self._policy
+
+    async def enforce(self, *, image: SourceImage, source: ImageSource, name: str) -> None:
+        """Raise :class:`PolicyError` unless the policy allows ``image``; any other failure rejects it too."""
+        try:
+            policy = await self._load()
+            await enforce_policy(policy=policy, image=image, name=name, transport=image.transport,
+                                 client=source.client if isinstance(source, RegistrySource) else None)
+        except (PolicyError, ConfigError):
+            raise
+        except Exception as exc:  # fail closed: an evaluation that breaks never lets an image through
+            raise PolicyError(f"{name}: the signature policy could not be evaluated "
+                              f"({type(exc).__name__}: {exc}); rejecting the image") from exc
+
+
+__all__ = ["PolicyCheck", "enforce_policy", "policy_image_for"]

@@ -1,10 +1,10 @@
 """Images from OCI layouts (``oci:DIR[:REF]``) and oci-archive files (``oci-archive:FILE[:REF]``).
 
-:func:`open_layout_source` is the hook :func:`tether.engine.copy.sources.open_layout_source` dispatches to for
-``tether pull oci:...``; :func:`open_bound_layout_source` serves ``bound sync --source oci:DIR`` (one
-bound image looked up in a layout by its full reference, the ``org.opencontainers.image.ref.name`` a
-``tether mirror sync --to oci:DIR`` writes). :class:`LayoutReader` is the async view of a layout or
-archive that both these and :mod:`tether.engine.copy.mirror` use.
+:func:`open_layout_source` opens ``oci:DIR[:REF]``/``oci-archive:FILE[:REF]`` names for pulls and mirrors
+(:func:`tether.engine.copy.sources.open_image_source` dispatches to it); :func:`open_bound_layout_source` serves
+``bound sync --source oci:DIR`` (one bound image looked up in a layout by its full reference, the
+``org.opencontainers.image.ref.name`` a ``tether mirror sync --to oci:DIR`` writes). :class:`LayoutReader` is the
+async view of a layout or archive that the sources share.
 
 Archives are read in place (:class:`tether.store.oci_layout.OCIArchive`: tar headers indexed once, blobs read
 at their offsets), not unpacked to a temporary directory as containers/image does. Every blob read is
@@ -25,23 +25,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import trio
 
-from tether.engine.copy.sources import MAX_CONFIG_SIZE, SourceImage
-from tether.engine.errors import EngineError
-from tether.registry.errors import InvalidReferenceError, ManifestError
-from tether.registry.manifest import (
-    Descriptor,
-    ImageIndex,
-    ImageManifest,
-    Platform,
-    choose_platform,
-    host_platform,
-    parse_image_config,
-    parse_manifest,
-)
+from tether.engine.copy.image import SourceError, SourceImage, Transport
+from tether.registry.errors import InvalidReferenceError
+from tether.registry.manifest import MAX_CONFIG_SIZE, Descriptor, Platform, parse_manifest
 from tether.registry.reference import (
     OCIArchiveName,
     OCILayoutName,
@@ -51,10 +41,8 @@ from tether.registry.reference import (
     parse_reference,
     parse_short_name,
 )
+from tether.registry.resolve import RawManifest, resolve_image
 from tether.store.oci_layout import MAX_MANIFEST_SIZE, IndexEntry, LayoutError, OCIArchive, OCILayout
-
-if TYPE_CHECKING:
-    from tether.engine.options import CommonOptions
 
 __all__ = [
     "LayoutReader",
@@ -70,14 +58,14 @@ __all__ = [
 #: Bytes read per thread hop while streaming a blob (a hop costs ~100 us; see performance notes).
 READ_CHUNK = 1024 * 1024
 
-Transport = Literal["oci", "oci-archive"]
+LayoutTransport = Literal["oci", "oci-archive"]
 
 
-class LayoutSourceError(EngineError):
+class LayoutSourceError(SourceError):
     """A layout or archive does not hold the image asked for (names the layout and the image)."""
 
 
-def normalize_layout_name(name: str, *, transport: Transport) -> Reference | None:
+def normalize_layout_name(name: str, *, transport: LayoutTransport) -> Reference | None:
     """The docker reference podman records for a layout entry named ``name`` (see module doc).
 
     ``None`` when the name is not a valid docker reference (podman then records the image by id only).
@@ -121,7 +109,7 @@ def find_entry_for_image(entries: Sequence[IndexEntry], image: str) -> IndexEntr
 class LayoutReader:
     """An OCI layout or oci-archive opened for reading, with async blob access (thread hops)."""
 
-    transport: Transport
+    transport: LayoutTransport
     path: Path
     _layout: OCILayout | None = None
     _archive: OCIArchive | None = None
@@ -197,14 +185,14 @@ async def _chunks(fh: BinaryIO) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
-def _open_reader(transport: Transport, path: Path) -> LayoutReader:
+def _open_reader(transport: LayoutTransport, path: Path) -> LayoutReader:
     if transport == "oci-archive":
         return LayoutReader(transport, path, _archive=OCIArchive.open(path))
     return LayoutReader(transport, path, _layout=OCILayout.open(path))
 
 
 @asynccontextmanager
-async def open_layout_reader(transport: Transport, path: Path) -> AsyncIterator[LayoutReader]:
+async def open_layout_reader(transport: LayoutTransport, path: Path) -> AsyncIterator[LayoutReader]:
     """Open a layout (``oci``) or archive (``oci-archive``) for reading; closed on exit."""
     reader: LayoutReader = await trio.to_thread.run_sync(_open_reader, transport, Path(path))
     try:
@@ -214,7 +202,7 @@ async def open_layout_reader(transport: Transport, path: Path) -> AsyncIterator[
 
 
 class LayoutSource:
-    """An :class:`tether.engine.copy.sources.ImageSource` for one entry of a layout or archive."""
+    """An :class:`~tether.engine.copy.image.ImageSource` for one entry of a layout or archive."""
 
     def __init__(self, *, reader: LayoutReader, entry: IndexEntry, description: str,
                  names: tuple[str, ...]) -> None:
@@ -222,54 +210,33 @@ class LayoutSource:
         self.entry = entry
         self.description = description
         self.local_names = names
-        self.transport = reader.transport
+        self.transport: Transport = reader.transport
 
-    async def probe_digest(self) -> str | None:
-        """The entry's digest: reading index.json is already cheap."""
-        return self.entry.digest
-
-    async def resolve(self, *, platform: Platform | None) -> SourceImage:
-        """Read and verify the entry's manifest (choosing ``platform`` from an index) and config."""
+    async def read_top(self) -> RawManifest:
+        """The entry's manifest or index (index.json is already read: this is one file read)."""
         entry = self.entry
-        top_raw = await self.reader.read_blob(entry.digest, size=entry.size)
-        parsed = parse_manifest(top_raw, entry.media_type or None)
-        index_raw: bytes | None = None
-        index_digest: str | None = None
-        manifest_raw, manifest_digest = top_raw, entry.digest
-        manifest_media_type = parsed.media_type
-        if isinstance(parsed, ImageIndex):
-            index_raw, index_digest = top_raw, entry.digest
-            chosen = choose_platform(parsed, platform or host_platform())
-            manifest_raw = await self.reader.read_blob(chosen.digest, size=chosen.size)
-            parsed = parse_manifest(manifest_raw, chosen.media_type or None)
-            manifest_digest = chosen.digest
-            manifest_media_type = parsed.media_type
-            if not isinstance(parsed, ImageManifest):
-                raise ManifestError(f"{self.description}: index entry {chosen.digest} is not an image manifest")
-        config_raw = await self.reader.read_blob(parsed.config.digest, size=parsed.config.size,
-                                                 max_size=MAX_CONFIG_SIZE)
-        config = parse_image_config(config_raw)
-        return SourceImage(
-            transport=self.transport,
-            names=self.local_names,
-            reference=None,
-            manifest_raw=manifest_raw,
-            manifest_media_type=manifest_media_type,
-            manifest_digest=manifest_digest,
-            manifest=parsed,
-            index_raw=index_raw,
-            index_digest=index_digest,
-            config_raw=config_raw,
-            config=config,
-            extra={"layout": str(self.reader.path), "ref_name": entry.ref_name},
-        )
+        raw = await self.reader.read_blob(entry.digest, size=entry.size)
+        return RawManifest(raw, entry.media_type or parse_manifest(raw, None).media_type, entry.digest)
+
+    async def read_manifest(self, descriptor: Descriptor) -> RawManifest:
+        raw = await self.reader.read_blob(descriptor.digest, size=descriptor.size)
+        return RawManifest(raw, descriptor.media_type or parse_manifest(raw, None).media_type, descriptor.digest)
+
+    async def read_config(self, descriptor: Descriptor) -> bytes:
+        return await self.reader.read_blob(descriptor.digest, size=descriptor.size, max_size=MAX_CONFIG_SIZE)
+
+    async def resolve(self, *, platform: Platform | None, top: RawManifest | None = None) -> SourceImage:
+        """The entry's image for ``platform``, through the one resolution path (every blob read verified)."""
+        resolved = await resolve_image(self, platform=platform, top=top)
+        return SourceImage(transport=self.transport, description=self.description, names=self.local_names,
+                           reference=None, resolved=resolved)
 
     def open_blob(self, descriptor: Descriptor) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Stream a layer blob from the layout (verified)."""
         return self.reader.open_blob(descriptor)
 
 
-def _podman_names(transport: Transport, ref: str | None, entry: IndexEntry) -> tuple[str, ...]:
+def _podman_names(transport: LayoutTransport, ref: str | None, entry: IndexEntry) -> tuple[str, ...]:
     # oci: the REF given (podman ignores the annotation); oci-archive: the chosen entry's annotation.
     oci_name = ref if ref is not None and not ref.startswith("@") else None
     name = oci_name if transport == "oci" else entry.ref_name
@@ -280,10 +247,9 @@ def _podman_names(transport: Transport, ref: str | None, entry: IndexEntry) -> t
 
 
 @asynccontextmanager
-async def open_layout_source(name: OCILayoutName | OCIArchiveName, *,
-                             options: CommonOptions | None = None) -> AsyncIterator[LayoutSource]:
+async def open_layout_source(name: OCILayoutName | OCIArchiveName) -> AsyncIterator[LayoutSource]:
     """The :class:`ImageSource` for ``oci:DIR[:REF]`` / ``oci-archive:FILE[:REF]`` (pull's hook)."""
-    transport: Transport = "oci-archive" if isinstance(name, OCIArchiveName) else "oci"
+    transport: LayoutTransport = "oci-archive" if isinstance(name, OCIArchiveName) else "oci"
     ref = name.reference
     if isinstance(name, OCILayoutName) and name.index is not None:
         ref = f"@{name.index}"
@@ -294,8 +260,8 @@ async def open_layout_source(name: OCILayoutName | OCIArchiveName, *,
 
 
 @asynccontextmanager
-async def open_bound_layout_source(layout: str | OCILayoutName | OCIArchiveName, image: str, *,
-                                   options: CommonOptions | None = None) -> AsyncIterator[LayoutSource]:
+async def open_bound_layout_source(layout: str | OCILayoutName | OCIArchiveName, image: str
+                                   ) -> AsyncIterator[LayoutSource]:
     """The source of bound image ``image`` (its ``Image=`` value) in a layout or archive.
 
     The entry is the one whose ref.name is ``image`` (see :func:`find_entry_for_image`), as
@@ -306,7 +272,7 @@ async def open_bound_layout_source(layout: str | OCILayoutName | OCIArchiveName,
     parsed = parse_image_name(layout) if isinstance(layout, str) else layout
     if not isinstance(parsed, OCILayoutName | OCIArchiveName):
         raise LayoutSourceError(f"{layout}: not an oci: or oci-archive: source")
-    transport: Transport = "oci-archive" if isinstance(parsed, OCIArchiveName) else "oci"
+    transport: LayoutTransport = "oci-archive" if isinstance(parsed, OCIArchiveName) else "oci"
     async with open_layout_reader(transport, parsed.path) as reader:
         entries: tuple[IndexEntry, ...] = await trio.to_thread.run_sync(reader.entries)
         entry = find_entry_for_image(entries, image)
@@ -333,7 +299,7 @@ def layout_pull_names(layout: str | OCILayoutName | OCIArchiveName, images: Sequ
         raise LayoutSourceError(f"{layout}: not an oci: or oci-archive: source")
     if parsed.reference is not None or (isinstance(parsed, OCILayoutName) and parsed.index is not None):
         raise LayoutSourceError(f"{layout}: give the layout without :REF; images are looked up by their names")
-    transport: Transport = "oci-archive" if isinstance(parsed, OCIArchiveName) else "oci"
+    transport: LayoutTransport = "oci-archive" if isinstance(parsed, OCIArchiveName) else "oci"
     reader = _open_reader(transport, parsed.path)
     try:
         entries = reader.entries()

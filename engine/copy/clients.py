@@ -1,0 +1,79 @@
+"""The registry clients of one copy: registries.conf loaded once, one client per distinct connection setting.
+
+Bound images may each name their own credentials file, certificate directory, TLS verification and retry
+settings (quadlet ``AuthFile=``, ``CertDir=``, ``TLSVerify=``, ``Retry=``, ``RetryDelay=``); images that share
+settings share a client, and so its connections and its bearer tokens.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from tether.registry.auth import load_auth_file
+from tether.registry.client import DEFAULT_RETRY_POLICY, RegistryClient, open_registry_client
+from tether.registry.registries_conf import load_registries_conf
+
+if TYPE_CHECKING:
+    from tether.engine.options import CommonOptions
+    from tether.registry.registries_conf import RegistriesConf
+
+ClientKey = tuple[Path | None, Path | None, bool | None, int | None, float | None]
+
+
+class RegistryClients:
+    """Clients opened lazily into ``stack`` (closed with it). ``client`` replaces them all (tests)."""
+
+    def __init__(self, stack: AsyncExitStack, options: CommonOptions, *, connections: int,
+                 client: RegistryClient | None = None) -> None:
+        self.stack = stack
+        self.options = options
+        self.connections = connections
+        self._injected = client
+        self._clients: dict[ClientKey, RegistryClient] = {}
+        self._lock = trio.Lock()
+        self._conf: RegistriesConf | None = None
+
+    def registries(self) -> RegistriesConf:
+        """registries.conf and its drop-ins (``--registries-conf``, ``CONTAINERS_REGISTRIES_CONF``, the system's)."""
+        if self._conf is None:
+            self._conf = load_registries_conf(path=self.options.registries_conf, environ=self.options.environ)
+        return self._conf
+
+    async def get(self, *, authfile: Path | None = None, cert_dir: Path | None = None,
+                  tls_verify: bool | None = None, retries: int | None = None,
+                  retry_delay: float | None = None) -> RegistryClient:
+        """The client for these settings; ``None`` means the options' (``--authfile``, ``--cert-dir``, ...)."""
+        if self._injected is not None:
+            return self._injected
+        options = self.options
+        key: ClientKey = (
+            authfile if authfile is not None else options.auth_file_path(),
+            cert_dir if cert_dir is not None else options.cert_dir,
+            tls_verify if tls_verify is not None else options.tls_verify,
+            retries,
+            retry_delay,
+        )
+        async with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                policy = DEFAULT_RETRY_POLICY
+                if retries is not None:
+                    tries = max(1, retries + 1)
+                    policy = replace(policy, attempts=tries, connect_attempts=min(2, tries))
+                if retry_delay is not None:
+                    # podman's --retry-delay is a fixed pause; here it bounds the jittered backoff.
+                    delay = max(0.0, retry_delay)
+                    policy = replace(policy, base_delay=delay, max_delay=delay)
+                client = await self.stack.enter_async_context(open_registry_client(
+                    registries=self.registries(), auth=load_auth_file(key[0]), cert_dir=key[1], tls_verify=key[2],
+                    max_connections_per_host=self.connections, retry_policy=policy))
+                self._clients[key] = client
+            return client
+
+
+__all__ = ["RegistryClients"]

@@ -1,0 +1,97 @@
+"""A registry as an image source (``docker://`` and plain references), through a shared registry client.
+
+Endpoints (registries.conf mirrors, then the primary) are the client's business: the manifest comes from the
+first endpoint that serves it, and blobs from that endpoint first, the others after it
+(:meth:`tether.registry.client.RegistryClient.resolve_image`). A short name has several candidate references;
+the first that resolves wins, as containers/image's short-name resolution in permissive mode does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
+
+from tether.engine.copy.image import SourceError, SourceImage, Transport
+from tether.registry.errors import RegistryError
+from tether.registry.resolve import RawManifest
+
+if TYPE_CHECKING:
+    from tether.registry.client import FetchedManifest, RegistryClient
+    from tether.registry.manifest import Descriptor, Platform
+    from tether.registry.reference import Reference
+    from tether.registry.registries_conf import PullSource
+
+
+class RegistrySource:
+    """An image in a registry; ``candidates`` are the fully qualified references to try, in order."""
+
+    transport: Transport = "docker"
+
+    def __init__(self, *, client: RegistryClient, candidates: Sequence[Reference], name: str) -> None:
+        if not candidates:
+            raise SourceError(f"{name}: no registry to pull from")
+        self.client = client
+        self.candidates = tuple(candidates)
+        self.name = name
+        self.description = f"docker://{candidates[0]}" if len(candidates) == 1 else name
+        self.local_names = tuple(str(ref) for ref in self.candidates)
+        self._top: tuple[Reference, FetchedManifest] | None = None
+        self._endpoints: tuple[PullSource, ...] = ()
+
+    @property
+    def reference(self) -> Reference:
+        """The reference that served the top manifest (the first candidate before :meth:`read_top`)."""
+        return self._top[0] if self._top is not None else self.candidates[0]
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        """(registry host, repository) of the reference, so a mirror on the same registry can mount blobs."""
+        ref = self.reference
+        return ref.registry_host, ref.path
+
+    async def _fetch_top(self) -> tuple[Reference, FetchedManifest]:
+        if self._top is not None:
+            return self._top
+        last: RegistryError | None = None
+        for ref in self.candidates:
+            try:
+                fetched = await self.client.fetch_manifest(ref)
+            except RegistryError as exc:  # next candidate (containers/image tries every candidate)
+                last = exc
+                if len(self.candidates) == 1:
+                    raise
+                continue
+            if ref.digest is not None and fetched.digest != ref.digest:
+                raise SourceError(f"{ref}: the registry served a manifest with digest {fetched.digest}")
+            self._top = (ref, fetched)
+            self._endpoints = (fetched.source,)
+            return self._top
+        assert last is not None
+        raise last
+
+    async def read_top(self) -> RawManifest:
+        _, fetched = await self._fetch_top()
+        return fetched
+
+    async def read_manifest(self, descriptor: Descriptor) -> RawManifest:
+        ref, _ = await self._fetch_top()
+        fetched: FetchedManifest = await self.client.fetch_manifest(ref.with_digest(descriptor.digest))
+        return fetched
+
+    async def resolve(self, *, platform: Platform | None, top: RawManifest | None = None) -> SourceImage:
+        ref, fetched = await self._fetch_top()
+        resolved = await self.client.resolve_image(ref, platform=platform, top=fetched)
+        self._endpoints = resolved.sources
+        # Recorded under the name the user gave, fully qualified, with the tag (podman records "host/repo:tag";
+        # a digest-only reference is recorded as "host/repo@sha256:...").
+        return SourceImage(transport="docker", description=self.description, names=(str(ref),), reference=ref,
+                           resolved=resolved, endpoints=resolved.sources)
+
+    def open_blob(self, descriptor: Descriptor) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        if not self._endpoints:
+            raise SourceError(f"{self.description}: open_blob before read_top")
+        return self.client.open_blob(self._endpoints, descriptor)
+
+
+__all__ = ["RegistrySource"]
