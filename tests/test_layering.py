@@ -29,11 +29,24 @@ def product_files() -> dict[str, Path]:
     return {module_name(f): f for pkg in PACKAGES for f in sorted((ROOT / pkg).rglob("*.py"))}
 
 
-def imports_of(path: Path, module: str) -> Iterator[tuple[int, str]]:
-    """(line, absolute module name) of every import statement in ``path``, relative ones resolved."""
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside ``if TYPE_CHECKING:`` blocks (annotations only: no run-time edge)."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            inside.update(id(sub) for stmt in node.body for sub in ast.walk(stmt))
+    return inside
+
+
+def imports_of(path: Path, module: str, *, runtime_only: bool = False) -> Iterator[tuple[int, str]]:
+    """(line, absolute module name) of every import statement in ``path``, relative ones resolved;
+    ``runtime_only`` leaves out those under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    skip = _type_checking_nodes(tree) if runtime_only else set()
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name
@@ -77,7 +90,7 @@ def import_graph() -> dict[str, set[str]]:
     modules = product_files()
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
-        for _, target in imports_of(path, mod):
+        for _, target in imports_of(path, mod, runtime_only=True):
             found = resolve(target, modules) if target.startswith("tether") else None
             # importing tether.engine.copy from tether.engine.copy.plan is the package, not a cycle
             if found and found != mod and not mod.startswith(found + "."):
@@ -93,6 +106,25 @@ def test_package_does_not_import_forbidden_siblings(package: str) -> None:
             continue
         for line, target in imports_of(path, mod):
             if subpackage(target) in FORBIDDEN[package] or target == "tether":
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not offenders, "\n".join(offenders)
+
+
+#: Inside engine/: who may import whom. copy/ is the engine's core and knows nothing of the bound-image
+#: lifecycle or the command line; bound/ builds on copy/; cli/ sits on top of everything.
+ENGINE_LAYERS = {
+    "tether.engine.copy": {"tether.engine.bound", "tether.engine.cli"},
+    "tether.engine.bound": {"tether.engine.cli"},
+}
+
+
+def test_engine_subpackages_keep_their_layers() -> None:
+    offenders = []
+    for mod, path in product_files().items():
+        forbidden = next((bad for layer, bad in ENGINE_LAYERS.items() if mod == layer or mod.startswith(layer + ".")),
+                         set())
+        for line, target in imports_of(path, mod):
+            if any(target == b or target.startswith(b + ".") for b in forbidden):
                 offenders.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     assert not offenders, "\n".join(offenders)
 

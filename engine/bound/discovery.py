@@ -33,6 +33,8 @@ from typing import Literal
 from tether.engine.bound.quadlet import UnitFile, expand_specifiers, parse_bool, parse_unit
 from tether.engine.copy.image import PullRequest
 from tether.engine.errors import BoundImageError
+from tether.registry.manifest import host_platform, parse_platform
+from tether.registry.reference import is_short_name, parse_reference
 
 BOUND_IMAGE_DIR = "usr/lib/bootc/bound-images.d"
 #: Quadlet's system unit search directories inside a root, highest priority first
@@ -81,8 +83,6 @@ class BoundImage:
         """``os/arch[/variant]`` when ``OS``/``Arch``/``Variant`` ask for a non-host platform."""
         if self.arch is None and self.os is None and self.variant is None:
             return None
-        from tether.registry.manifest import host_platform
-
         host = host_platform()
         os_name = self.os or host.os
         arch = self.arch or host.architecture
@@ -217,8 +217,6 @@ def normalize_image_name(name: str) -> str:
     Short names (which need registries.conf to resolve) and transport names (``oci:...``) are
     returned unchanged.
     """
-    from tether.registry.reference import is_short_name, parse_reference
-
     try:
         if is_short_name(name):
             return name
@@ -233,8 +231,6 @@ def normalize_image_name(name: str) -> str:
 def short_name_matches(names: Iterable[str], bound: str) -> bool:
     """Whether any stored name could be what the short name ``bound`` resolves to (``alpine`` ->
     ``*/alpine:latest``, ``app:1`` -> ``*/app:1``): any search registry, so a conservative match."""
-    from tether.registry.reference import is_short_name
-
     try:
         if "@" in bound or not is_short_name(bound):
             return False
@@ -543,8 +539,6 @@ def pull_request_for(image: BoundImage, *, root: Path) -> PullRequest:
     platform = None
     text = image.platform_text
     if text is not None:
-        from tether.registry.manifest import parse_platform
-
         platform = parse_platform(text)
     return PullRequest(
         name=image.image,

@@ -19,6 +19,7 @@ with :meth:`tether.store.containers_storage.Store.delete_image`, which also remo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,8 +142,6 @@ def plan_gc(deployments: Sequence[Deployment], store: Store) -> GCPlan:
 
 
 def _container_layers(store: Store) -> set[str]:
-    import json
-
     path = store.root / f"{store.driver}-containers" / "containers.json"
     try:
         raw = json.loads(path.read_bytes())

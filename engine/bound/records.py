@@ -24,7 +24,7 @@ from tether.engine.bound.discovery import (
 )
 from tether.engine.errors import BoundImageError
 from tether.engine.storelock import TETHER_DIR
-from tether.store.containers_storage import atomic_write
+from tether.store.containers_storage import atomic_write, lookup_image
 
 if TYPE_CHECKING:
     from tether.store.containers_storage import ImageRecord, Store
@@ -190,8 +190,6 @@ class DeploymentStatus:
 
 def find_image_for(images: Sequence[ImageRecord], name: str) -> ImageRecord | None:
     """The store image a bound name currently designates (by name, normalised name, or digest)."""
-    from tether.store.containers_storage import lookup_image
-
     found = lookup_image(images, name)
     if found is None:
         normalized = normalize_image_name(name)
