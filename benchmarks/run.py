@@ -153,6 +153,16 @@ class Env:
     driver: str = "overlay"
     tether: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tether"])
     case: str = ""
+    #: Another build of tether timed beside this one (``--baseline``): its command and environment.
+    baseline: list[str] | None = None
+    baseline_env: dict[str, str] | None = None
+
+    def tether_builds(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """The tether builds to time: this checkout, and the baseline checkout when one is given."""
+        builds = {"tether": (self.tether, self.env)}
+        if self.baseline is not None and self.baseline_env is not None:
+            builds["baseline"] = (self.baseline, self.baseline_env)
+        return builds
 
     def clear_stores(self, *, settle: bool = True) -> None:
         """Remove every store and run root of earlier runs; then (``settle``) wait until ext4 no longer
@@ -196,8 +206,9 @@ class Env:
         runroot.mkdir(parents=True)
         return root, runroot
 
-    def tether_pull(self, root: Path, runroot: Path, refs: Sequence[str], *extra: str) -> list[str]:
-        return [*self.tether, "pull", "--root", str(root), "--runroot", str(runroot), "--storage-driver",
+    def tether_pull(self, root: Path, runroot: Path, refs: Sequence[str], *extra: str,
+                    command: Sequence[str] | None = None) -> list[str]:
+        return [*(command or self.tether), "pull", "--root", str(root), "--runroot", str(runroot), "--storage-driver",
                 self.driver, "--registries-conf", str(self.registries_conf), "--tls-verify=false",
                 "--progress", "none", "--quiet", *extra, *[f"{self.host}/{r}" for r in refs]]
 
@@ -212,13 +223,26 @@ class Env:
 Runner = Callable[[Env, int], Measurement]
 
 
+TetherRun = Callable[[Env, int, str, list[str], dict[str, str]], Measurement]
+
+
+def tether_runner(build: str, run: TetherRun) -> Runner:
+    """A runner for one tether build (``tether`` or ``baseline``; see :meth:`Env.tether_builds`)."""
+
+    def runner(env: Env, rep: int) -> Measurement:
+        command, environ = env.tether_builds()[build]
+        return run(env, rep, build, command, environ)
+
+    return runner
+
+
 def case_cold(refs: Sequence[str]) -> dict[str, Runner]:
     """Cold store: tether (all at once), podman (one after another), skopeo, extraction floor."""
 
-    def tether(env: Env, rep: int) -> Measurement:
-        root, runroot = env.fresh(f"tether-{rep}")
+    def tether(env: Env, rep: int, build: str, command: list[str], environ: dict[str, str]) -> Measurement:
+        root, runroot = env.fresh(f"{build}-{rep}")
         drop_caches()
-        return run_measured(env.tether_pull(root, runroot, refs), env=env.env)
+        return run_measured(env.tether_pull(root, runroot, refs, command=command), env=environ)
 
     def podman(env: Env, rep: int) -> Measurement:
         root, runroot = env.fresh(f"podman-{rep}")
@@ -249,19 +273,20 @@ def case_cold(refs: Sequence[str]) -> dict[str, Runner]:
         drop_caches()
         return run_measured(["\n".join(script)], env=env.env, shell=True)
 
-    return {"tether": tether, "podman": podman, "skopeo": skopeo, "floor": floor}
+    return {"tether": tether_runner("tether", tether), "baseline": tether_runner("baseline", tether),
+            "podman": podman, "skopeo": skopeo, "floor": floor}
 
 
 def case_prepared(prepare_refs: Sequence[str], refs: Sequence[str], *, tether_extra: Sequence[str] = ()
                   ) -> dict[str, Runner]:
     """The store already holds ``prepare_refs`` (pulled untimed by the same tool); time pulling ``refs``."""
 
-    def tether(env: Env, rep: int) -> Measurement:
-        root, runroot = env.fresh(f"tether-{rep}")
-        prep = run_measured(env.tether_pull(root, runroot, prepare_refs), env=env.env)
+    def tether(env: Env, rep: int, build: str, command: list[str], environ: dict[str, str]) -> Measurement:
+        root, runroot = env.fresh(f"{build}-{rep}")
+        prep = run_measured(env.tether_pull(root, runroot, prepare_refs, command=command), env=environ)
         assert prep.returncode == 0, "preparing the tether store failed"
         drop_caches()
-        return run_measured(env.tether_pull(root, runroot, refs, *tether_extra), env=env.env)
+        return run_measured(env.tether_pull(root, runroot, refs, *tether_extra, command=command), env=environ)
 
     def podman(env: Env, rep: int) -> Measurement:
         root, runroot = env.fresh(f"podman-{rep}")
@@ -269,7 +294,8 @@ def case_prepared(prepare_refs: Sequence[str], refs: Sequence[str], *, tether_ex
         drop_caches()
         return run_measured([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
 
-    return {"tether": tether, "podman": podman}
+    return {"tether": tether_runner("tether", tether), "baseline": tether_runner("baseline", tether),
+            "podman": podman}
 
 
 CASES: dict[str, Callable[[], dict[str, Runner]]] = {
@@ -288,6 +314,8 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for case in cases:
         tools = CASES[case]()
+        if env.baseline is None:
+            tools.pop("baseline", None)
         runs: dict[str, list[Measurement]] = {tool: [] for tool in tools}
         print(f"== {case}", file=sys.stderr)
         env.case = case
@@ -313,12 +341,30 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
             }
         ratios = {}
         t = summary["tether"]["median"]
-        for other in ("podman", "skopeo", "floor"):
+        for other in ("podman", "skopeo", "floor", "baseline"):
             if other in summary and summary[other]["median"] > 0:
                 ratios[f"tether/{other}"] = round(t / summary[other]["median"], 3)
         results[case] = {"tools": summary, "ratios": ratios}
         print(f"  -> {json.dumps(ratios)}", file=sys.stderr)
     return results
+
+
+def baseline_build(checkout: Path, environ: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """How to run another checkout's tether with this interpreter: ``-m tether`` from its tree, or ``-m engine``
+    for a checkout from before the single ``tether`` namespace (its packages were top-level)."""
+    env = {**environ, "PYTHONPATH": str(checkout), "PYTHONPYCACHEPREFIX": f"{environ['PYTHONPYCACHEPREFIX']}-baseline"}
+    if (checkout / "engine" / "api" / "__main__.py").exists():
+        # A namespace checkout is importable only through its package-dir mapping: a symlink tree does it.
+        tree = checkout / ".bench-tree"
+        (tree / "tether").mkdir(parents=True, exist_ok=True)
+        for link, target in (("__init__.py", "engine/api/__init__.py"), ("__main__.py", "engine/api/__main__.py"),
+                             ("engine", "engine"), ("registry", "registry"), ("store", "store")):
+            path = tree / "tether" / link
+            if not path.is_symlink():
+                path.symlink_to(checkout / target)
+        env["PYTHONPATH"] = str(tree)
+        return [sys.executable, "-m", "tether"], env
+    return [sys.executable, "-m", "engine"], env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--driver", choices=("overlay", "vfs"), default="overlay")
     parser.add_argument("--output", type=Path, default=None,
                         help="results file (default benchmarks/results/<time>.json)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
+                        help="also time the tether of another checkout (a git worktree of an earlier commit, run "
+                             "with this interpreter): ratios tether/baseline in the same run")
     args = parser.parse_args(argv)
     unknown = [case for case in args.cases if case not in CASES]
     if unknown:
@@ -360,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus.push_corpus(layout, registry.host, env=env_vars)
         env = Env(work=work, host=registry.host, layout=layout, registries_conf=conf, env=env_vars,
                   driver=args.driver)
+        if args.baseline is not None:
+            env.baseline, env.baseline_env = baseline_build(args.baseline.resolve(), env_vars)
         env.clear_stores()  # leftovers of an interrupted run
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         code = describe_code()
@@ -376,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reps": args.reps,
         "corpus": corpus.corpus_summary(layout),
         "cases": results,
+        "baseline": describe_code(args.baseline) if args.baseline is not None else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.output or RESULTS / f"{started.replace(':', '')}.json"

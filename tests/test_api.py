@@ -26,7 +26,7 @@ def test_unknown_names_are_attribute_errors() -> None:
     import tether
 
     with pytest.raises(AttributeError, match="no attribute 'pul'"):
-        tether.pul  # type: ignore[attr-defined]  # noqa: B018
+        tether.pul  # noqa: B018
     assert set(tether.__all__) >= {"pull", "sync_deployments", "compute_status", "mirror_sync", "Store"}
 
 
