@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from tether.registry.errors import ConfigError
-from tether.registry.reference import ANCHORED_DOMAIN_RE, ANCHORED_NAME_RE, parse_normalized_named
+from tether.registry.reference import (
+    ANCHORED_DOMAIN_RE,
+    ANCHORED_NAME_RE,
+    Reference,
+    docker_policy_identity,
+    docker_policy_namespaces,
+    parse_canonical_reference,
+    parse_normalized_named,
+)
 from tether.registry.signatures import (
     SIGSTORE_CERTIFICATE_ANNOTATION,
     SIGSTORE_CHAIN_ANNOTATION,
@@ -56,75 +64,7 @@ SYSTEM_POLICY_PATH = Path("/etc/containers/policy.json")
 USER_POLICY_PATH = Path(".config/containers/policy.json")  # relative to $HOME
 
 # ---------------------------------------------------------------------------------------------------------
-# docker references (distribution/reference, as containers/image vendors it)
-
-@dataclass(frozen=True)
-class DockerReference:
-    """A parsed, normalized docker reference (``reference.Named``): ``name`` is ``domain/path``."""
-
-    name: str
-    tag: str | None = None
-    digest: str | None = None
-
-    def __str__(self) -> str:
-        return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
-
-    @property
-    def domain(self) -> str:
-        return self.name.split("/", 1)[0]
-
-    @property
-    def path(self) -> str:
-        return self.name.split("/", 1)[1]
-
-    @property
-    def is_name_only(self) -> bool:
-        return self.tag is None and self.digest is None
-
-
-def parse_docker_reference(text: str) -> DockerReference:
-    """``reference.ParseNamed``: the text must already be in canonical (normalized) form."""
-    ref = parse_normalized_docker_reference(text)
-    if str(ref) != text:
-        raise ValueError(f"repository name must be canonical: {text!r}")
-    return ref
-
-
-def parse_normalized_docker_reference(text: str) -> DockerReference:
-    """``reference.ParseNormalizedNamed``: ``busybox`` -> ``docker.io/library/busybox``. ValueError if invalid."""
-    ref = parse_normalized_named(text)
-    return DockerReference(name=ref.name, tag=ref.tag, digest=ref.digest)
-
-
-def docker_policy_identity(ref: DockerReference) -> str:
-    """``policyconfiguration.DockerReferenceIdentity``: ``name:tag`` or ``name@digest`` (digest wins)."""
-    if ref.digest is not None:
-        return f"{ref.name}@{ref.digest}"
-    if ref.tag is not None:
-        return f"{ref.name}:{ref.tag}"
-    return f"{ref.name}:latest"
-
-
-def docker_policy_namespaces(ref: DockerReference) -> tuple[str, ...]:
-    """``policyconfiguration.DockerReferenceNamespaces``: repo, parents, host[:port], ``*.``-wildcards."""
-    out: list[str] = []
-    name = ref.name
-    while True:
-        out.append(name)
-        slash = name.rfind("/")
-        if slash == -1:
-            break
-        name = name[:slash]
-    colon = name.find(":")
-    if colon != -1:
-        name = name[:colon]
-    while True:
-        dot = name.find(".")
-        if dot == -1:
-            break
-        name = name[dot + 1:]
-        out.append("*." + name)
-    return tuple(out)
+# layout paths
 
 
 def path_policy_namespaces(resolved: str) -> tuple[str, ...]:
@@ -199,7 +139,7 @@ class RemapIdentity:
 IdentityMatch = MatchExact | MatchRepoDigestOrExact | MatchRepository | ExactReference | ExactRepository | RemapIdentity
 
 
-def _repo_digest_or_exact(intended: DockerReference, signed: DockerReference) -> bool:
+def _repo_digest_or_exact(intended: Reference, signed: Reference) -> bool:
     if signed.is_name_only:
         return False
     if intended.tag is not None:  # includes tag+digest
@@ -218,19 +158,19 @@ def _remap_matches_prefix(prefix: str, name: str) -> bool:
     return name.startswith(prefix) and name[len(prefix)] == "/"
 
 
-def identity_matches(rule: IdentityMatch, image_ref: DockerReference | None, signed_reference: str) -> bool:
+def identity_matches(rule: IdentityMatch, image_ref: Reference | None, signed_reference: str) -> bool:
     """Whether ``signed_reference`` (from a verified payload) is acceptable for the pulled image.
 
     ``image_ref`` is the image's docker reference (``None`` for OCI layouts, which never match the
     image-relative rules, as in containers/image).
     """
     try:
-        signed = parse_normalized_docker_reference(signed_reference)
+        signed = parse_normalized_named(signed_reference)
     except ValueError:
         return False
     if isinstance(rule, ExactReference | ExactRepository):
         try:
-            wanted = parse_normalized_docker_reference(
+            wanted = parse_normalized_named(
                 rule.docker_reference if isinstance(rule, ExactReference) else rule.docker_repository)
         except ValueError:
             return False
@@ -252,7 +192,7 @@ def identity_matches(rule: IdentityMatch, image_ref: DockerReference | None, sig
     if _remap_matches_prefix(rule.prefix, intended.name):
         rewritten = str(intended).replace(rule.prefix, rule.signed_prefix, 1)
         try:
-            intended = parse_docker_reference(rewritten)
+            intended = parse_canonical_reference(rewritten)
         except ValueError:
             return False
     return _repo_digest_or_exact(intended, signed)
@@ -417,7 +357,7 @@ def _parse_identity(value: Any, key: str) -> IdentityMatch:
         _obj(value, key, allowed=("type", "dockerReference"), required=("dockerReference",))
         text = _str(value["dockerReference"], f"{key}.dockerReference")
         try:
-            ref = parse_normalized_docker_reference(text)
+            ref = parse_normalized_named(text)
         except ValueError as exc:
             raise _Fail(f"{key}.dockerReference", f"Invalid format of dockerReference {text!r}: {exc}") from None
         if ref.is_name_only:
@@ -427,7 +367,7 @@ def _parse_identity(value: Any, key: str) -> IdentityMatch:
         _obj(value, key, allowed=("type", "dockerRepository"), required=("dockerRepository",))
         text = _str(value["dockerRepository"], f"{key}.dockerRepository")
         try:
-            parse_normalized_docker_reference(text)
+            parse_normalized_named(text)
         except ValueError as exc:
             raise _Fail(f"{key}.dockerRepository", f"Invalid format of dockerRepository {text!r}: {exc}") from None
         return ExactRepository(text)
@@ -637,7 +577,7 @@ class PolicyScope:
     namespaces: tuple[str, ...]
 
 
-def docker_scope(ref: DockerReference) -> PolicyScope:
+def docker_scope(ref: Reference) -> PolicyScope:
     """The scope of a registry image (the logical reference, as named by the user)."""
     return PolicyScope("docker", docker_policy_identity(ref), docker_policy_namespaces(ref))
 
@@ -678,7 +618,7 @@ class PolicyImage:
 
     description: str                        # "docker://quay.io/org/app:1.0", "oci:/srv/layout:app"
     scope: PolicyScope
-    docker_reference: DockerReference | None  # None for OCI layouts
+    docker_reference: Reference | None  # None for OCI layouts
     manifest: bytes
     manifest_digest: str
 
@@ -977,7 +917,6 @@ def evaluate_policy(policy: Policy, image: PolicyImage, signatures: Sequence[Sig
 
 __all__ = [
     "SYSTEM_POLICY_PATH",
-    "DockerReference",
     "ExactReference",
     "ExactRepository",
     "IdentityMatch",
@@ -996,8 +935,6 @@ __all__ = [
     "SignedBaseLayer",
     "SignedBy",
     "SigstoreSigned",
-    "docker_policy_identity",
-    "docker_policy_namespaces",
     "docker_scope",
     "evaluate_policy",
     "find_policy_file",
@@ -1006,8 +943,6 @@ __all__ = [
     "load_policy",
     "needs_signatures",
     "needs_sigstore_signatures",
-    "parse_docker_reference",
-    "parse_normalized_docker_reference",
     "parse_policy",
     "requirements_for",
 ]

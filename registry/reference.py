@@ -42,7 +42,10 @@ __all__ = [
     "OCILayoutName",
     "Reference",
     "ShortName",
+    "docker_policy_identity",
+    "docker_policy_namespaces",
     "is_short_name",
+    "parse_canonical_reference",
     "parse_image_name",
     "parse_normalized_named",
     "parse_reference",
@@ -336,6 +339,36 @@ def parse_canonical_reference(text: str) -> Reference:
     if str(ref) != text:
         raise InvalidReferenceError(f"invalid reference {text!r}: repository name must be canonical ({ref})")
     return ref
+
+
+def docker_policy_identity(ref: Reference) -> str:
+    """containers/image ``policyconfiguration.DockerReferenceIdentity``: ``name:tag``, or ``name@digest`` when
+    there is a digest (it wins over a tag); ``name:latest`` for a name-only reference. The most specific
+    scope of containers-policy.json(5) and containers-registries.d(5)."""
+    if ref.digest is not None:
+        return f"{ref.name}@{ref.digest}"
+    return f"{ref.name}:{ref.tag or DEFAULT_TAG}"
+
+
+def docker_policy_namespaces(ref: Reference) -> tuple[str, ...]:
+    """containers/image ``policyconfiguration.DockerReferenceNamespaces``: the repository, its parent
+    namespaces, ``host[:port]``, then ``*.``-wildcards of the host's parent domains, most specific first."""
+    out: list[str] = []
+    name = ref.name
+    while True:
+        out.append(name)
+        slash = name.rfind("/")
+        if slash == -1:
+            break
+        name = name[:slash]
+    host = name.partition(":")[0]
+    while True:
+        dot = host.find(".")
+        if dot == -1:
+            break
+        host = host[dot + 1:]
+        out.append("*." + host)
+    return tuple(out)
 
 
 # --- transports ---------------------------------------------------------------------------------------

@@ -792,12 +792,6 @@ def sigstore_attachment_tag(manifest_digest: str) -> str:
     return manifest_digest.replace(":", "-", 1) + ".sig"
 
 
-def _docker_reference_of(ref: Reference) -> Any:
-    from tether.registry.policy import DockerReference
-
-    return DockerReference(name=ref.name, tag=ref.tag, digest=ref.digest)
-
-
 def _read_file_url(url: str) -> bytes | None:
     path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
     try:
@@ -967,7 +961,7 @@ async def fetch_signatures(*, client: RegistryClient | None, repository: Referen
     ``use-sigstore-attachments`` is on for it (and ``sigstore`` is true: skipping them is only an
     optimisation when no ``sigstoreSigned`` requirement applies).
     """
-    docker_ref = _docker_reference_of(repository)
+    docker_ref = repository
     sigs: list[Signature] = []
     # The X-Registry-Supports-Signatures extension replaces lookaside when the registry offers it
     # (``fetch_signature_extension`` answers None when it is not offered).
@@ -1049,12 +1043,12 @@ async def copy_signatures(*, source_client: RegistryClient, source_repository: R
     from tether.registry.manifest import Descriptor
 
     lookaside_count = 0
-    src_ref = _docker_reference_of(source_repository)
+    src_ref = source_repository
     blobs = await read_lookaside_blobs(registries_d.lookaside_base(src_ref), manifest_digest, http=http)
     if blobs:
         target = dest_lookaside_base
         if target is None and dest_repository is not None:
-            dst_ref = _docker_reference_of(dest_repository)
+            dst_ref = dest_repository
             if registries_d.lookaside_top_level(dst_ref, write=True) is not None:
                 target = registries_d.lookaside_base(dst_ref, write=True)
         if target is not None:

@@ -17,7 +17,6 @@ import pytest
 from tests.harness.signing import CosignKey, FulcioCA, GPGSigner, key_data, make_rekor_set, pki_sign_image
 from tether.registry.errors import ConfigError
 from tether.registry.policy import (
-    DockerReference,
     ExactReference,
     ExactRepository,
     IdentityMatch,
@@ -28,7 +27,6 @@ from tether.registry.policy import (
     RemapIdentity,
     SignedBy,
     SigstoreSigned,
-    docker_policy_namespaces,
     docker_scope,
     evaluate_policy,
     find_policy_file,
@@ -36,10 +34,10 @@ from tether.registry.policy import (
     layout_scope,
     load_policy,
     needs_signatures,
-    parse_normalized_docker_reference,
     parse_policy,
     requirements_for,
 )
+from tether.registry.reference import Reference, docker_policy_namespaces, parse_normalized_named
 from tether.registry.signatures import (
     SIGSTORE_PAYLOAD_TYPE,
     SIGSTORE_SET_ANNOTATION,
@@ -56,8 +54,8 @@ DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 OTHER_DIGEST = "sha256:" + "0" * 64
 
 
-def ref(text: str) -> DockerReference:
-    return parse_normalized_docker_reference(text)
+def ref(text: str) -> Reference:
+    return parse_normalized_named(text)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness.signing import write_lookaside
 from tether.registry.errors import ConfigError, PolicyError
-from tether.registry.policy import parse_normalized_docker_reference
+from tether.registry.reference import parse_normalized_named
 from tether.registry.registries_d import (
     DEFAULT_ROOT_LOOKASIDE,
     RegistriesD,
@@ -130,7 +130,7 @@ docker:
 """)
     write(d / "ignored.yml", "default-docker: {lookaside: file:///nope}\n")
     conf = load_registries_d(d, home=str(tmp_path / "home"), euid=0)
-    r = parse_normalized_docker_reference
+    r = parse_normalized_named
     assert conf.lookaside_base(r("quay.io/org/app:1")) == "https://sigs.example.com/quay/org/app"
     assert conf.lookaside_base(r("quay.io/org/special:1")) == "file:///special/org/special"
     assert conf.lookaside_base(r("quay.io/org/special:1"), write=True) == "file:///staging/org/special"
@@ -144,7 +144,7 @@ docker:
 
 
 def test_registries_d_defaults_and_errors(tmp_path: Path) -> None:
-    r = parse_normalized_docker_reference
+    r = parse_normalized_named
     empty = load_registries_d(tmp_path / "missing", home=str(tmp_path), euid=0)
     assert empty.lookaside_base(r("quay.io/a/b:1")) == DEFAULT_ROOT_LOOKASIDE + "/a/b"
     user = load_registries_d(tmp_path / "missing", home=str(tmp_path), euid=1000)
@@ -222,7 +222,7 @@ def test_namespace_top_level_precedence() -> None:
     assert legacy.top_level(write=False) == "s" and legacy.top_level(write=True) == "ss"
     conf = RegistriesD(docker={"quay.io/a": RegistryNamespace(use_sigstore_attachments=True)},
                        default_docker=RegistryNamespace(lookaside="file:///d"))
-    ref = parse_normalized_docker_reference("quay.io/a:1")
+    ref = parse_normalized_named("quay.io/a:1")
     assert conf.lookaside_base(ref) == "file:///d/a"  # an entry without lookaside falls through
 
 
