@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from tether.engine.options import CommonOptions
     from tether.registry.client import RegistryClient
     from tether.registry.registries_conf import PullSource, RegistriesConf
-    from tether.registry.registries_d import RegistriesD
+    from tether.registry.trust.registries_d import RegistriesD
 
 log = logging.getLogger(__name__)
 
@@ -753,7 +753,7 @@ class _RegistryWriter:
         fetcher = plan.fetcher
         if self.registries_d is None or not isinstance(fetcher, _RegistryFetcher) or plan.dest_ref is None:
             return
-        from tether.registry.signatures import copy_signatures
+        from tether.registry.trust.fetch import copy_signatures
 
         assert plan.top is not None
         digests = [m.digest for m in plan.children]
@@ -949,7 +949,7 @@ async def sync(
             assert dst_client is not None
             registries_d = None
             if not remove_signatures:
-                from tether.registry.registries_d import load_registries_d
+                from tether.registry.trust.registries_d import load_registries_d
 
                 registries_d = load_registries_d(home=options.environ.get("HOME"))
             writer = _RegistryWriter(dest, dst_client, scoped=scoped, registries_d=registries_d)

@@ -456,7 +456,7 @@ async def _check_signature_policy(*, image: SourceImage, source: ImageSource, re
             raise
         return
     if "policy" not in policy_cache:
-        from tether.registry.policy import load_policy
+        from tether.registry.trust.config import load_policy
 
         # --signature-policy, else $HOME/.config/containers/policy.json, else /etc/containers/policy.json
         home = options.environ.get("HOME")

@@ -15,20 +15,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from tether.registry.errors import ConfigError, PolicyError, RegistryError
-from tether.registry.policy import (
-    Policy,
-    PolicyImage,
-    PolicyScope,
-    docker_scope,
-    evaluate_policy,
-    layout_scope,
-    needs_signatures,
-    needs_sigstore_signatures,
-    requirements_for,
-)
 from tether.registry.reference import Reference
-from tether.registry.registries_d import RegistriesD, load_registries_d
-from tether.registry.signatures import Signature, fetch_signatures
+from tether.registry.trust.config import Policy, PolicyScope, docker_scope, layout_scope, requirements_for
+from tether.registry.trust.evaluate import evaluate_policy, needs_signatures, needs_sigstore_signatures
+from tether.registry.trust.fetch import fetch_signatures
+from tether.registry.trust.image import PolicyImage
+from tether.registry.trust.registries_d import RegistriesD, load_registries_d
+from tether.registry.trust.signature import Signature
 
 if TYPE_CHECKING:
     import httpx

@@ -18,7 +18,6 @@ Lookaside URLs for one image are ``<base>/<repo path>@<algo>=<hex>/signature-<n>
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import posixpath
@@ -27,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tether.registry.errors import ConfigError
 from tether.registry.reference import Reference, docker_policy_identity, docker_policy_namespaces
@@ -149,8 +150,6 @@ def _namespace(value: Any, where: str) -> RegistryNamespace:
 def parse_registries_d_file(data: bytes | str, *, source: str) -> tuple[RegistryNamespace | None,
                                                                          dict[str, RegistryNamespace]]:
     """Parse one registries.d YAML file into (``default-docker``, ``docker`` namespaces)."""
-    # PyYAML ships no type stubs; import it dynamically so mypy --strict needs none.
-    yaml: Any = importlib.import_module("yaml")
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
