@@ -192,6 +192,13 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _only_strings(table: Mapping[str, Any], key: str) -> None:
+    # c/image unmarshals fulcio/pki into Go structs of strings ([]byte for *Data, from base64 strings): a value
+    # of another JSON type is a parse error there, never something evaluation turns into a string.
+    for name, value in table.items():
+        _str(value, f"{key}.{name}")
+
+
 def _b64(value: Any, key: str) -> bytes:
     # Go's encoding/json decodes []byte from standard base64.
     if not isinstance(value, str):
@@ -305,6 +312,7 @@ def _parse_sigstore(value: dict[str, Any], key: str) -> SigstoreSigned:
     fulcio = value.get("fulcio")
     if fulcio is not None:
         fulcio = _obj(fulcio, f"{key}.fulcio", allowed=("caPath", "caData", "oidcIssuer", "subjectEmail"))
+        _only_strings(fulcio, f"{key}.fulcio")
         if "caPath" in fulcio and "caData" in fulcio:
             raise _Fail(f"{key}.fulcio", "caPath and caData cannot be used simultaneously")
         if "caPath" not in fulcio and "caData" not in fulcio:
@@ -316,6 +324,7 @@ def _parse_sigstore(value: dict[str, Any], key: str) -> SigstoreSigned:
     if pki is not None:
         pki = _obj(pki, f"{key}.pki", allowed=("caRootsPath", "caRootsData", "caIntermediatesPath",
                                                "caIntermediatesData", "subjectEmail", "subjectHostname"))
+        _only_strings(pki, f"{key}.pki")
     sources = [k for k in ("keyPath", "keyPaths", "keyData", "keyDatas", "fulcio", "pki") if k in value]
     if len(sources) != 1:
         raise _Fail(key, "exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, and pki must be specified")

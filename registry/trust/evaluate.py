@@ -98,36 +98,48 @@ def _evaluate_signed_by(req: SignedBy, image: PolicyImage, signatures: Sequence[
     return summarize_rejections(rejections, NO_SIGNATURE)
 
 
+def _evaluate_requirement(req: Requirement, image: PolicyImage, signatures: Sequence[Signature] | None,
+                          keyring_factory: KeyringFactory) -> str | None:
+    """None if ``req`` allows ``image``, else the reason; anything not known to allow it rejects."""
+    if isinstance(req, InsecureAcceptAnything):
+        return None
+    if isinstance(req, Reject):
+        return f"Running image {image.description} is rejected by policy."
+    if isinstance(req, SignedBaseLayer):
+        return "signedBaseLayer is not implemented (by containers/image nor tether)"
+    if signatures is None:
+        return f"{req.type} needs the image's signatures, and they were not read"
+    if isinstance(req, SignedBy):
+        return _evaluate_signed_by(req, image, signatures, keyring_factory)
+    if isinstance(req, SigstoreSigned):
+        # Imported on first use: with cryptography (x509, hazmat) it costs 50-70 ms (python -X importtime,
+        # tether.registry.trust.sigstore_signed cumulative) that policies without sigstoreSigned never need.
+        from tether.registry.trust.sigstore_signed import evaluate_sigstore_signed
+
+        return evaluate_sigstore_signed(req, image, signatures)
+    return f"unknown requirement type {type(req).__name__}"
+
+
 def evaluate_policy(policy: Policy, image: PolicyImage, signatures: Sequence[Signature] | None, *,
                     keyring_factory: KeyringFactory = GPGKeyring) -> PolicyDecision:
     """Decide whether ``policy`` allows ``image`` given its (untrusted) ``signatures``.
 
     Requirements of the matching scope are evaluated in order; the first that does not allow the image
     decides (containers/image ``IsRunningImageAllowed``). ``signatures`` may be ``None`` only when
-    :func:`needs_signatures` is false. Blocking (runs ``gpg`` for ``signedBy``): call from a worker thread.
+    :func:`needs_signatures` is false (else the requirement that needs them rejects). Fails closed: any
+    exception while evaluating a requirement (unreadable key file, missing ``gpg``, malformed signature or
+    certificate, a bug) is a rejection naming it; the image is allowed only when every requirement said so.
+    Blocking (runs ``gpg`` for ``signedBy``): call from a worker thread.
     """
     match = requirements_for(policy, image.scope)
     if not match.requirements:
         return PolicyDecision(False, match.label, None, None,
                               "List of verification policy requirements must not be empty")
     for index, req in enumerate(match.requirements):
-        reason: str | None
-        if isinstance(req, InsecureAcceptAnything):
-            reason = None
-        elif isinstance(req, Reject):
-            reason = f"Running image {image.description} is rejected by policy."
-        elif isinstance(req, SignedBaseLayer):
-            reason = "signedBaseLayer is not implemented (by containers/image nor tether)"
-        elif signatures is None:
-            raise ValueError("evaluate_policy: signatures are needed for " + req.type)
-        elif isinstance(req, SignedBy):
-            reason = _evaluate_signed_by(req, image, signatures, keyring_factory)
-        else:
-            # Imported on first use: with cryptography (x509, hazmat) it costs 50-70 ms (python -X importtime,
-            # tether.registry.trust.sigstore_signed cumulative) that policies without sigstoreSigned never need.
-            from tether.registry.trust.sigstore_signed import evaluate_sigstore_signed
-
-            reason = evaluate_sigstore_signed(req, image, signatures)
+        try:
+            reason = _evaluate_requirement(req, image, signatures, keyring_factory)
+        except Exception as exc:  # fail closed: an evaluation that breaks is a rejection, never an acceptance
+            reason = f"evaluating the requirement failed: {type(exc).__name__}: {exc}"
         if reason is not None:
-            return PolicyDecision(False, match.label, index, req.type, reason)
+            return PolicyDecision(False, match.label, index, getattr(req, "type", type(req).__name__), reason)
     return PolicyDecision(True, match.label)
