@@ -103,7 +103,7 @@ class Blobs:
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         if not sources:
             raise RegistryError(f"no endpoint to fetch blob {descriptor.digest} from")
-        reader = _BlobReader(self, sources, descriptor, chunk_size)
+        reader = _BlobReader(self, self._connections, sources, descriptor, chunk_size)
         chunks = reader.chunks()
         try:
             yield chunks
@@ -188,11 +188,18 @@ class Blobs:
 
 
 class _BlobReader:
+    """One blob's stream: its sources in order, the offset reached, the running hash."""
+
     def __init__(
-        self, blobs: Blobs, sources: tuple[PullSource, ...], descriptor: Descriptor, chunk_size: int
+        self,
+        blobs: Blobs,
+        connections: Connections,
+        sources: tuple[PullSource, ...],
+        descriptor: Descriptor,
+        chunk_size: int,
     ) -> None:
         self.blobs = blobs
-        self.connections = blobs._connections
+        self.connections = connections
         self.sources = sources
         self.descriptor = descriptor
         self.chunk_size = chunk_size
