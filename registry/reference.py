@@ -398,6 +398,7 @@ class DockerName:
 
     @property
     def is_short(self) -> bool:
+        """A short name, to be resolved through registries.conf."""
         return self.reference is None
 
     def __str__(self) -> str:

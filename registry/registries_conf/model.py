@@ -56,6 +56,7 @@ class RegistryEntry:
     origin: Path | None = None  # the file that defined this table
 
     def matches(self, name: str) -> bool:
+        """Whether ``prefix`` matches ``name`` (:func:`ref_matching_prefix`)."""
         return ref_matching_prefix(name, self.prefix) != -1
 
 
@@ -113,6 +114,7 @@ class RegistriesConf:
         return self.aliases.get(name)
 
     def describe_sources(self) -> str:
+        """The files read, for messages."""
         return ", ".join(str(p) for p in self.sources) or "(no registries.conf found)"
 
 

@@ -132,6 +132,7 @@ class SigstoreSigned:
 
     @property
     def uses_rekor(self) -> bool:
+        """Whether Rekor public keys are configured (a Rekor SET is then required)."""
         return any(v is not None for v in (self.rekor_public_key_path, self.rekor_public_key_paths,
                                             self.rekor_public_key_data, self.rekor_public_key_datas))
 

@@ -18,11 +18,11 @@ import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import trio
 
+from tether.registry.client import RegistryClient
 from tether.registry.errors import HTTPStatusError, InvalidSignatureError, PolicyError
 from tether.registry.manifest import Descriptor, ImageManifest, parse_manifest
 from tether.registry.reference import Reference
@@ -37,9 +37,6 @@ from tether.registry.trust.signature import (
     is_valid_digest,
     parse_signature_blob,
 )
-
-if TYPE_CHECKING:
-    from tether.registry.client import RegistryClient
 
 __all__ = [
     "CopiedSignatures",

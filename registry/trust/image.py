@@ -38,6 +38,8 @@ class PolicyImage:
 
 
 def read_key_files(paths: Sequence[str]) -> list[bytes]:
+    """The bytes of the policy's key (or CA) files; one that cannot be read is :class:`InvalidSignatureError`
+    (the requirement then rejects, as c/image's does)."""
     out = []
     for path in paths:
         try:
@@ -48,6 +50,8 @@ def read_key_files(paths: Sequence[str]) -> list[bytes]:
 
 
 def check_payload(payload: SignaturePayload, image: PolicyImage, rule: IdentityMatch) -> None:
+    """:class:`InvalidSignatureError` unless a verified ``payload`` names the manifest pulled and an identity
+    ``rule`` accepts for the image."""
     if not manifest_matches_digest(image.manifest, payload.docker_manifest_digest):
         raise InvalidSignatureError(f"Signature for digest {payload.docker_manifest_digest} does not match")
     if not identity_matches(rule, image.docker_reference, payload.docker_reference):
@@ -55,6 +59,8 @@ def check_payload(payload: SignaturePayload, image: PolicyImage, rule: IdentityM
 
 
 def summarize_rejections(rejections: list[str], none_message: str) -> str:
+    """The reason a requirement gives when no signature passed: the one rejection, all of them, or
+    ``none_message`` when there was no candidate signature at all."""
     if not rejections:
         return none_message
     if len(rejections) == 1:

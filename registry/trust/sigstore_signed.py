@@ -169,6 +169,7 @@ def _evaluate_pki(req: SigstoreSigned, pki: Mapping[str, Any], image: PolicyImag
 
 
 def evaluate_sigstore_signed(req: SigstoreSigned, image: PolicyImage, signatures: Sequence[Signature]) -> str | None:
+    """``None`` if one of ``signatures`` satisfies ``req`` (Fulcio, PKI or public keys) for ``image``, else why not."""
     if req.fulcio is not None:
         return _evaluate_fulcio(req, req.fulcio, image, signatures)
     if req.pki is not None:
