@@ -67,6 +67,10 @@ class PolicyError(RegistryError):
     """The signature policy rejects an image, or a requirement cannot be evaluated (fails closed)."""
 
 
+class InvalidSignatureError(RegistryError):
+    """A signature or its payload is malformed or does not verify: a reason to reject, never to crash."""
+
+
 class ConnectionFailedError(TransportError):
     """The endpoint could not be reached at all (refused, unreachable, connect timeout)."""
 

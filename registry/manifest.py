@@ -9,6 +9,7 @@ Platform choice follows containers/image ``internal/pkg/platform/platform_matche
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform as _pyplatform
 import re
@@ -101,8 +102,6 @@ def validate_digest(digest: object, *, what: str = "digest") -> str:
 
 def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
     """``algorithm:hex`` of ``data``."""
-    import hashlib
-
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 

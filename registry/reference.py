@@ -42,7 +42,10 @@ __all__ = [
     "OCILayoutName",
     "Reference",
     "ShortName",
+    "docker_policy_identity",
+    "docker_policy_namespaces",
     "is_short_name",
+    "parse_canonical_reference",
     "parse_image_name",
     "parse_normalized_named",
     "parse_reference",
@@ -338,6 +341,36 @@ def parse_canonical_reference(text: str) -> Reference:
     return ref
 
 
+def docker_policy_identity(ref: Reference) -> str:
+    """containers/image ``policyconfiguration.DockerReferenceIdentity``: ``name:tag``, or ``name@digest`` when
+    there is a digest (it wins over a tag); ``name:latest`` for a name-only reference. The most specific
+    scope of containers-policy.json(5) and containers-registries.d(5)."""
+    if ref.digest is not None:
+        return f"{ref.name}@{ref.digest}"
+    return f"{ref.name}:{ref.tag or DEFAULT_TAG}"
+
+
+def docker_policy_namespaces(ref: Reference) -> tuple[str, ...]:
+    """containers/image ``policyconfiguration.DockerReferenceNamespaces``: the repository, its parent
+    namespaces, ``host[:port]``, then ``*.``-wildcards of the host's parent domains, most specific first."""
+    out: list[str] = []
+    name = ref.name
+    while True:
+        out.append(name)
+        slash = name.rfind("/")
+        if slash == -1:
+            break
+        name = name[:slash]
+    host = name.partition(":")[0]
+    while True:
+        dot = host.find(".")
+        if dot == -1:
+            break
+        host = host[dot + 1:]
+        out.append("*." + host)
+    return tuple(out)
+
+
 # --- transports ---------------------------------------------------------------------------------------
 
 # oci/internal/oci_util.go refRegexp: what may follow the path in oci: and oci-archive: names.
@@ -365,6 +398,7 @@ class DockerName:
 
     @property
     def is_short(self) -> bool:
+        """A short name, to be resolved through registries.conf."""
         return self.reference is None
 
     def __str__(self) -> str:

@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from tether.registry._retry import RetryPolicy, parse_retry_after
-from tether.registry._tokens import MIN_TOKEN_LIFETIME, BearerToken, TokenCache, parse_token_response
 from tether.registry.auth import AuthEntry, AuthFile, Credentials
 from tether.registry.client import open_registry_client
+from tether.registry.client._retry import RetryPolicy, parse_retry_after
+from tether.registry.client._tokens import MIN_TOKEN_LIFETIME, BearerToken, TokenCache, parse_token_response
 from tether.registry.errors import AuthenticationError, DigestMismatchError, ManifestError
-from tether.registry.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
+from tether.registry.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
 from tether.registry.reference import parse_reference
-from tether.registry.registries_conf import PullSource, RegistriesConf
+from tether.registry.registries_conf import Mirror, PullSource, RegistriesConf, RegistryEntry
 
 # ---- retry policy
 
@@ -305,9 +305,9 @@ async def test_list_tags_follows_link_pages() -> None:
      ("::1", True), ("quay.io", False), ("10.0.0.1:5000", False), ("registry-1.docker.io", False)],
 )
 def test_proxies_never_for_loopback(host: str, loopback: bool) -> None:
-    from tether.registry.client import _is_loopback
+    from tether.registry.client.core import is_loopback
 
-    assert _is_loopback(host) is loopback
+    assert is_loopback(host) is loopback
 
 
 async def test_foreign_layer_urls_first_then_the_registry() -> None:
@@ -357,3 +357,88 @@ async def test_signature_extension_is_used_only_when_the_ping_announces_it(annou
     else:
         assert got is None
         assert seen == ["/v2/"]
+
+
+# ---- resolve_image: one endpoint for the whole image, a given top reused
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _image_served_by(hosts: dict[str, set[str]]) -> tuple[Handler, list[tuple[str, str]], bytes, bytes]:
+    """An index -> amd64 manifest -> config image; ``hosts`` maps a host to the paths it answers 404 for."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}},
+                        separators=(",", ":")).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": _sha(config), "size": len(config)}}).encode()
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": _sha(manifest), "size": len(manifest),
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        host, path = request.url.host, request.url.path
+        seen.append((host, path))
+        if path == "/v2/":
+            return httpx.Response(200)
+        if path in hosts[host]:
+            return httpx.Response(404)
+        if path == "/v2/app/manifests/1":
+            return httpx.Response(200, content=index, headers={"Content-Type": OCI_INDEX})
+        if path == f"/v2/app/manifests/{_sha(manifest)}":
+            return httpx.Response(200, content=manifest, headers={"Content-Type": OCI_MANIFEST})
+        assert path == f"/v2/app/blobs/{_sha(config)}", path
+        return httpx.Response(200, content=config)
+
+    return handler, seen, index, config
+
+
+def _mirrored(handler: Handler) -> object:
+    conf = RegistriesConf(registries=(RegistryEntry(prefix=HOST, location=HOST, mirrors=(Mirror("mirror.test"),)),))
+    return open_registry_client(registries=conf, auth=AuthFile(), transport=httpx.MockTransport(handler),
+                                retry_policy=RetryPolicy(attempts=1, base_delay=0), cert_search_dirs=[])
+
+
+async def test_resolve_reuses_the_top_it_is_given() -> None:
+    handler, seen, index, config = _image_served_by({"mirror.test": set(), HOST: set()})
+    ref = parse_reference(f"{HOST}/app:1")
+    async with _mirrored(handler) as client:  # type: ignore[attr-defined]
+        top = await client.fetch_manifest(ref)
+        assert top.source.mirror and top.raw == index
+        seen.clear()
+        resolved = await client.resolve_image(ref, platform=Platform("linux", "amd64"), top=top)
+    assert resolved.top is top and resolved.index is top and resolved.config_raw == config
+    assert resolved.manifest.source == top.source and resolved.reference == ref
+    assert [s.reference.domain for s in resolved.sources] == ["mirror.test", HOST]
+    assert seen == [("mirror.test", f"/v2/app/manifests/{resolved.manifest.digest}"),
+                    ("mirror.test", f"/v2/app/blobs/{resolved.parsed.config.digest}")]
+
+
+async def test_resolve_moves_on_when_the_endpoint_of_the_top_fails_later() -> None:
+    config_digest = _sha(json.dumps({"architecture": "amd64", "os": "linux",
+                                     "rootfs": {"type": "layers", "diff_ids": []}}, separators=(",", ":")).encode())
+    handler, seen, index, config = _image_served_by({"mirror.test": {f"/v2/app/blobs/{config_digest}"}, HOST: set()})
+    ref = parse_reference(f"{HOST}/app:1")
+    async with _mirrored(handler) as client:  # type: ignore[attr-defined]
+        top = await client.fetch_manifest(ref)
+        assert top.source.mirror
+        resolved = await client.resolve_image(ref, platform=Platform("linux", "amd64"), top=top)
+    # the primary served everything itself, its own top included
+    assert resolved.top is not top and resolved.top.raw == index and not resolved.top.source.mirror
+    assert resolved.manifest.source == resolved.top.source and resolved.config_raw == config
+    assert [s.reference.domain for s in resolved.sources] == [HOST, "mirror.test"]
+    assert (HOST, "/v2/app/manifests/1") in seen
+
+
+async def test_resolve_starts_with_the_endpoint_that_served_the_top() -> None:
+    handler, seen, _, _ = _image_served_by({"mirror.test": set(), HOST: set()})
+    ref = parse_reference(f"{HOST}/app:1")
+    async with _mirrored(handler) as client:  # type: ignore[attr-defined]
+        primary = PullSource(ref, insecure=False, mirror=False)
+        top = await client._manifests.fetch_at(primary, ref)
+        seen.clear()
+        resolved = await client.resolve_image(ref, platform=Platform("linux", "amd64"), top=top)
+    assert resolved.top is top and [s.reference.domain for s in resolved.sources] == [HOST, "mirror.test"]
+    assert {host for host, _ in seen} == {HOST}

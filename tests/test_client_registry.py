@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import tether.registry.client as client_module
+import tether.registry.client.push as push_module
 from tests.harness import images as factory
 from tests.harness.client_env import client_for, insecure_conf, read_blob, write_auth_file, write_registries_conf
 from tests.harness.registry import RunningRegistry
@@ -342,8 +343,8 @@ async def test_push_then_skopeo_reads_back(
     registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # small thresholds so that both the monolithic PUT and the chunked PATCH paths run
-    monkeypatch.setattr(client_module, "MONOLITHIC_UPLOAD_MAX", 600)
-    monkeypatch.setattr(client_module, "UPLOAD_CHUNK", 1000)
+    monkeypatch.setattr(push_module, "MONOLITHIC_UPLOAD_MAX", 600)
+    monkeypatch.setattr(push_module, "UPLOAD_CHUNK", 1000)
     image = factory.simple_image(170, files=40, layers=2)
     assert any(layer.size > 2000 for layer in image.layers) and len(image.config) <= 600
     ref = parse_reference(f"{registry.host}/client/pushed:1.0")

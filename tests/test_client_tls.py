@@ -103,7 +103,7 @@ async def test_h2_body_cut_early_does_not_stall_other_streams(
 
     import trio
 
-    from tether.registry import _http
+    from tether.registry.client import _http
 
     certs_d = tmp_path / "certs.d"
     write_certs_d(certs_d, tls_registry.host, pki, client=True)
@@ -112,12 +112,13 @@ async def test_h2_body_cut_early_does_not_stall_other_streams(
     ref = parse_reference(f"{tls_registry.host}/secure/h2:1")
     async with client_for(write_registries_conf(tmp_path, ""), cert_search_dirs=[certs_d]) as client:
         await client.upload_blob(ref, Descriptor("application/octet-stream", digest, len(data)), _chunks(data))
-        endpoint = client._endpoint(tls_registry.host, False)
+        endpoint = client._connections.endpoint(tls_registry.host, False)
         results: dict[int, tuple[int, bool]] = {}
 
         async def read(k: int) -> None:
             # the API (h2) client, not the bulk one: every stream shares one HTTP/2 connection
-            response = await client._call(endpoint, "GET", f"/v2/secure/h2/blobs/{digest}", scopes=(), creds=None)
+            response = await client._auth.request(endpoint, "GET", f"/v2/secure/h2/blobs/{digest}",
+                                                  repository=ref.name, scopes=())
             assert response.http_version == "HTTP/2"
             body, truncated = await _http.read_capped(response, 100_000 if k % 2 else 1 << 30, what="blob")
             results[k] = (len(body), truncated)

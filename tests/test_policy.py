@@ -16,31 +16,30 @@ import pytest
 
 from tests.harness.signing import CosignKey, FulcioCA, GPGSigner, key_data, make_rekor_set, pki_sign_image
 from tether.registry.errors import ConfigError
-from tether.registry.policy import (
-    DockerReference,
+from tether.registry.reference import Reference, docker_policy_namespaces, parse_normalized_named
+from tether.registry.trust.config import (
+    SignedBy,
+    SigstoreSigned,
+    docker_scope,
+    find_policy_file,
+    layout_scope,
+    load_policy,
+    parse_policy,
+    requirements_for,
+)
+from tether.registry.trust.evaluate import evaluate_policy, needs_signatures
+from tether.registry.trust.identity import (
     ExactReference,
     ExactRepository,
     IdentityMatch,
     MatchExact,
     MatchRepoDigestOrExact,
     MatchRepository,
-    PolicyImage,
     RemapIdentity,
-    SignedBy,
-    SigstoreSigned,
-    docker_policy_namespaces,
-    docker_scope,
-    evaluate_policy,
-    find_policy_file,
     identity_matches,
-    layout_scope,
-    load_policy,
-    needs_signatures,
-    parse_normalized_docker_reference,
-    parse_policy,
-    requirements_for,
 )
-from tether.registry.signatures import (
+from tether.registry.trust.image import PolicyImage
+from tether.registry.trust.signature import (
     SIGSTORE_PAYLOAD_TYPE,
     SIGSTORE_SET_ANNOTATION,
     SIGSTORE_SIGNATURE_ANNOTATION,
@@ -48,16 +47,16 @@ from tether.registry.signatures import (
     SigstoreSignature,
     SimpleSigningSignature,
     make_signature_payload,
-    sign_sigstore_payload,
 )
+from tether.registry.trust.sigstore import sign_sigstore_payload
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 OTHER_DIGEST = "sha256:" + "0" * 64
 
 
-def ref(text: str) -> DockerReference:
-    return parse_normalized_docker_reference(text)
+def ref(text: str) -> Reference:
+    return parse_normalized_named(text)
 
 
 # ---------------------------------------------------------------------------------------------------------

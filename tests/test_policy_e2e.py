@@ -30,7 +30,7 @@ from tests.harness.registry import RunningRegistry
 from tests.harness.signing import CosignKey, GPGSigner, push_sigstore_attachments, write_lookaside
 from tether.engine.copy.pull import pull
 from tether.engine.options import CommonOptions
-from tether.registry.signatures import SigstoreSignature
+from tether.registry.trust.signature import SigstoreSignature
 from tether.store.containers_storage import Store
 
 CASES = ("signed", "unsigned", "wrongkey", "tampered", "identity")

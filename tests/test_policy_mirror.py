@@ -24,8 +24,8 @@ from tether.registry.auth import load_auth_file
 from tether.registry.client import open_registry_client
 from tether.registry.reference import Reference
 from tether.registry.registries_conf import RegistriesConf
-from tether.registry.registries_d import load_registries_d
-from tether.registry.signatures import copy_signatures, sigstore_attachment_tag
+from tether.registry.trust.fetch import copy_signatures, sigstore_attachment_tag
+from tether.registry.trust.registries_d import load_registries_d
 from tether.store.containers_storage import Store
 
 

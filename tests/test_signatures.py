@@ -10,29 +10,30 @@ import httpx
 import pytest
 
 from tests.harness.signing import write_lookaside
-from tether.registry.errors import ConfigError, PolicyError
-from tether.registry.policy import parse_normalized_docker_reference
-from tether.registry.registries_d import (
+from tether.registry.errors import ConfigError, InvalidSignatureError, PolicyError
+from tether.registry.reference import parse_normalized_named
+from tether.registry.trust.fetch import (
+    read_lookaside_blobs,
+    read_lookaside_signatures,
+    sigstore_attachment_tag,
+    write_lookaside_blobs,
+)
+from tether.registry.trust.registries_d import (
     DEFAULT_ROOT_LOOKASIDE,
     RegistriesD,
     RegistryNamespace,
     load_registries_d,
     lookaside_signature_url,
 )
-from tether.registry.signatures import (
+from tether.registry.trust.signature import (
     SIGSTORE_PAYLOAD_TYPE,
     SIGSTORE_SIGNATURE_MIME_TYPE,
     SIMPLE_SIGNING_TYPE,
-    InvalidSignatureError,
     SigstoreSignature,
     SimpleSigningSignature,
     manifest_matches_digest,
     parse_signature_blob,
     parse_signature_payload,
-    read_lookaside_blobs,
-    read_lookaside_signatures,
-    sigstore_attachment_tag,
-    write_lookaside_blobs,
 )
 
 D = "sha256:" + "a" * 64
@@ -130,7 +131,7 @@ docker:
 """)
     write(d / "ignored.yml", "default-docker: {lookaside: file:///nope}\n")
     conf = load_registries_d(d, home=str(tmp_path / "home"), euid=0)
-    r = parse_normalized_docker_reference
+    r = parse_normalized_named
     assert conf.lookaside_base(r("quay.io/org/app:1")) == "https://sigs.example.com/quay/org/app"
     assert conf.lookaside_base(r("quay.io/org/special:1")) == "file:///special/org/special"
     assert conf.lookaside_base(r("quay.io/org/special:1"), write=True) == "file:///staging/org/special"
@@ -144,7 +145,7 @@ docker:
 
 
 def test_registries_d_defaults_and_errors(tmp_path: Path) -> None:
-    r = parse_normalized_docker_reference
+    r = parse_normalized_named
     empty = load_registries_d(tmp_path / "missing", home=str(tmp_path), euid=0)
     assert empty.lookaside_base(r("quay.io/a/b:1")) == DEFAULT_ROOT_LOOKASIDE + "/a/b"
     user = load_registries_d(tmp_path / "missing", home=str(tmp_path), euid=1000)
@@ -222,7 +223,7 @@ def test_namespace_top_level_precedence() -> None:
     assert legacy.top_level(write=False) == "s" and legacy.top_level(write=True) == "ss"
     conf = RegistriesD(docker={"quay.io/a": RegistryNamespace(use_sigstore_attachments=True)},
                        default_docker=RegistryNamespace(lookaside="file:///d"))
-    ref = parse_normalized_docker_reference("quay.io/a:1")
+    ref = parse_normalized_named("quay.io/a:1")
     assert conf.lookaside_base(ref) == "file:///d/a"  # an entry without lookaside falls through
 
 
@@ -244,7 +245,7 @@ class _ExtensionClient:
 
 async def test_signature_extension_replaces_lookaside(tmp_path: Path) -> None:
     from tether.registry.reference import Reference
-    from tether.registry.signatures import fetch_signatures, parse_extension_signatures
+    from tether.registry.trust.fetch import fetch_signatures, parse_extension_signatures
 
     body = json.dumps({"signatures": [
         {"schemaVersion": 2, "type": "atomic", "name": f"{D}@sig1", "content": base64.b64encode(b"\xa3ext").decode()},
@@ -267,7 +268,7 @@ async def test_signature_extension_replaces_lookaside(tmp_path: Path) -> None:
 
 
 def test_render_registries_d_round_trips(tmp_path: Path) -> None:
-    from tether.registry.registries_d import parse_registries_d_file, render_registries_d
+    from tether.registry.trust.registries_d import parse_registries_d_file, render_registries_d
 
     docker = {"mirror.local:5000/team": RegistryNamespace(lookaside="file:///srv/sigs", use_sigstore_attachments=True),
               "mirror.local:5000/other": RegistryNamespace(use_sigstore_attachments=False),
@@ -279,7 +280,7 @@ def test_render_registries_d_round_trips(tmp_path: Path) -> None:
 
 
 def test_go_base64_skips_line_breaks_only() -> None:
-    from tether.registry.signatures import go_b64decode
+    from tether.registry.trust.signature import go_b64decode
 
     assert go_b64decode("aGVs\nbG8=\r\n") == b"hello"  # openssl/cosign wrap base64 at 64/76 columns
     for bad in ("aGVs bG8=", "aGVsbG8", "aGVs\tbG8=", "é"):

@@ -62,8 +62,8 @@ from tether.registry.manifest import (
 )
 from tether.registry.reference import OCIArchiveName, OCILayoutName, Reference, parse_image_name, parse_reference
 from tether.registry.registries_conf import resolve_short_name
-from tether.registry.registries_d import load_registries_d
 from tether.registry.resolve import RawManifest, read_child
+from tether.registry.trust.registries_d import load_registries_d
 from tether.store.errors import StoreError
 from tether.store.oci_layout import OCILayout, PruneResult
 

@@ -19,21 +19,20 @@ import trio
 
 from tether.engine.copy.sources.registry import RegistrySource
 from tether.registry.errors import ConfigError, PolicyError, RegistryError
-from tether.registry.policy import (
-    DockerReference,
+from tether.registry.reference import Reference
+from tether.registry.trust.config import (
     Policy,
-    PolicyImage,
     PolicyScope,
     docker_scope,
-    evaluate_policy,
     layout_scope,
     load_policy,
-    needs_signatures,
-    needs_sigstore_signatures,
     requirements_for,
 )
-from tether.registry.registries_d import RegistriesD, load_registries_d
-from tether.registry.signatures import Signature, fetch_signatures
+from tether.registry.trust.evaluate import evaluate_policy, needs_signatures, needs_sigstore_signatures
+from tether.registry.trust.fetch import fetch_signatures
+from tether.registry.trust.image import PolicyImage
+from tether.registry.trust.registries_d import RegistriesD, load_registries_d
+from tether.registry.trust.signature import Signature
 
 if TYPE_CHECKING:
     import httpx
@@ -41,16 +40,13 @@ if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage
     from tether.engine.options import CommonOptions
     from tether.registry.client import RegistryClient
-    from tether.registry.reference import Reference
 
 
-def _docker_reference(ref: Reference) -> DockerReference:
+def _docker_reference(ref: Reference) -> Reference:
     # c/image docker references never carry both a tag and a digest; podman drops the tag then.
     if ref.tag is not None and ref.digest is not None:
-        return DockerReference(name=ref.name, tag=None, digest=ref.digest)
-    if ref.is_name_only:
-        return DockerReference(name=ref.name, tag="latest")
-    return DockerReference(name=ref.name, tag=ref.tag, digest=ref.digest)
+        return Reference(ref.domain, ref.path, None, ref.digest)
+    return ref.tag_name_only()
 
 
 def _layout_path(name: str, transport: str) -> str:
@@ -62,7 +58,7 @@ def _layout_path(name: str, transport: str) -> str:
 def policy_image_for(*, image: SourceImage, name: str, transport: str) -> PolicyImage:
     """The :class:`PolicyImage` of a resolved image: scope and identity from the name, the manifest pulled."""
     scope: PolicyScope
-    docker_ref: DockerReference | None = None
+    docker_ref: Reference | None = None
     if transport == "docker":
         if image.reference is None:
             raise PolicyError(f"{name}: no registry reference to evaluate the signature policy on")

@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.harness.images import push_blob
-from tether.registry.signatures import (
+from tether.registry.trust.signature import (
     SIGSTORE_PAYLOAD_TYPE,
     SIMPLE_SIGNING_TYPE,
     SigstoreSignature,
     make_signature_payload,
-    sign_sigstore_payload,
 )
+from tether.registry.trust.sigstore import sign_sigstore_payload
 
 
 class GPGSigner:

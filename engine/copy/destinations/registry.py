@@ -22,12 +22,12 @@ from tether.engine.copy.sources.registry import RegistrySource
 from tether.engine.errors import MirrorError
 from tether.registry.errors import RegistryError
 from tether.registry.reference import Reference
-from tether.registry.signatures import copy_signatures
+from tether.registry.trust.fetch import copy_signatures
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource
     from tether.registry.client import RegistryClient
-    from tether.registry.registries_d import RegistriesD
+    from tether.registry.trust.registries_d import RegistriesD
 
 #: Read-back checks (manifest GETs, blob HEADs) in flight at once.
 VERIFY_JOBS = 8

@@ -1,7 +1,6 @@
-"""containers-registries.conf(5): load, merge drop-ins, find registries, rewrite, resolve short names.
+"""Loading registries.conf: file selection, strict parsing, v1 conversion, drop-ins, merging, the alias cache.
 
-Semantics are containers/image's (``pkg/sysregistriesv2/system_registries_v2.go``,
-``pkg/sysregistriesv2/shortnames.go``, ``pkg/shortnames/shortnames.go``):
+Semantics are containers/image's (``pkg/sysregistriesv2/system_registries_v2.go``, ``shortnames.go``):
 
 File selection (``newConfigWrapperWithHomeDir``)
     ``path`` argument, else ``$CONTAINERS_REGISTRIES_CONF`` (podman's override), else
@@ -19,18 +18,8 @@ Merge (``parsedConfig.updateWithConfigurationFrom``)
     ``credential-helpers`` then defaults to ``["containers-auth.json"]``). ``short-name-mode``
     is replaced when set (default ``permissive``). ``[aliases]`` merge key by key; ``""`` erases.
 
-Matching (``refMatchingPrefix``, ``FindRegistry``)
-    A prefix matches a name when equal, or followed by ``/``, ``:`` or ``@``; ``*.example.com``
-    matches any subdomain depth of example.com (not example.com itself). The longest prefix wins.
-
-Short names (``shortnames.Resolve``)
-    Aliases first (the short-name-aliases.conf cache has precedence over registries.conf's
-    ``[aliases]``), then ``unqualified-search-registries`` in order, ``:latest`` added when there
-    is neither tag nor digest. Without a TTY, ``enforcing`` refuses ambiguous names; ``permissive``
-    and ``disabled`` return every candidate.
-
-Where tether differs: invalid files name the file *and* the key (containers/image often only says
-what was wrong); a blocked registry's error names the file that blocked it.
+Where tether differs: invalid files name the file *and* the key (containers/image often only says what was
+wrong).
 """
 
 from __future__ import annotations
@@ -38,341 +27,33 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
-from tether.registry.errors import BlockedRegistryError, ConfigError, InvalidReferenceError, ShortNameError
-from tether.registry.reference import (
-    ANCHORED_DOMAIN_RE,
-    Reference,
-    ShortName,
-    is_short_name,
-    parse_canonical_reference,
-    parse_reference,
-    parse_short_name,
+from tether.registry.errors import ConfigError, InvalidReferenceError
+from tether.registry.reference import ANCHORED_DOMAIN_RE, Reference, is_short_name, parse_reference, parse_short_name
+from tether.registry.registries_conf.model import (
+    AUTHENTICATION_FILE_HELPER,
+    DEFAULT_SHORT_NAME_MODE,
+    Alias,
+    Mirror,
+    PullFromMirror,
+    RegistriesConf,
+    RegistryEntry,
+    ShortNameMode,
 )
 
-__all__ = [
-    "AUTHENTICATION_FILE_HELPER",
-    "Alias",
-    "Mirror",
-    "PullSource",
-    "RegistriesConf",
-    "RegistryEntry",
-    "ShortNameResolution",
-    "default_aliases_path",
-    "load_registries_conf",
-    "pull_sources",
-    "ref_matching_prefix",
-    "resolve_short_name",
-    "resolve_short_name_detailed",
-]
+__all__ = ["default_aliases_path", "load_alias_cache", "load_registries_conf", "merge_parsed"]
 
-ShortNameMode = Literal["enforcing", "permissive", "disabled"]
-PullFromMirror = Literal["all", "digest-only", "tag-only"]
-
-#: ``sysregistriesv2.AuthenticationFileHelper``: the credential helper meaning "read auth.json".
-AUTHENTICATION_FILE_HELPER: Final = "containers-auth.json"
 SYSTEM_REGISTRIES_CONF: Final = Path("etc/containers/registries.conf")
 SYSTEM_REGISTRIES_CONF_D: Final = Path("etc/containers/registries.conf.d")
 USER_REGISTRIES_CONF: Final = Path(".config/containers/registries.conf")
 USER_REGISTRIES_CONF_D: Final = Path(".config/containers/registries.conf.d")
 ROOT_ALIASES_CONF: Final = Path("var/cache/containers/short-name-aliases.conf")
-DEFAULT_SHORT_NAME_MODE: Final[ShortNameMode] = "permissive"
 _SHORT_NAME_MODES: Final = ("enforcing", "permissive", "disabled")
 _PULL_FROM_MIRROR: Final = ("all", "digest-only", "tag-only")
-
-
-@dataclass(frozen=True)
-class Mirror:
-    """One ``[[registry.mirror]]``."""
-
-    location: str
-    insecure: bool = False
-    pull_from_mirror: PullFromMirror | None = None
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """One ``[[registry]]`` table after validation (``prefix`` defaulted to ``location``)."""
-
-    prefix: str
-    location: str
-    insecure: bool = False
-    blocked: bool = False
-    mirror_by_digest_only: bool = False
-    mirrors: tuple[Mirror, ...] = ()
-    origin: Path | None = None  # the file that defined this table
-
-    def matches(self, name: str) -> bool:
-        return ref_matching_prefix(name, self.prefix) != -1
-
-
-@dataclass(frozen=True)
-class Alias:
-    """A short-name alias: ``value`` is None when the alias was erased with ``""``."""
-
-    value: Reference | None
-    origin: Path
-
-
-@dataclass(frozen=True)
-class PullSource:
-    """One endpoint to pull ``reference`` from (containers/image ``sysregistriesv2.PullSource``).
-
-    ``reference`` is the physical reference at this endpoint (location rewritten); ``insecure``
-    allows plain HTTP and unverified TLS for this endpoint (its own ``insecure`` key: a mirror's
-    setting, not the primary's); ``mirror`` is False for the primary.
-    """
-
-    reference: Reference
-    insecure: bool
-    mirror: bool
-
-
-@dataclass(frozen=True)
-class RegistriesConf:
-    """The merged configuration. Build it with :func:`load_registries_conf` (or directly in tests)."""
-
-    registries: tuple[RegistryEntry, ...] = ()
-    unqualified_search_registries: tuple[str, ...] = ()
-    unqualified_search_registries_origin: Path | None = None
-    short_name_mode: ShortNameMode = DEFAULT_SHORT_NAME_MODE
-    credential_helpers: tuple[str, ...] = (AUTHENTICATION_FILE_HELPER,)
-    aliases: Mapping[str, Alias] = field(default_factory=dict)
-    #: the machine-written short-name-aliases.conf; consulted before :attr:`aliases`.
-    alias_cache: Mapping[str, Alias] = field(default_factory=dict)
-    #: every file that contributed, in the order read (for messages).
-    sources: tuple[Path, ...] = ()
-
-    def find_registry(self, name: str) -> RegistryEntry | None:
-        """The ``[[registry]]`` with the longest prefix matching ``name`` (a registry, namespace,
-        repository or reference string starting with a host), or None (``FindRegistry``)."""
-        best: RegistryEntry | None = None
-        for reg in self.registries:
-            if ref_matching_prefix(name, reg.prefix) != -1 and (best is None or len(reg.prefix) > len(best.prefix)):
-                best = reg
-        return best
-
-    def resolve_alias(self, name: str) -> Alias | None:
-        """The alias for a short name (no tag/digest), the cache file first (``ResolveShortNameAlias``)."""
-        alias = self.alias_cache.get(name)
-        if alias is not None:
-            return alias
-        return self.aliases.get(name)
-
-    def describe_sources(self) -> str:
-        return ", ".join(str(p) for p in self.sources) or "(no registries.conf found)"
-
-
-# --- prefix matching -----------------------------------------------------------------------------------
-
-
-def _ref_matching_subdomain_prefix(ref: str, prefix: str) -> int:
-    # refMatchingSubdomainPrefix: ".example.com" must occur in the host part and be followed by
-    # the end, ':', '/' or '@'.
-    suffix = prefix[1:]
-    index = ref.find(suffix)
-    if index == -1 or "/" in ref[:index]:
-        return -1
-    index += len(suffix)
-    if index == len(ref) or ref[index] in ":/@":
-        return index
-    return -1
-
-
-def ref_matching_prefix(ref: str, prefix: str) -> int:
-    """containers/image ``refMatchingPrefix``: the length of ``ref`` that ``prefix`` matches, or -1.
-
-    Note that containers/image lets ``example.com`` match ``example.com:5000`` (the ``:`` rule);
-    tether keeps that so that the same file selects the same registry.
-    """
-    if prefix.startswith("*."):
-        return _ref_matching_subdomain_prefix(ref, prefix)
-    if len(ref) < len(prefix):
-        return -1
-    if len(ref) == len(prefix):
-        return len(prefix) if ref == prefix else -1
-    if not ref.startswith(prefix):
-        return -1
-    return len(prefix) if ref[len(prefix)] in ":/@" else -1
-
-
-# --- pull sources --------------------------------------------------------------------------------------
-
-
-def _rewrite(ref: Reference, reg: RegistryEntry, location: str) -> Reference:
-    """``Endpoint.rewriteReference``: ``location`` + what follows the prefix in ``str(ref)``."""
-    text = str(ref)
-    prefix_len = ref_matching_prefix(text, reg.prefix)
-    if prefix_len == -1:  # pragma: no cover - find_registry matched the name, a prefix of text
-        raise ConfigError(f"{reg.origin}: invalid prefix {reg.prefix!r} for reference {text!r}")
-    if not location:  # only wildcard prefixes may omit the location (validated at load)
-        return ref
-    new = location + text[prefix_len:]
-    try:
-        return parse_canonical_reference(new)
-    except InvalidReferenceError as exc:
-        raise ConfigError(
-            f"{reg.origin}: [[registry]] prefix={reg.prefix!r}: rewriting {text} with location "
-            f"{location!r} gives an invalid reference {new!r}: {exc}"
-        ) from None
-
-
-def pull_sources(conf: RegistriesConf, ref: Reference) -> tuple[PullSource, ...]:
-    """Where to pull ``ref`` from: mirrors in file order (filtered by ``mirror-by-digest-only`` /
-    ``pull-from-mirror``), then the primary (``Registry.PullSourcesFromReference``).
-
-    Endpoints whose physical reference falls under a ``blocked`` registry are dropped (containers/image
-    refuses each such endpoint when it creates its client and moves on to the next one); when none is
-    left, :class:`BlockedRegistryError` names the registry and the file that blocked it, before any
-    request is made. A location that rewrites to an invalid reference is a :class:`ConfigError`.
-    """
-    reg = conf.find_registry(ref.name)
-    if reg is None:
-        candidates = [(ref, False, False)]
-    else:
-        digested = ref.digest is not None
-        endpoints: list[tuple[str, bool, bool]] = []
-        if reg.mirror_by_digest_only:
-            if digested:
-                endpoints.extend((m.location, m.insecure, True) for m in reg.mirrors)
-        else:
-            for m in reg.mirrors:
-                if m.pull_from_mirror == "digest-only" and not digested:
-                    continue
-                if m.pull_from_mirror == "tag-only" and digested:
-                    continue
-                endpoints.append((m.location, m.insecure, True))
-        endpoints.append((reg.location, reg.insecure, False))
-        candidates = [(_rewrite(ref, reg, loc), insecure, mirror) for loc, insecure, mirror in endpoints]
-    sources: list[PullSource] = []
-    blocked: list[RegistryEntry] = []
-    for physical, insecure, mirror in candidates:
-        physical_reg = conf.find_registry(physical.name)
-        if physical_reg is not None and physical_reg.blocked:
-            blocked.append(physical_reg)
-            continue
-        sources.append(PullSource(physical, insecure, mirror))
-    if not sources:
-        b = blocked[-1]
-        raise BlockedRegistryError(
-            f"pull {ref}: registry {b.prefix} is blocked in {b.origin or conf.describe_sources()}"
-        )
-    return tuple(sources)
-
-
-# --- short names ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShortNameResolution:
-    """The result of :func:`resolve_short_name_detailed`.
-
-    ``rationale`` is ``"fully-qualified"``, ``"alias"``, ``"search"`` or ``"selected"``;
-    ``origin`` the file that defined the alias or the search registries.
-    """
-
-    candidates: tuple[Reference, ...]
-    rationale: Literal["fully-qualified", "alias", "search", "selected"]
-    origin: Path | None = None
-    short_name: ShortName | None = None
-
-    def description(self) -> str:
-        """containers/image ``Resolved.Description`` (empty when there is nothing to say)."""
-        if self.short_name is None:
-            return ""
-        name = self.short_name.path
-        if self.rationale == "alias":
-            return f"Resolved {name!r} as an alias ({self.origin})"
-        if self.rationale == "search":
-            return f"Resolving {name!r} using unqualified-search registries ({self.origin})"
-        return ""
-
-
-def _attach(ref: Reference, short: ShortName) -> Reference:
-    if short.tag is not None:
-        ref = ref.with_tag(short.tag)
-    if short.digest is not None:
-        ref = ref.with_digest(short.digest)
-    return ref.tag_name_only()
-
-
-def resolve_short_name_detailed(
-    conf: RegistriesConf,
-    text: str,
-    *,
-    tty: bool = False,
-    choose: Callable[[tuple[Reference, ...]], Reference] | None = None,
-) -> ShortNameResolution:
-    """:func:`resolve_short_name` with the rationale and the file it came from."""
-    if not is_short_name(text):
-        try:
-            ref = parse_reference(text)
-        except InvalidReferenceError as exc:
-            raise InvalidReferenceError(f"cannot parse input {text!r}: {exc}") from None
-        return ShortNameResolution((ref.tag_name_only(),), "fully-qualified")
-    short = parse_short_name(text)
-    alias = conf.resolve_alias(short.path)
-    if alias is not None and alias.value is not None:
-        return ShortNameResolution((_attach(alias.value, short),), "alias", alias.origin, short)
-    if not conf.unqualified_search_registries:
-        where = conf.unqualified_search_registries_origin
-        if where is not None:
-            raise ShortNameError(
-                f"short-name {text!r} did not resolve to an alias and no unqualified-search registries "
-                f"are defined in {str(where)!r}"
-            )
-        raise ShortNameError(
-            f"short-name {text!r} did not resolve to an alias and no containers-registries.conf(5) was found"
-        )
-    candidates: list[Reference] = []
-    for reg in conf.unqualified_search_registries:
-        try:
-            candidates.append(_attach(parse_reference(f"{reg}/{short.path}"), short))
-        except InvalidReferenceError as exc:
-            raise ShortNameError(
-                f"creating reference with unqualified-search registry {reg!r} for {text!r}: {exc}"
-            ) from None
-    origin = conf.unqualified_search_registries_origin
-    result = ShortNameResolution(tuple(candidates), "search", origin, short)
-    if conf.short_name_mode == "disabled" or len(candidates) == 1:
-        return result
-    if tty and choose is not None:
-        chosen = choose(result.candidates)
-        if chosen not in result.candidates:
-            raise ShortNameError(f"short-name {text!r}: the selection {chosen} is not one of the candidates")
-        return ShortNameResolution((chosen,), "selected", origin, short)
-    if conf.short_name_mode == "permissive":
-        return result
-    raise ShortNameError(
-        f"short-name resolution enforced but cannot prompt without a TTY: {text!r} could be any of "
-        f'{", ".join(str(c) for c in candidates)} (short-name-mode="enforcing" in '
-        f"{conf.describe_sources()}); use a fully qualified name or add an alias"
-    )
-
-
-def resolve_short_name(
-    conf: RegistriesConf,
-    text: str,
-    *,
-    tty: bool = False,
-    choose: Callable[[tuple[Reference, ...]], Reference] | None = None,
-) -> tuple[Reference, ...]:
-    """The references to try, in order, for ``text`` (``shortnames.Resolve``).
-
-    A fully qualified name gives itself (with ``:latest`` when it has neither tag nor digest). A short
-    name gives its alias, else one candidate per unqualified-search registry. With several
-    candidates: ``disabled`` and ``permissive`` return them all; with ``tty`` and a ``choose``
-    callback (the prompt) the chosen one; otherwise ``enforcing`` raises :class:`ShortNameError`.
-    tether never records aliases (podman only records a prompted choice).
-    """
-    return resolve_short_name_detailed(conf, text, tty=tty, choose=choose).candidates
-
-
-# --- loading -------------------------------------------------------------------------------------------
 
 
 @dataclass

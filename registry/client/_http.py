@@ -30,6 +30,7 @@ __all__ = [
     "MAX_ERROR_BODY",
     "aiter_raw",
     "display_url",
+    "join",
     "log",
     "read_capped",
     "send",
@@ -60,6 +61,17 @@ def display_url(url: httpx.URL | str) -> str:
     if ":" in u.host and not u.host.startswith("["):
         host = f"[{u.host}]" if u.port is None else f"[{u.host}]:{u.port}"
     return f"{host}{u.path}"
+
+
+def join(base: httpx.URL, location: str) -> httpx.URL:
+    """``location`` (a Location/Link target) resolved against ``base``; only http(s) URLs."""
+    try:
+        target = base.join(location)
+    except (httpx.InvalidURL, ValueError):
+        raise RegistryError(f"{display_url(base)}: invalid URL {location[:200]!r}") from None
+    if target.scheme not in ("http", "https") or not target.host:
+        raise RegistryError(f"{display_url(base)}: refusing to follow {target.scheme}: URL")
+    return target
 
 
 def _redacted(headers: httpx.Headers) -> str:

@@ -18,7 +18,6 @@ Lookaside URLs for one image are ``<base>/<repo path>@<algo>=<hex>/signature-<n>
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import posixpath
@@ -28,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tether.registry.errors import ConfigError
-from tether.registry.policy import DockerReference, docker_policy_identity, docker_policy_namespaces
+from tether.registry.reference import Reference, docker_policy_identity, docker_policy_namespaces
 
 SYSTEM_REGISTRIES_D = Path("/etc/containers/registries.d")
 USER_REGISTRIES_D = Path(".config/containers/registries.d")  # relative to $HOME
@@ -66,7 +67,7 @@ class RegistriesD:
     #: Built-in lookaside used when nothing is configured (depends on the user).
     builtin_lookaside: str = DEFAULT_ROOT_LOOKASIDE
 
-    def _candidates(self, ref: DockerReference) -> list[RegistryNamespace]:
+    def _candidates(self, ref: Reference) -> list[RegistryNamespace]:
         out = []
         for name in (docker_policy_identity(ref), *docker_policy_namespaces(ref)):
             ns = self.docker.get(name)
@@ -76,7 +77,7 @@ class RegistriesD:
             out.append(self.default_docker)
         return out
 
-    def lookaside_top_level(self, ref: DockerReference, *, write: bool = False) -> str | None:
+    def lookaside_top_level(self, ref: Reference, *, write: bool = False) -> str | None:
         """The configured lookaside URL for ``ref`` (``None`` if not configured)."""
         for ns in self._candidates(ref):
             top = ns.top_level(write=write)
@@ -84,7 +85,7 @@ class RegistriesD:
                 return top
         return None
 
-    def lookaside_base(self, ref: DockerReference, *, write: bool = False) -> str:
+    def lookaside_base(self, ref: Reference, *, write: bool = False) -> str:
         """``lookasideStorageBaseURL``: the configured (or built-in) URL + ``/`` + the repository path."""
         top = self.lookaside_top_level(ref, write=write) or self.builtin_lookaside
         parsed = urllib.parse.urlsplit(top)
@@ -93,7 +94,7 @@ class RegistriesD:
             raise ConfigError(f"Unexpected path elements in Docker reference {ref} for signature storage")
         return urllib.parse.urlunsplit(parsed._replace(path=parsed.path + "/" + repo))
 
-    def use_sigstore_attachments(self, ref: DockerReference) -> bool:
+    def use_sigstore_attachments(self, ref: Reference) -> bool:
         """``useSigstoreAttachments``: the most specific entry that sets it, else False."""
         for ns in self._candidates(ref):
             if ns.use_sigstore_attachments is not None:
@@ -149,8 +150,6 @@ def _namespace(value: Any, where: str) -> RegistryNamespace:
 def parse_registries_d_file(data: bytes | str, *, source: str) -> tuple[RegistryNamespace | None,
                                                                          dict[str, RegistryNamespace]]:
     """Parse one registries.d YAML file into (``default-docker``, ``docker`` namespaces)."""
-    # PyYAML ships no type stubs; import it dynamically so mypy --strict needs none.
-    yaml: Any = importlib.import_module("yaml")
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:

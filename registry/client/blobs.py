@@ -1,0 +1,379 @@
+"""Blobs, streamed and verified: ``Range`` resume, retries, fallback to the next endpoint, foreign ``urls``.
+
+What it does beyond containers/image (``docker/docker_image_src.go`` ``GetBlob``, ``docker/body_reader.go``), and
+why:
+
+* a blob is resumed with ``Range`` after a drop, reset or read timeout, and a ``200`` answer to a range request
+  is handled by skipping what was already read (c/image fails: podman#24715);
+* failures are counted *without progress* (:class:`~tether.registry.client._retry.RetryPolicy`), so a stream
+  cut every few MB still completes;
+* when an endpoint keeps failing mid-blob, the next source (mirror or primary) serves the rest of that blob
+  (c/image takes every blob of an image from the endpoint that served the manifest);
+* a descriptor's ``urls`` (image-spec descriptor.md, "foreign" layers) are tried first, anonymously, as c/image
+  ``getExternalBlob`` does; unlike c/image the registry endpoints follow.
+
+Never more than ``descriptor.size`` bytes are accepted and the digest is checked when the last byte arrived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+import tether.registry.client._http as _http
+from tether.registry.client._retry import RETRYABLE_STATUSES, parse_retry_after
+from tether.registry.client.auth import Authenticator
+from tether.registry.client.core import Connections, repository_scope, with_message
+from tether.registry.errors import (
+    ConnectionFailedError,
+    DigestMismatchError,
+    RegistryError,
+    TLSError,
+    TransportError,
+)
+from tether.registry.manifest import Descriptor
+from tether.registry.registries_conf import PullSource
+
+__all__ = ["Blobs"]
+
+logger = logging.getLogger("tether.registry.client")
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class _URLSource:
+    """A descriptor ``urls`` entry (image-spec descriptor.md; "foreign" layers): fetched anonymously."""
+
+    url: httpx.URL
+
+    @property
+    def label(self) -> str:
+        return _http.display_url(self.url)
+
+
+_BlobSource = PullSource | _URLSource
+
+
+def _label(source: _BlobSource) -> str:
+    return source.label if isinstance(source, _URLSource) else source.reference.domain
+
+
+class _RetryableStatus(TransportError):
+    """A 408/429/5xx answer to a blob GET (retried like a dropped connection)."""
+
+    def __init__(self, message: str, *, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _SourceFailed(Exception):
+    """This endpoint cannot serve (the rest of) the blob; try the next source."""
+
+    def __init__(self, error: RegistryError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Blobs:
+    """Blob GETs of one client: the verified stream and the whole-blob convenience."""
+
+    def __init__(self, connections: Connections, auth: Authenticator) -> None:
+        self._connections = connections
+        self._auth = auth
+
+    def open(
+        self, sources: Sequence[PullSource], descriptor: Descriptor, *, chunk_size: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """See :meth:`tether.registry.client.RegistryClient.open_blob`."""
+        return self._open(tuple(sources), descriptor, chunk_size)
+
+    @asynccontextmanager
+    async def _open(
+        self, sources: tuple[PullSource, ...], descriptor: Descriptor, chunk_size: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        if not sources:
+            raise RegistryError(f"no endpoint to fetch blob {descriptor.digest} from")
+        reader = _BlobReader(self, self._connections, sources, descriptor, chunk_size)
+        chunks = reader.chunks()
+        try:
+            yield chunks
+        finally:
+            await chunks.aclose()
+            await reader.close_response()
+
+    async def fetch(self, sources: Sequence[PullSource], descriptor: Descriptor, *, max_size: int) -> bytes:
+        """A whole (small) blob, verified; :class:`RegistryError` if it is declared larger than ``max_size``."""
+        if descriptor.size > max_size:
+            raise RegistryError(
+                f"blob {descriptor.digest} is {descriptor.size} bytes, more than the {max_size} byte limit"
+            )
+        parts: list[bytes] = []
+        async with self.open(sources, descriptor) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+        return b"".join(parts)
+
+    async def response(self, source: PullSource, descriptor: Descriptor, offset: int) -> httpx.Response:
+        """GET the blob from ``source`` from ``offset`` on, following redirects by hand.
+
+        Redirects to another host (a CDN) are followed without ``Authorization`` (c/image
+        ``docker_client.go`` relies on Go's same-host rule; httpx's is the same).
+        """
+        ref = source.reference
+        endpoint = self._connections.source_endpoint(source)
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        scopes = (repository_scope(ref.path, "pull"),)
+        # retry=False: the blob reader counts failures itself (and resumes where it stopped)
+        response = await self._auth.request(
+            endpoint,
+            "GET",
+            f"/v2/{ref.path}/blobs/{descriptor.digest}",
+            repository=ref.name,
+            scopes=scopes,
+            headers=headers,
+            retry=False,
+            bulk=True,
+        )
+        for _ in range(_MAX_REDIRECTS):
+            if response.status_code not in _REDIRECTS:
+                return response
+            location = response.headers.get("location")
+            await _http.discard(response)
+            if not location:
+                raise RegistryError(f"GET {_http.display_url(response.request.url)}: redirect without Location")
+            target = _http.join(response.request.url, location)
+            base = httpx.URL(await self._connections.ping(endpoint))
+            if (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port):
+                response = await self._auth.request(
+                    endpoint, "GET", target, repository=ref.name, scopes=scopes, headers=headers, retry=False,
+                    bulk=True
+                )
+            else:
+                netloc = target.netloc.decode("ascii")
+                client = self._connections.http_client(netloc, False, bulk=True)
+
+                response = await _http.send(client, client.build_request("GET", target, headers=headers))
+        await _http.discard(response)
+        raise RegistryError(f"GET {_http.display_url(response.request.url)}: too many redirects")
+
+    async def external_response(self, url: httpx.URL, offset: int) -> httpx.Response:
+        """GET a descriptor ``urls`` entry: anonymous, TLS verified, redirects followed by hand."""
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        target = url
+        for _ in range(_MAX_REDIRECTS):
+            client = self._connections.http_client(target.netloc.decode("ascii"), False, bulk=True)
+            response = await _http.send(client, client.build_request("GET", target, headers=headers))
+            if response.status_code not in _REDIRECTS:
+                return response
+            location = response.headers.get("location")
+            await _http.discard(response)
+            if not location:
+                raise RegistryError(f"GET {_http.display_url(target)}: redirect without Location")
+            target = _http.join(target, location)
+        raise RegistryError(f"GET {_http.display_url(url)}: too many redirects")
+
+
+class _BlobReader:
+    """One blob's stream: its sources in order, the offset reached, the running hash."""
+
+    def __init__(
+        self,
+        blobs: Blobs,
+        connections: Connections,
+        sources: tuple[PullSource, ...],
+        descriptor: Descriptor,
+        chunk_size: int,
+    ) -> None:
+        self.blobs = blobs
+        self.connections = connections
+        self.sources = sources
+        self.descriptor = descriptor
+        self.chunk_size = chunk_size
+        self.algorithm = descriptor.digest.split(":", 1)[0]
+        self.hasher = hashlib.new(self.algorithm)
+        self.offset = 0
+        self.response: httpx.Response | None = None
+        #: (source domain, bytes it served) in order, for messages and tests
+        self.served: list[tuple[str, int]] = []
+
+    async def close_response(self) -> None:
+        if self.response is not None:
+            response, self.response = self.response, None
+            with trio.CancelScope(shield=True):  # also when the pull is being cancelled
+                await response.aclose()
+
+    def _what(self, source: _BlobSource) -> str:
+        where = source.label if isinstance(source, _URLSource) else source.reference.name
+        return f"blob {self.descriptor.digest} of {where}"
+
+    def _ordered_sources(self) -> tuple[_BlobSource, ...]:
+        """The descriptor's ``urls`` first (c/image ``getExternalBlob``; c/image then stops, tether falls
+        back to the registry endpoints), then the endpoints, recently unreachable ones last."""
+        urls: list[_BlobSource] = []
+        for text in self.descriptor.urls:
+            try:
+                url = httpx.URL(text)
+            except (httpx.InvalidURL, ValueError):
+                continue
+            if url.scheme in ("http", "https") and url.host:
+                urls.append(_URLSource(url))
+        return (*urls, *self.connections.by_reachability(self.sources))
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        size = self.descriptor.size
+        policy = self.connections.retry_policy
+        errors: list[tuple[str, RegistryError]] = []
+        for source in self._ordered_sources():
+            failures = 0
+            while self.offset < size:
+                before = self.offset
+                try:
+                    async with aclosing(self._stream_from(source)) as pieces:
+                        async for piece in pieces:
+                            yield piece
+                    if self.offset < size:
+                        raise TransportError(
+                            f"{self._what(source)}: the connection ended at byte {self.offset} of {size}"
+                        )
+                except _SourceFailed as exc:
+                    errors.append((_label(source), exc.error))
+                    logger.info("%s; trying the next endpoint", exc.error)
+                    break
+                except TLSError as exc:
+                    errors.append((_label(source), exc))
+                    break
+                except TransportError as exc:
+                    await self.close_response()
+                    failures = 0 if self.offset > before else failures + 1
+                    limit = policy.connect_attempts if isinstance(exc, ConnectionFailedError) else policy.attempts
+                    if (
+                        isinstance(exc, ConnectionFailedError)
+                        and isinstance(source, PullSource)
+                        and not self.connections.pinged(source)
+                    ):
+                        limit = 1  # the ping has already spent its connection attempts
+                    if failures >= limit:
+                        errors.append((_label(source), exc))
+                        logger.info("%s; giving up on this endpoint", exc)
+                        if isinstance(exc, ConnectionFailedError) and isinstance(source, PullSource):
+                            self.connections.mark_unreachable(source)
+                        break
+                    logger.info("%s; resuming at byte %d", exc, self.offset)
+                    retry_after = exc.retry_after if isinstance(exc, _RetryableStatus) else None
+                    await trio.sleep(policy.delay(max(1, failures), retry_after=retry_after))
+                finally:
+                    await self.close_response()
+            if self.offset >= size:
+                break
+        if self.offset < size:
+            if not errors:  # pragma: no cover - every way out of the loop above records an error
+                raise TransportError(f"fetching blob {self.descriptor.digest}: no endpoint served it")
+            last = errors[-1][1]
+            if len(errors) == 1:
+                raise last
+            detail = "; ".join(f"{domain}: {exc}" for domain, exc in errors)
+            raise with_message(last, f"fetching blob {self.descriptor.digest} failed at every endpoint: {detail}")
+        digest = f"{self.algorithm}:{self.hasher.hexdigest()}"
+        if digest != self.descriptor.digest:
+            served = ", ".join(f"{d} ({n} bytes)" for d, n in self.served)
+            raise DigestMismatchError(
+                f"blob {self.descriptor.digest} ({size} bytes): the bytes received have digest {digest} "
+                f"(served by {served})"
+            )
+
+    async def _stream_from(self, source: _BlobSource) -> AsyncGenerator[bytes, None]:
+        """The rest of the blob from ``source``, hashing as it goes; raises _SourceFailed or TransportError."""
+        size = self.descriptor.size
+        what = self._what(source)
+        try:
+            if isinstance(source, _URLSource):
+                response = await self.blobs.external_response(source.url, self.offset)
+            else:
+                response = await self.blobs.response(source, self.descriptor, self.offset)
+        except TransportError:
+            raise
+        except RegistryError as exc:
+            raise _SourceFailed(exc) from None
+        self.response = response
+        status = response.status_code
+        skip = 0
+        if status == 206 and self.offset:
+            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            if match is None or int(match.group(1)) != self.offset:
+                raise _SourceFailed(
+                    RegistryError(
+                        f"{what}: asked for bytes {self.offset}-, got Content-Range "
+                        f"{response.headers.get('content-range')!r}"
+                    )
+                )
+            if match.group(3) != "*" and int(match.group(3)) != size:
+                raise _SourceFailed(
+                    DigestMismatchError(f"{what}: the registry says it is {match.group(3)} bytes, not {size}")
+                )
+        elif status == 200 or (status == 206 and not self.offset):
+            # a 200 to a range request: the whole blob again; skip what we already have
+            skip = self.offset
+            if self.offset:
+                logger.info("%s: the server ignored Range; skipping %d bytes already read", what, self.offset)
+        elif status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise _RetryableStatus(str(await _http.status_error(response)), retry_after=retry_after)
+        else:
+            raise _SourceFailed(await _http.status_error(response))
+        remaining = size - self.offset + skip
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) != remaining:
+            raise _SourceFailed(
+                DigestMismatchError(
+                    f"{what}: the registry sends {length} bytes, the descriptor says {remaining} (of {size})"
+                )
+            )
+        served_here = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        try:
+            async with aclosing(_http.aiter_raw(response)) as raw_chunks:
+                async for chunk in raw_chunks:
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk = chunk[skip:]
+                        skip = 0
+                    if self.offset + len(chunk) > size:
+                        # never accept more than declared (the digest cannot match then anyway)
+                        raise DigestMismatchError(f"{what}: the registry sends more than the declared {size} bytes")
+                    self.hasher.update(chunk)
+                    self.offset += len(chunk)
+                    served_here += len(chunk)
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= self.chunk_size:
+                        out = pending[0] if len(pending) == 1 else b"".join(pending)
+                        pending, pending_size = [], 0
+                        yield out
+        except TransportError:
+            # what was verified-so-far is kept: hand it out before the caller resumes
+            if pending:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending = []
+            raise
+        finally:
+            if served_here:
+                self.served.append((_label(source), served_here))
+        if pending:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)

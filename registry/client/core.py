@@ -1,0 +1,272 @@
+"""The core every registry request goes through: httpx clients per host, endpoints and their ping, retries.
+
+One :class:`Connections` per :class:`~tether.registry.client.RegistryClient` holds, per registry host, an
+``httpx.AsyncClient`` for API requests (its own TLS context from certs.d, HTTP/2 when the server offers it over
+TLS) and one for blob bodies (HTTP/1.1), at most ``max_connections_per_host`` connections each; the
+:class:`Endpoint` of each host and trust setting with what its ``/v2/`` ping found (c/image
+``docker_client.go`` ``detectProperties``); which endpoints were recently unreachable; and the retry loop
+(:data:`~tether.registry.client._retry.RETRYABLE_STATUSES`, ``Retry-After``). Authentication is
+:mod:`tether.registry.client.auth`; this module never sends credentials.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+import trio
+
+import tether.registry.client._http as _http
+from tether.registry.certs import ssl_context_for
+from tether.registry.challenge import Challenge, parse_www_authenticate
+from tether.registry.client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from tether.registry.errors import ConnectionFailedError, HTTPStatusError, RegistryError, TLSError, TransportError
+from tether.registry.reference import DEFAULT_DOMAIN, DOCKER_REGISTRY_HOST, Reference
+from tether.registry.registries_conf import PullSource, RegistriesConf
+
+__all__ = [
+    "UNREACHABLE_PENALTY",
+    "USER_AGENT",
+    "Connections",
+    "Endpoint",
+    "is_loopback",
+    "registry_endpoint",
+    "repository_scope",
+    "with_message",
+]
+
+logger = logging.getLogger("tether.registry.client")
+
+USER_AGENT = "tether/0.1 (containers/image compatible)"
+#: Seconds an endpoint that refused connections is tried last.
+UNREACHABLE_PENALTY = 30.0
+
+
+class Endpoint:
+    """One registry host as one trust setting sees it: scheme and challenges found by the ping."""
+
+    def __init__(self, host: str, insecure: bool) -> None:
+        self.host = host
+        self.insecure = insecure
+        self.base: str | None = None
+        self.challenges: tuple[Challenge, ...] = ()
+        # OpenShift's registry announces its signature API in the ping (c/image: docker_client.go
+        # detectPropertiesHelper, "X-Registry-Supports-Signatures: 1").
+        self.supports_signatures = False
+        self.lock = trio.Lock()
+
+
+def repository_scope(path: str, actions: str) -> str:
+    """A token scope (distribution docs/spec/auth/scope.md): ``repository:<path>:<actions>``."""
+    return f"repository:{path}:{actions}"
+
+
+def with_message(error: RegistryError, message: str) -> RegistryError:
+    """A copy of ``error`` (same class, status and code) with another message."""
+    if isinstance(error, HTTPStatusError):
+        return type(error)(message, status=error.status, code=error.code)
+    try:
+        return type(error)(message)
+    except TypeError:  # pragma: no cover - every class of the hierarchy takes a message
+        return RegistryError(message)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address, with or without a port (Go httpproxy ``useProxy``)."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class Connections:
+    """The httpx clients, endpoints and retry loop of one client configuration; safe for concurrent tasks."""
+
+    def __init__(
+        self,
+        *,
+        cert_dir: Path | None,
+        cert_search_dirs: Sequence[Path] | None,
+        tls_verify: bool | None,
+        max_connections_per_host: int,
+        retry_policy: RetryPolicy,
+        exit_stack: AsyncExitStack,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        self.retry_policy = retry_policy
+        self._cert_dir = cert_dir
+        self._cert_search_dirs = tuple(cert_search_dirs) if cert_search_dirs is not None else None
+        self._tls_verify = tls_verify
+        self._max_connections = max_connections_per_host
+        self._exit_stack = exit_stack
+        self._transport = transport
+        self._clients: dict[tuple[str, bool, bool], httpx.AsyncClient] = {}
+        self._endpoints: dict[tuple[str, bool], Endpoint] = {}
+        self._down_until: dict[tuple[str, bool], float] = {}
+
+    def insecure(self, insecure: bool) -> bool:
+        """Whether an endpoint registries.conf marks ``insecure`` is treated as insecure."""
+        # --tls-verify overrides registries.conf's `insecure` either way (c/image
+        # DockerInsecureSkipTLSVerify); unset, the registries.conf value applies.
+        if self._tls_verify is None:
+            return insecure
+        return not self._tls_verify
+
+    def http_client(self, host: str, insecure: bool, *, bulk: bool = False) -> httpx.AsyncClient:
+        """The httpx client for ``host``: HTTP/2 where the server offers it over TLS, except for
+        ``bulk`` transfers (blob bodies), which use HTTP/1.1 connections.
+
+        Measured on loopback TLS (2 cores): a blob GET over h2 (pure-Python framing, 16 KiB DATA
+        frames, per-stream window updates) ran at 44 MB/s where HTTP/1.1 ran at 120-200 MB/s; API
+        requests (ping, tokens, manifests, HEADs) keep h2's single multiplexed connection.
+        """
+        key = (host, insecure, bulk)
+        client = self._clients.get(key)
+        if client is None:
+            # certs.d is keyed by the reference's domain as written: docker.io, not registry-1.docker.io
+            cert_host = DEFAULT_DOMAIN if host == DOCKER_REGISTRY_HOST else host
+            context = ssl_context_for(
+                cert_host, cert_dir=self._cert_dir, verify=not insecure, search_dirs=self._cert_search_dirs
+            )
+            policy = self.retry_policy
+            client = httpx.AsyncClient(
+                http2=not bulk,
+                verify=context,
+                limits=httpx.Limits(
+                    max_connections=self._max_connections, max_keepalive_connections=self._max_connections
+                ),
+                # pool=None: tasks beyond the connection limit wait for a connection, they do not fail.
+                timeout=httpx.Timeout(
+                    connect=policy.connect_timeout, read=policy.read_timeout, write=policy.read_timeout, pool=None
+                ),
+                headers={"User-Agent": USER_AGENT, "Docker-Distribution-API-Version": "registry/2.0"},
+                follow_redirects=False,
+                # HTTP(S)_PROXY/NO_PROXY as Go's ProxyFromEnvironment (c/image): never for loopback hosts
+                trust_env=not is_loopback(host),
+                transport=self._transport,
+            )
+            self._exit_stack.push_async_callback(client.aclose)
+            self._clients[key] = client
+        return client
+
+    def endpoint(self, host: str, insecure: bool) -> Endpoint:
+        """The endpoint of ``host`` with registries.conf's ``insecure`` (``--tls-verify`` applied)."""
+        key = (host, self.insecure(insecure))
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = Endpoint(*key)
+        return endpoint
+
+    def source_endpoint(self, source: PullSource) -> Endpoint:
+        """The endpoint serving ``source``."""
+        return self.endpoint(source.reference.registry_host, source.insecure)
+
+    def _source_key(self, source: PullSource) -> tuple[str, bool]:
+        return (source.reference.registry_host, self.insecure(source.insecure))
+
+    def pinged(self, source: PullSource) -> bool:
+        """Whether the endpoint of ``source`` answered its ping."""
+        endpoint = self._endpoints.get(self._source_key(source))
+        return endpoint is not None and endpoint.base is not None
+
+    def mark_unreachable(self, source: PullSource) -> None:
+        """Remember for :data:`UNREACHABLE_PENALTY` seconds that ``source`` could not be connected to."""
+        self._down_until[self._source_key(source)] = trio.current_time() + UNREACHABLE_PENALTY
+
+    def by_reachability(self, sources: Sequence[PullSource]) -> tuple[PullSource, ...]:
+        """``sources`` with the endpoints recently found unreachable moved last (order otherwise kept):
+        one dead mirror costs its connection attempts once, not once per blob."""
+        now = trio.current_time()
+        down = {s for s in sources if self._down_until.get(self._source_key(s), 0.0) > now}
+        return tuple(s for s in sources if s not in down) + tuple(s for s in sources if s in down)
+
+    async def with_retries(self, attempt: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+        """Run ``attempt`` until it yields a non-retryable status or the policy gives up.
+
+        The last retryable response is returned (the caller turns it into an error); transport
+        errors are re-raised once exhausted, TLS errors at once.
+        """
+        policy = self.retry_policy
+        failures = 0
+        while True:
+            try:
+                response = await attempt()
+            except TLSError:
+                raise
+            except TransportError as exc:
+                failures += 1
+                limit = policy.connect_attempts if isinstance(exc, ConnectionFailedError) else policy.attempts
+                if failures >= limit:
+                    raise
+                logger.info("%s; retrying (%d/%d)", exc, failures, limit - 1)
+                await trio.sleep(policy.delay(failures))
+                continue
+            if response.status_code not in RETRYABLE_STATUSES:
+                return response
+            failures += 1
+            if failures >= policy.attempts:
+                return response
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            logger.info(
+                "%s %s: %d; retrying (%d/%d)",
+                response.request.method,
+                _http.display_url(response.request.url),
+                response.status_code,
+                failures,
+                policy.attempts - 1,
+            )
+            await _http.discard(response)
+            await trio.sleep(policy.delay(failures, retry_after=retry_after))
+
+    async def ping(self, endpoint: Endpoint) -> str:
+        """``GET /v2/`` once per endpoint: the base URL and the challenges (c/image detectProperties)."""
+        if endpoint.base is not None:
+            return endpoint.base
+        async with endpoint.lock:
+            if endpoint.base is not None:
+                return endpoint.base
+            client = self.http_client(endpoint.host, endpoint.insecure)
+            schemes = ("https", "http") if endpoint.insecure else ("https",)
+            last_error: RegistryError | None = None
+            for scheme in schemes:
+                url = f"{scheme}://{endpoint.host}/v2/"
+                try:
+
+                    def attempt(url: str = url) -> Awaitable[httpx.Response]:
+                        return _http.send(client, client.build_request("GET", url))
+
+                    if scheme == "https" and endpoint.insecure:
+                        # an insecure registry may speak plain HTTP: one try, then http://
+                        response = await attempt()
+                    else:
+                        response = await self.with_retries(attempt)
+                except TransportError as exc:
+                    last_error = exc
+                    continue
+                if response.status_code in (200, 401):
+                    endpoint.challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
+                    endpoint.supports_signatures = response.headers.get("x-registry-supports-signatures") == "1"
+                    await _http.discard(response)
+                    endpoint.base = f"{scheme}://{endpoint.host}"
+                    return endpoint.base
+                last_error = await _http.status_error(response, what=f"pinging container registry {endpoint.host}")
+            assert last_error is not None
+            raise last_error
+
+
+def registry_endpoint(connections: Connections, registries: RegistriesConf, ref: Reference) -> Endpoint:
+    """The endpoint of ``ref``'s own registry (never a mirror: pushes, the signature extension), insecure
+    as its ``[[registry]]`` table says."""
+    entry = registries.find_registry(ref.name)
+    return connections.endpoint(ref.registry_host, bool(entry is not None and entry.insecure))
