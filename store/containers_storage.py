@@ -72,6 +72,7 @@ from tether.store.errors import (
     UnsupportedError,
 )
 from tether.store.lockfile import LockFile, get_lockfile
+from tether.store.tar.tarsplit import assemble_tar
 
 __all__ = [
     "DRIVERS",
@@ -119,9 +120,9 @@ ExtractorFactory = Callable[[Path, str, Path, bool], _Extractor]
 
 
 def _default_extractor(target: Path, mode: str, tar_split_path: Path, background: bool) -> _Extractor:
-    """The tar applier of :mod:`tether.store.tarapply`: a child process per layer (``background``: at a lower CPU
-    priority, see :class:`tether.store.tarapply.ProcessLayerExtractor`)."""
-    from tether.store.tarapply import ProcessLayerExtractor
+    """The tar applier of :mod:`tether.store.tar`: a child process per layer (``background``: at a lower CPU
+    priority, see :class:`tether.store.tar.workers.ProcessLayerExtractor`)."""
+    from tether.store.tar.workers import ProcessLayerExtractor
 
     return ProcessLayerExtractor(target, mode=mode,  # type: ignore[arg-type]
                                  tar_split_path=tar_split_path, background=background)
@@ -1047,12 +1048,7 @@ class Store:
         split = self.tar_split_path(layer)
         if not split.exists():
             raise StoreError(f"exporting layer {layer_id} from {self.root}: no tar-split file {split}")
-        import importlib
-
-        tarsplit: Any = importlib.import_module("tether.store.tarsplit")
-        assemble: Any = tarsplit.assemble_tar
-        chunks: Iterator[bytes] = assemble(split, self.layer_directory(layer))
-        return chunks
+        return assemble_tar(split, self.layer_directory(layer))
 
     def check(self) -> list[str]:
         """Verify the store: every layer's files reproduce its diff digest and size; images' top

@@ -792,14 +792,14 @@ class _Executor:
         self.progress.image_done(run.label, image_id=rec.id, error=None)
 
 
-#: Blobs above this size are extracted in a child process (tether.store.tarapply.ProcessLayerExtractor's
+#: Blobs above this size are extracted in a child process (tether.store.tar.workers.ProcessLayerExtractor's
 #: spawn_threshold); smaller ones in this process, so they need no prewarmed child.
 _PREWARM_ABOVE = 4 * 1024 * 1024
 
 
 def _prewarm_extractors(count: int) -> None:
-    """tether.store.tarapply.prewarm_workers(count), best effort."""
-    from tether.store.tarapply import prewarm_workers
+    """tether.store.tar.workers.prewarm_workers(count), best effort."""
+    from tether.store.tar.workers import prewarm_workers
 
     try:
         prewarm_workers(count)
