@@ -20,7 +20,7 @@ from tether.engine.copy.sources import open_layout_source as pull_hook
 from tether.registry.manifest import Platform
 from tether.registry.reference import parse_image_name
 from tether.store.errors import ImageUnknownError
-from tether.store.oci_layout import BlobDigestError, IndexEntry, OCILayout, write_oci_archive
+from tether.store.oci import BlobDigestError, IndexEntry, OCILayout, write_oci_archive
 
 
 @pytest.mark.parametrize(

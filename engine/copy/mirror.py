@@ -77,7 +77,7 @@ from tether.registry.reference import (
     parse_reference,
 )
 from tether.store.errors import StoreError
-from tether.store.oci_layout import IndexEntry, OCIArchive, OCILayout, PruneResult, write_oci_archive
+from tether.store.oci import IndexEntry, OCIArchive, OCILayout, PruneResult, write_oci_archive
 
 if TYPE_CHECKING:
     from tether.engine.options import CommonOptions
