@@ -75,9 +75,11 @@ class Layers:
     volatile: list[dict[str, Any]]
 
     def all(self) -> list[dict[str, Any]]:
+        """Both files' records."""
         return self.records + self.volatile
 
     def by_id(self) -> dict[str, dict[str, Any]]:
+        """Both files' records by layer id."""
         return {str(r["id"]): r for r in self.all()}
 
 

@@ -87,13 +87,14 @@ def split_layout_reference(text: str) -> tuple[str, str | None]:
     if not sep or not ref:
         return path, None
     if ref.startswith("@"):
-        parse_entry_index(ref)
+        _parse_entry_index(ref)
     else:
         validate_ref_name(ref)
     return path, ref
 
 
-def parse_entry_index(ref: str) -> int:
+def _parse_entry_index(ref: str) -> int:
+    """``@N`` (containers/image's source index) -> N; :class:`LayoutError` when N is not a non-negative integer."""
     try:
         index = int(ref[1:], 10)
     except ValueError:
@@ -216,7 +217,7 @@ def select_entry(entries: Sequence[IndexEntry], ref: str | None, *, where: str) 
             )
         return entries[0]
     if ref.startswith("@"):
-        index = parse_entry_index(ref)
+        index = _parse_entry_index(ref)
         if index >= len(entries):
             raise ImageUnknownError(f"{where}: index {index} is too large, only {len(entries)} entries available")
         return entries[index]

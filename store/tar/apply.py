@@ -94,12 +94,14 @@ class ExtractResult:
     compressed_size: int = 0
 
     def to_json(self) -> dict[str, object]:
+        """For the child's reply line (see :mod:`tether.store.tar._worker_main`)."""
         return {"diff_digest": self.diff_digest, "diff_size": self.diff_size, "compression": self.compression,
                 "uidset": list(self.uidset), "gidset": list(self.gidset),
                 "compressed_size": self.compressed_size}
 
     @classmethod
     def from_json(cls, obj: dict[str, object]) -> ExtractResult:
+        """The inverse of :meth:`to_json`."""
         return cls(str(obj["diff_digest"]), int(obj["diff_size"]),  # type: ignore[call-overload]
                    str(obj["compression"]), tuple(obj["uidset"]),  # type: ignore[arg-type]
                    tuple(obj["gidset"]), int(obj.get("compressed_size", 0)))  # type: ignore[arg-type,call-overload]
@@ -422,6 +424,7 @@ class TarApplier(TarReader):
         self._dirs.clear()
 
     def close_open_file(self) -> None:
+        """Close the file being written, if any (a failure or an abort)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

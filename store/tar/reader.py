@@ -86,6 +86,7 @@ def parse_numeric(field: bytes, what: str) -> int:
 
 
 def cstr(field: bytes) -> bytes:
+    """A NUL-terminated header field (the whole field when it has no NUL)."""
     i = field.find(b"\0")
     return field if i < 0 else field[:i]
 

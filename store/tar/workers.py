@@ -71,15 +71,18 @@ class Worker:
             fcntl.fcntl(self.stdin_fd, fcntl.F_SETPIPE_SZ, 1024 * 1024)  # fewer wake-ups per MiB
 
     def alive(self) -> bool:
+        """Whether the child is still running."""
         return self.proc.poll() is None
 
     def stderr_text(self) -> str:
+        """What the child wrote to stderr (its traceback when it died)."""
         with contextlib.suppress(OSError, ValueError):
             self.stderr.seek(0)
             return self.stderr.read().decode("utf-8", "replace").strip()
         return ""
 
     def close(self, *, kill: bool = False) -> None:
+        """Close its pipes (an idle child exits on EOF; ``kill``: SIGKILL a busy one) and wait for it."""
         proc = self.proc
         if kill and proc.poll() is None:
             proc.kill()
