@@ -107,7 +107,6 @@ class ExtractResult:
                    tuple(obj["gidset"]), int(obj.get("compressed_size", 0)))  # type: ignore[arg-type,call-overload]
 
 
-
 def _read_umask() -> int:
     try:
         with open("/proc/self/status", "rb") as f:
@@ -119,7 +118,6 @@ def _read_umask() -> int:
     old = os.umask(0o022)
     os.umask(old)
     return old
-
 
 
 class TarApplier(TarReader):
@@ -428,7 +426,6 @@ class TarApplier(TarReader):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
 
 
 class LayerExtractor:
