@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tether.store.tarapply import LayerExtractor, ProcessLayerExtractor
+from tether.store.tar.apply import LayerExtractor
+from tether.store.tar.workers import ProcessLayerExtractor
 
 CHUNK = 256 * 1024
 

@@ -14,7 +14,8 @@ import pytest
 
 from tests.harness.trees import snapshot
 from tether.store.errors import HostileArchiveError, StoreError, UnsupportedError
-from tether.store.tarapply import LayerExtractor, ProcessLayerExtractor
+from tether.store.tar.apply import LayerExtractor
+from tether.store.tar.workers import ProcessLayerExtractor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application needs root")
 

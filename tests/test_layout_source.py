@@ -23,7 +23,7 @@ from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
 from tether.registry.reference import OCIArchiveName, OCILayoutName, parse_image_name
 from tether.store.errors import ImageUnknownError
-from tether.store.oci_layout import BlobDigestError, IndexEntry, OCILayout, write_oci_archive
+from tether.store.oci import BlobDigestError, IndexEntry, OCILayout, write_oci_archive
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from tether.engine.copy.progress import Progress
 from tether.engine.errors import UsageError
 from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
-from tether.store.oci_layout import OCIArchive, OCILayout
+from tether.store.oci import OCIArchive, OCILayout
 
 AMD = simple_image(21, files=2, architecture="amd64")
 ARM = simple_image(22, files=2, architecture="arm64", variant="v8")
@@ -242,7 +242,7 @@ def test_cli_sync_reports_progress_and_json(source: Path, tmp_path: Path, capsys
 async def test_resumed_archive_sync_keeps_entries_replaced_before_the_interruption(
     source: Path, tmp_path: Path, options: CommonOptions
 ) -> None:
-    from tether.store.oci_layout import IndexEntry
+    from tether.store.oci import IndexEntry
 
     archive = tmp_path / "mirror.tar"
     report = await sync([f"oci:{source}:registry.example:5000/app:2"], to=f"oci-archive:{archive}", options=options)

@@ -33,7 +33,7 @@ from tether.engine.copy.mirror import sync
 from tether.engine.copy.progress import Progress
 from tether.engine.options import CommonOptions
 from tether.registry.manifest import Platform
-from tether.store.oci_layout import OCILayout
+from tether.store.oci import OCILayout
 
 AMD64 = Platform("linux", "amd64")
 SHARED = build_layer([file("shared/base", "the layer both images share\n" * 50)])

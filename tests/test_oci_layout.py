@@ -1,4 +1,4 @@
-"""store/oci_layout.py: OCI image layouts and oci-archive files, against skopeo as the reference reader/writer."""
+"""store/oci/: OCI image layouts and oci-archive files, against skopeo as the reference reader/writer."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.harness.images import BuiltImage, BuiltIndex, build_index, sha256_digest, simple_image
 from tests.harness.podman import skopeo
 from tether.store.errors import CorruptStoreError, ImageUnknownError
-from tether.store.oci_layout import (
+from tether.store.oci import (
     REF_NAME_ANNOTATION,
     BlobDigestError,
     IndexEntry,

@@ -40,7 +40,7 @@ def test_wheel_holds_only_the_tether_namespace(tmp_path: Path) -> None:
     dist_info = {t for t in tops if t.endswith(".dist-info")}
     assert tops - dist_info == {"tether"}
     assert "tether/__init__.py" in names and "tether/py.typed" in names
-    assert "tether/engine/cli.py" in names and "tether/store/containers_storage.py" in names
+    assert "tether/engine/cli/main.py" in names and "tether/store/containers_storage/__init__.py" in names
     assert not any(name.startswith("tether/engine/api/") for name in names)
     assert "tether = tether.engine.cli.main:run" in entry_points
     assert "License-Expression: Apache-2.0" in metadata

@@ -23,6 +23,7 @@ from tether.engine.copy.progress import Progress
 from tether.engine.copy.pull import PullRequest, pull
 from tether.engine.options import CommonOptions
 from tether.store.containers_storage import STAGING_SUBDIR, LayerWriter, Store
+from tether.store.tar.workers import default_pool
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -66,10 +67,7 @@ def open_sockets() -> int:
 def extractor_children() -> list[int]:
     """Extraction workers of this process still alive, other than the idle ones the store keeps pooled
     for the next layers (earlier tests in the same process may have left some there)."""
-    from tether.store import tarapply
-
-    with tarapply._POOL_LOCK:
-        idle = {w.proc.pid for w in tarapply._POOL}
+    idle = default_pool().idle_pids()
     mine = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -88,7 +86,7 @@ def extractor_children() -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if b"_extract_worker" in cmdline and int(entry) not in idle:
+        if b"tether.store.tar._worker_main" in cmdline and int(entry) not in idle:
             found.append(int(entry))
     return found
 

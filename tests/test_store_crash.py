@@ -17,7 +17,7 @@ from tests.harness import images as factory
 from tests.harness.podman import Podman, podman_for
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import pull_into_store, release_podman
-from tether.store.containers_storage import CRASH_ENV, Store, chain_id
+from tether.store.containers_storage import Store, chain_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from tether.store.containers_storage import Store
 from tests.harness.store_pull import pull_into_store
-store = Store.open(Path(sys.argv[1]), driver=sys.argv[4])
+store = Store.open(Path(sys.argv[1]), driver=sys.argv[4], crash_at=sys.argv[5] or None)
 record = pull_into_store(store, sys.argv[2], sys.argv[3])
 print(record.id)
 """
@@ -52,10 +52,7 @@ POINTS = [
 def run_pull(root: Path, host: str, ref: str, driver: str, crash_at: str | None = None
              ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.pop(CRASH_ENV, None)
-    if crash_at:
-        env[CRASH_ENV] = crash_at
-    return subprocess.run([sys.executable, "-c", PULL_SCRIPT, str(root), host, ref, driver],
+    return subprocess.run([sys.executable, "-c", PULL_SCRIPT, str(root), host, ref, driver, crash_at or ""],
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
 
 
@@ -130,7 +127,7 @@ DELETE_SCRIPT = """
 import sys
 from pathlib import Path
 from tether.store.containers_storage import Store
-print(",".join(Store.open(Path(sys.argv[1])).delete_image(sys.argv[2])))
+print(",".join(Store.open(Path(sys.argv[1]), crash_at=sys.argv[3]).delete_image(sys.argv[2])))
 """
 
 
@@ -146,8 +143,8 @@ def test_kill_during_delete(point: str, registry: RunningRegistry, tmp_path: Pat
     try:
         for ref in ("store/del-keep:v1", "store/del-gone:v1"):
             pull_into_store(Store.open(podman.root), registry.host, ref)
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{CRASH_ENV: point})
-        proc = subprocess.run([sys.executable, "-c", DELETE_SCRIPT, str(podman.root), gone.image_id],
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        proc = subprocess.run([sys.executable, "-c", DELETE_SCRIPT, str(podman.root), gone.image_id, point],
                               capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         ids = {i["Id"] for i in podman.images()}  # podman loads whatever the kill left

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from tether.store._gojson import format_go_time, go_json_dumps, go_json_string, normalize_go_time
-from tether.store._records import big_data_file_name, chain_id, image_from_raw
-from tether.store.containers_storage import Store, _add_names, lookup_image
+from tether.store.containers_storage import Store, lookup_image
+from tether.store.containers_storage.gojson import format_go_time, go_json_dumps, go_json_string, normalize_go_time
+from tether.store.containers_storage.lockfile import LAST_WRITER_SIZE, get_lockfile, new_last_writer_token
+from tether.store.containers_storage.records import add_image_names, big_data_file_name, chain_id, image_from_raw
+from tether.store.containers_storage.staging import StagingDir
 from tether.store.errors import ImageUnknownError, LockError
-from tether.store.lockfile import LAST_WRITER_SIZE, get_lockfile, new_last_writer_token
 from tether.store.storage_conf import load_storage_conf
 
 # Seen in a store podman 4.3 pulled: base layer id == diff id hex; the next is sha256(parent + "+" + diff hex).
@@ -73,7 +74,7 @@ def test_add_names_moves_and_records_history() -> None:
     a: dict[str, Any] = {"id": "a", "names": ["r/x:1"], "names-history": ["r/x:1"]}
     b: dict[str, Any] = {"id": "b", "names": ["r/y:1", "r/x:2"], "names-history": ["r/y:1"]}
     images = [a, b]
-    _add_names(images, a, ["r/x:2"])
+    add_image_names(images, a, ["r/x:2"])
     assert a["names"] == ["r/x:2", "r/x:1"]
     assert a["names-history"] == ["r/x:1", "r/x:2"]
     assert b["names"] == ["r/y:1"]
@@ -158,9 +159,7 @@ def test_recovery_and_volatile_layers(tmp_path: Path) -> None:
         assert (root / name).exists(), name
     # a live staging (held by another Store object of this process) survives an open; a dead one does not
     other = Store(root, driver="overlay")
-    from tether.store.containers_storage import _Staging
-
-    held = _Staging(other.staging_base)
+    held = StagingDir(other.staging_base)
     dead = other.staging_base / "deadbeef"
     dead.mkdir()
     (other.staging_base / "deadbeef.lock").write_text("")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -39,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from tether.engine.copy.progress import ProgressMode, make_progress
     from tether.engine.copy.pull import PullRequest, pull
     from tether.engine.storelock import hold_store
-    from tether.store.containers_storage import Store
+    from tether.store.containers_storage import CRASH_ENV, Store
 
     options = common_options_from_args(args)
     check_pull_options(args)
     mode: ProgressMode = "none" if args.quiet else args.progress
     progress = make_progress(mode, progress_fd=args.progress_fd)
-    store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
+    store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver,
+                       crash_at=os.environ.get(CRASH_ENV))  # the kill -9 tests' hook (tests/test_gc.py)
     requests = [PullRequest(name=name) for name in args.images]
     # Shared: several pulls may add to the store at once, but a gc or bound sync (exclusive) never runs
     # while this one has reused a layer it has not yet committed an image on.

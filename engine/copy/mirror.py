@@ -65,7 +65,7 @@ from tether.registry.registries_conf import resolve_short_name
 from tether.registry.resolve import RawManifest, read_child
 from tether.registry.trust.registries_d import load_registries_d
 from tether.store.errors import StoreError
-from tether.store.oci_layout import OCILayout, PruneResult
+from tether.store.oci import OCILayout, PruneResult
 
 if TYPE_CHECKING:
     from tether.engine.options import CommonOptions

@@ -19,7 +19,7 @@ from tether.engine.copy.destinations.blobs import BlobOutcome, ManifestTree
 from tether.engine.copy.execute import stream_blob
 from tether.engine.copy.plan import ImagePlan, LayerJob, PullPlan, plan_blobs
 from tether.engine.errors import MirrorError
-from tether.store.oci_layout import IndexEntry, OCIArchive, OCILayout, write_oci_archive
+from tether.store.oci import IndexEntry, OCIArchive, OCILayout, write_oci_archive
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource

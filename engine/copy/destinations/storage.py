@@ -20,7 +20,7 @@ import trio
 from tether.engine.copy.execute import stream_blob
 from tether.engine.copy.plan import ImagePlan, LayerJob, PlanError, PullPlan, plan_pull
 from tether.store.containers_storage import copy_image
-from tether.store.tarapply import prewarm_workers
+from tether.store.tar.workers import prewarm_workers
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage

@@ -6,9 +6,9 @@
 ``org.opencontainers.image.ref.name`` a ``tether mirror sync --to oci:DIR`` writes). :class:`LayoutReader` is the
 async view of a layout or archive that the sources share.
 
-Archives are read in place (:class:`tether.store.oci_layout.OCIArchive`: tar headers indexed once, blobs read
+Archives are read in place (:class:`tether.store.oci.OCIArchive`: tar headers indexed once, blobs read
 at their offsets), not unpacked to a temporary directory as containers/image does. Every blob read is
-verified against its digest and size; a mismatch raises :class:`tether.store.oci_layout.BlobDigestError` at
+verified against its digest and size; a mismatch raises :class:`tether.store.oci.BlobDigestError` at
 the end of the stream, before the pull publishes anything.
 
 Names recorded in containers-storage follow podman's libimage (``copyFromDefault``):
@@ -42,7 +42,7 @@ from tether.registry.reference import (
     parse_short_name,
 )
 from tether.registry.resolve import RawManifest, resolve_image
-from tether.store.oci_layout import MAX_MANIFEST_SIZE, IndexEntry, LayoutError, OCIArchive, OCILayout
+from tether.store.oci import MAX_MANIFEST_SIZE, IndexEntry, LayoutError, OCIArchive, OCILayout
 
 __all__ = [
     "LayoutReader",

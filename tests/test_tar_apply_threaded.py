@@ -13,11 +13,11 @@ import pytest
 
 from tests.harness import images
 from tests.harness.trees import diff_snapshots, snapshot
-from tests.test_tarapply import compress, extract, layer
-from tether.store.decompress import CorruptCompressedStreamError
+from tests.test_tar_apply import compress, extract, layer
 from tether.store.errors import HostileArchiveError
-from tether.store.tarapply import LayerExtractor
-from tether.store.tarsplit import assemble_tar
+from tether.store.tar.apply import LayerExtractor
+from tether.store.tar.decompress import CorruptCompressedStreamError
+from tether.store.tar.tarsplit import assemble_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layer application needs root (chown, mknod)")
 

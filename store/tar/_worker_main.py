@@ -1,4 +1,5 @@
-"""Child process for :class:`tether.store.tarapply.ProcessLayerExtractor`: ``python -m tether.store._extract_worker``.
+"""Child process for :class:`tether.store.tar.workers.ProcessLayerExtractor`:
+``python -m tether.store.tar._worker_main``.
 
 Protocol, per layer (a worker serves several layers one after another): a frame holding the JSON object
 ``{"target_dir", "mode", "tar_split_path", "threaded"}``, then the raw (compressed or not) blob bytes as frames (4-byte
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from tether.store.errors import StoreError
-from tether.store.tarapply import LayerExtractor
+from tether.store.tar.apply import LayerExtractor
 
 _READ = 1024 * 1024
 

@@ -40,13 +40,6 @@ __all__ = [
 
 LAYER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
-
-def _no_crash(point: str) -> None:
-    del point
-
-
-#: Set by :mod:`tether.store.containers_storage` to its kill -9 test hook.
-crash_hook: Callable[[str], None] = _no_crash
 LINK_ID_LENGTH = 26  # overlay.go idLength
 DEFAULT_PERMS = 0o555  # overlay.go / vfs driver.go defaultPerms
 
@@ -92,13 +85,19 @@ def parent_diff_owner_mode(root: Path, driver: str, parent: str | None) -> tuple
     return DEFAULT_PERMS, 0, 0
 
 
-def overlay_install(root: Path, layer_id: str, parent: str | None, staged_diff: Path, *, diff_preset: bool) -> None:
+def _no_crash(point: str) -> None:
+    del point
+
+
+def overlay_install(root: Path, layer_id: str, parent: str | None, staged_diff: Path, *, diff_preset: bool,
+                    crash_point: Callable[[str], None] = _no_crash) -> None:
     """Move a staged ``diff/`` into ``R/overlay/<id>/`` and create link, lower, work, merged, empty.
 
     ``diff_preset`` says the staged diff's top directory still has the mode/owner chosen before
     extraction; it is then set from the (now published) parent as overlay.go ``create`` does.
     The ``link`` file is written before the ``l/`` symlink so that removing a half-installed layer
-    (which reads ``link``) never leaves a dangling symlink behind.
+    (which reads ``link``) never leaves a dangling symlink behind.  ``crash_point`` is the store's kill -9
+    test hook, called with the name of each step done.
     """
     home = root / "overlay"
     links = home / "l"
@@ -116,16 +115,16 @@ def overlay_install(root: Path, layer_id: str, parent: str | None, staged_diff: 
         mode, uid, gid = parent_diff_owner_mode(root, "overlay", parent)
         os.chown(staged_diff, uid, gid)
         os.chmod(staged_diff, mode)
-    crash_hook("overlay-after-layer-dir")
+    crash_point("overlay-after-layer-dir")
     os.rename(staged_diff, layer_dir / "diff")
-    crash_hook("overlay-after-diff-rename")
+    crash_point("overlay-after-diff-rename")
     link = generate_link_id()
     while (links / link).is_symlink():
         link = generate_link_id()
     _write_small(layer_dir / "link", link.encode("ascii"), 0o644)
-    crash_hook("overlay-after-link-file")
+    crash_point("overlay-after-link-file")
     os.symlink(f"../{layer_id}/diff", links / link)
-    crash_hook("overlay-after-symlink")
+    crash_point("overlay-after-symlink")
     for name in ("work", "merged"):
         (layer_dir / name).mkdir(mode=0o700)
         os.chown(layer_dir / name, rootuid, rootgid)

@@ -197,6 +197,9 @@ class _Zstd:
     bounded pieces; truncation detected by :class:`_ZstdFrameWalker`."""
 
     def __init__(self, sink: Sink, piece: int) -> None:
+        # Imported on the first zstd layer, not with the module: every extraction child imports this module
+        # at start-up (on the pull's critical path) and most layers are gzip; zstandard adds ~2.0 ms to that
+        # start-up (python -X importtime, median of 6; ~3 ms wall, best of 30 runs, 2 cores).
         import zstandard
 
         self._error = zstandard.ZstdError

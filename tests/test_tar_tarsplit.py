@@ -1,4 +1,4 @@
-"""tether.store.tarsplit: the format as vbatts/tar-split writes it, byte-exact reassembly, and agreement with the
+"""tether.store.tar.tarsplit: the format as vbatts/tar-split writes it, byte-exact reassembly, and agreement with the
 tar-split files podman 4.3 (containers/storage 1.43) writes for the same layers."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 from tests.harness import images
 from tests.harness.trees import diff_snapshots, snapshot
 from tether.store.errors import HostileArchiveError
-from tether.store.tarapply import LayerExtractor
-from tether.store.tarsplit import (
+from tether.store.tar.apply import LayerExtractor
+from tether.store.tar.tarsplit import (
     FILE_TYPE,
     SEGMENT_TYPE,
     TarSplitError,

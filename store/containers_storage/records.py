@@ -15,17 +15,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tether.store._gojson import parse_go_time
+from tether.store.containers_storage.gojson import parse_go_time
 
 __all__ = [
     "ImageRecord",
     "LayerRecord",
     "StagedLayer",
+    "add_image_names",
     "big_data_file_name",
     "chain_id",
     "image_digests",
     "image_from_raw",
     "layer_from_raw",
+    "lookup_image",
 ]
 
 INCOMPLETE_FLAG = "incomplete"  # layers.go incompleteFlag
@@ -277,3 +279,57 @@ def ordered(raw: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
         if key not in out and key not in order:
             out[key] = value
     return out
+
+
+def add_image_names(images: list[dict[str, Any]], raw: dict[str, Any], names: Sequence[str]) -> None:
+    """images.go ``updateNames(addNames)``: new names first, old kept, deduped; each name removed from
+    other images and pushed to the front of ``names-history``."""
+    if not names:
+        return
+    result = dedupe([*names, *(raw.get("names") or [])])
+    for name in result:
+        for other in images:
+            if other is not raw and name in (other.get("names") or []):
+                other["names"] = [n for n in other["names"] if n != name]
+        raw["names-history"] = dedupe([name, *(raw.get("names-history") or [])])
+    raw["names"] = result
+
+
+_SHORT_ID = re.compile(r"^[0-9a-f]{1,64}$")
+
+
+def lookup_image(images: Sequence[ImageRecord], text: str) -> ImageRecord | None:
+    """Resolve ``text`` against images: id, name, ``name:latest``, ``sha256:<id>``, digests, id prefix."""
+    candidates = [text]
+    if text.startswith("sha256:") and len(text) == 71:
+        candidates.append(text[7:])
+    for image in images:
+        if image.id in candidates:
+            return image
+    for image in images:
+        if text in image.names:
+            return image
+    last = text.rsplit("/", 1)[-1]
+    if "@" not in text and ":" not in last:
+        tagged = f"{text}:latest"
+        for image in images:
+            if tagged in image.names:
+                return image
+    if "@" in text:
+        repo, _, digest = text.partition("@")
+        for image in images:
+            if digest in image.digests and any(n.rsplit("@", 1)[0].rpartition(":")[0] == repo
+                                               or n.split("@")[0] == repo for n in image.names):
+                return image
+        for image in images:
+            if digest in image.digests:
+                return image
+    elif text.startswith("sha256:"):
+        for image in images:
+            if text in image.digests:
+                return image
+    if _SHORT_ID.match(text):
+        matches = [image for image in images if image.id.startswith(text)]
+        if len(matches) == 1:
+            return matches[0]
+    return None

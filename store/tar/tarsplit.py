@@ -38,8 +38,8 @@ from typing import Final
 from fastcrc import crc64
 from isal import igzip, isal_zlib
 
-from tether.store._rootpath import RootResolver, confine
 from tether.store.errors import HostileArchiveError, StoreError
+from tether.store.tar.rootpath import RootResolver, confine
 
 __all__ = [
     "FILE_TYPE",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -66,8 +67,6 @@ def format_go_time(when: datetime, nanos: int | None = None) -> str:
 
 def now_go_time() -> str:
     """``time.Now().UTC()`` as c/storage records ``created`` (nanosecond resolution)."""
-    import time
-
     ns = time.time_ns()
     when = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC)
     return format_go_time(when, ns % 1_000_000_000)

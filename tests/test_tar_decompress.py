@@ -1,4 +1,4 @@
-"""tether.store.decompress: compression detected by magic bytes, multi-member gzip, multi-frame zstd, bounded
+"""tether.store.tar.decompress: compression detected by magic bytes, multi-member gzip, multi-frame zstd, bounded
 output, truncation and trailing-garbage refusal."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import zstandard
 
-from tether.store.decompress import (
+from tether.store.tar.decompress import (
     COMPRESSION_CODES,
     OUTPUT_PIECE,
     CorruptCompressedStreamError,
