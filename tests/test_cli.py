@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from tether import __version__
+from tether.engine.arguments import add_common_options, parse_bool
 from tether.engine.cli.main import dispatch, main
 from tether.engine.cli.parser import VERBS, build_parser
 from tether.engine.errors import UsageError
-from tether.engine.options import CommonOptions, add_common_options, common_options_from_args, parse_bool
+from tether.engine.options import CommonOptions, common_options_from_args
 
 
 def run_tether(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,12 +18,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tether.engine.arguments import DEFAULT_ROOT
 from tether.engine.bound.deployments import Deployment, find_deployment, list_sysroot_deployments, root_deployments
 from tether.engine.bound.discovery import discover_bound_images
 from tether.engine.bound.gc import collect_garbage
 from tether.engine.bound.records import DeploymentStatus, compute_status
 from tether.engine.errors import UsageError
-from tether.engine.options import DEFAULT_ROOT
 from tether.store.containers_storage import Store
 
 BOOTC_STORE_IN_SYSROOT = Path("ostree/bootc/storage")

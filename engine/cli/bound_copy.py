@@ -15,12 +15,13 @@ from typing import Any
 
 import trio
 
+from tether.engine.arguments import check_pull_options
 from tether.engine.bound.deployments import list_sysroot_deployments
 from tether.engine.bound.install import install_pulled, install_stored, record_installed
 from tether.engine.bound.sync import sync_deployments
 from tether.engine.cli.bound import bound_store_root, deployments_from_args
 from tether.engine.copy.progress import make_progress
-from tether.engine.options import CommonOptions, check_pull_options, common_options_from_args
+from tether.engine.options import CommonOptions, common_options_from_args
 from tether.store.containers_storage import Store
 
 

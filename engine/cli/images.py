@@ -8,15 +8,21 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tether.engine.options import CommonOptions, common_options_from_args
+from tether.engine.arguments import check_common_options, store_root
 from tether.store.containers_storage import Store, lookup_image
 from tether.store.errors import StoreError
 
 __all__ = ["image_json", "run_check", "run_images", "run_rmi"]
 
 
-def _open(options: CommonOptions) -> Store:
-    return Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
+def _open(args: argparse.Namespace) -> Store:
+    """The store ``--root``, ``--runroot`` and ``--storage-driver`` name, once the common options are checked.
+
+    Not through :class:`tether.engine.options.CommonOptions`: these commands reach no registry, and that module
+    imports :mod:`tether.registry` (~30 ms).
+    """
+    check_common_options(args)
+    return Store.open(store_root(args), runroot=args.runroot, driver=args.storage_driver)
 
 
 def _repository(name: str) -> str:
@@ -99,10 +105,9 @@ def _human_age(created: datetime | None) -> str:
 
 def run_images(args: argparse.Namespace) -> int:
     """``tether images``."""
-    options = common_options_from_args(args)
-    store = _open(options)
+    store = _open(args)
     images = sorted(store.list_images(), key=lambda i: i.created or datetime.min.replace(tzinfo=UTC), reverse=True)
-    if options.format == "json":
+    if args.format == "json":
         # podman 4.3 prints an image once per name (its table has a row per name; JSON follows it)
         entries = [image_json(store, image) for image in images]
         print(json.dumps([e for e, i in zip(entries, images, strict=True) for _ in (i.names or [""])], indent=4))
@@ -123,8 +128,7 @@ def run_images(args: argparse.Namespace) -> int:
 
 def run_rmi(args: argparse.Namespace) -> int:
     """``tether rmi IMAGE...``."""
-    options = common_options_from_args(args)
-    store = _open(options)
+    store = _open(args)
     status = 0
     for text in args.images:
         try:
@@ -147,10 +151,9 @@ def run_rmi(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """``tether check``."""
-    options = common_options_from_args(args)
-    store = _open(options)
+    store = _open(args)
     problems = store.check()
-    if options.format == "json":
+    if args.format == "json":
         print(json.dumps({"root": str(store.root), "driver": store.driver, "problems": problems}, indent=4))
     else:
         for problem in problems:

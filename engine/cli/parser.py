@@ -6,7 +6,7 @@ sets ``verb`` (``"pull"``, ``"bound sync"``, ...), which :func:`tether.engine.cl
 of that verb's implementation. A command group given without its subcommand (``tether bound``) leaves ``verb``
 ``None`` and ``command_parser`` naming the group's parser, whose help is then printed.
 
-This module imports argparse, pathlib and :mod:`tether.engine.options` only, so that ``--help``, a usage error
+This module imports argparse, pathlib and :mod:`tether.engine.arguments` only, so that ``--help``, a usage error
 and the choice of a verb cost no engine, registry or store import.
 """
 
@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from tether import __version__
-from tether.engine.options import DEFAULT_ROOT, add_common_options, add_pull_options, parse_bool
+from tether.engine.arguments import DEFAULT_ROOT, add_common_options, add_pull_options, parse_bool
 
 #: Every verb the parser sets, in the order it defines them.
 VERBS = (

@@ -9,10 +9,11 @@ import sys
 
 import trio
 
+from tether.engine.arguments import check_pull_options
 from tether.engine.copy.image import PullRequest
 from tether.engine.copy.progress import ProgressMode, make_progress
 from tether.engine.copy.pull import pull
-from tether.engine.options import check_pull_options, common_options_from_args
+from tether.engine.options import common_options_from_args
 from tether.engine.storelock import hold_store
 from tether.store.containers_storage import CRASH_ENV, Store
 
