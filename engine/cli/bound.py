@@ -1,13 +1,15 @@
-"""``tether bound list|status|gc``: logically bound images, done by tether.
+"""``tether bound status|gc``: logically bound images, done by tether.
 
 Deployments come from an ostree sysroot (``--sysroot DIR``; the live ``/`` when ``/run/ostree-booted``
 exists and nothing else is given) or from plain deployment roots (``--root DIR``, repeatable, the first is
 the new one). The store is bootc's (``--store``; default ``SYSROOT/ostree/bootc/storage`` for a
 ``--sysroot`` other than ``/``, else ``/usr/lib/bootc/storage``).
 
-``bound sync`` and ``bound install`` run the copy engine (trio, httpx: ~350 ms of imports) and are
-:mod:`tether.engine.cli.bound_copy`, so that ``bound status`` (the gate before a reboot) and ``bound gc`` never load
-it; the deployment and store arguments are read here for both.
+The ``bound`` subcommands are three modules by what they import, so that none loads what it does not use:
+``bound list`` reads bound-images.d only (:mod:`tether.engine.cli.bound_list`, no store: ~25 ms less);
+``bound status`` (the gate before a reboot) and ``bound gc`` open the store and read the readiness records
+(here); ``bound sync`` and ``bound install`` run the copy engine (:mod:`tether.engine.cli.bound_copy`: trio,
+httpx, ~350 ms of imports). The deployment and store arguments of the last four are read here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 
 from tether.engine.arguments import DEFAULT_ROOT
 from tether.engine.bound.deployments import Deployment, find_deployment, list_sysroot_deployments, root_deployments
-from tether.engine.bound.discovery import discover_bound_images
 from tether.engine.bound.gc import collect_garbage
 from tether.engine.bound.records import DeploymentStatus, compute_status
 from tether.engine.errors import UsageError
@@ -67,27 +68,6 @@ def deployments_from_args(args: argparse.Namespace) -> tuple[Deployment, ...]:
             raise UsageError("not a booted ostree host: pass --sysroot DIR or --root DIR")
         sysroot = Path("/")
     return list_sysroot_deployments(sysroot, run_dir=getattr(args, "run_dir", None))
-
-
-# --------------------------------------------------------------------------- list
-
-
-def run_bound_list(args: argparse.Namespace) -> int:
-    """``tether bound list``."""
-    images = discover_bound_images(args.deployment_root)
-    if args.format == "json":
-        print(json.dumps([i.to_json() for i in images], indent=2))
-        return 0
-    rows: list[tuple[str, ...]] = [("IMAGE", "SOURCE")]
-    rows.extend((i.image, i.source_file) for i in images)
-    _print_table(rows)
-    return 0
-
-
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
 # --------------------------------------------------------------------------- status

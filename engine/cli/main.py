@@ -1,9 +1,10 @@
 """The ``tether`` command: parse (:mod:`tether.engine.cli.parser`), then :func:`dispatch` to the chosen verb.
 
 The verbs' implementations are one module each (:mod:`~tether.engine.cli.pull`, :mod:`~tether.engine.cli.images`,
-:mod:`~tether.engine.cli.inspect`, :mod:`~tether.engine.cli.bound`, :mod:`~tether.engine.cli.bound_copy`,
-:mod:`~tether.engine.cli.mirror`), imported by :func:`dispatch` only when chosen. Errors of all three packages
-are mapped here, at one boundary, to one line on stderr and exit status 1.
+:mod:`~tether.engine.cli.inspect`, :mod:`~tether.engine.cli.mirror`; ``bound`` is three by weight:
+:mod:`~tether.engine.cli.bound_list`, :mod:`~tether.engine.cli.bound`, :mod:`~tether.engine.cli.bound_copy`),
+imported by :func:`dispatch` only when chosen. Errors of all three packages are mapped here, at one boundary, to
+one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
             return run_check(args)
         case "bound list":
-            from tether.engine.cli.bound import run_bound_list
+            from tether.engine.cli.bound_list import run_bound_list
 
             return run_bound_list(args)
         case "bound status":
