@@ -6,7 +6,7 @@ the new one). The store is bootc's (``--store``; default ``SYSROOT/ostree/bootc/
 ``--sysroot`` other than ``/``, else ``/usr/lib/bootc/storage``).
 
 The ``bound`` subcommands are three modules by what they import, so that none loads what it does not use:
-``bound list`` reads bound-images.d only (:mod:`tether.engine.cli.bound_list`, no store: ~25 ms less);
+``bound list`` reads bound-images.d only (:mod:`tether.engine.cli.bound_list`, no store: ~40 ms less);
 ``bound status`` (the gate before a reboot) and ``bound gc`` open the store and read the readiness records
 (here); ``bound sync`` and ``bound install`` run the copy engine (:mod:`tether.engine.cli.bound_copy`: trio,
 httpx, ~350 ms of imports). The deployment and store arguments of the last four are read here.

@@ -46,8 +46,9 @@ def dispatch(args: argparse.Namespace) -> int:
     """Run the verb the parser chose (``args.verb``, see :data:`tether.engine.cli.parser.VERBS`); its exit status.
 
     Each verb's implementation is imported here, once chosen, and nowhere else: importing them all for every
-    command would make ``tether images`` (~70 ms of imports) load the copy engine, trio and httpx (~350 ms more).
-    These are the only imports inside a function in tether.engine.cli.
+    command would make ``tether images`` (~80 ms of imports) load the copy engine, trio and httpx (~350 ms more),
+    and ``--version`` or ``--help`` (~50 ms) load all of it. These are the only imports inside a function in
+    tether.engine.cli.
     """
     match args.verb:
         case "pull":
