@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from tether import __version__
-from tether.engine.cli.main import build_parser, main
+from tether.engine.arguments import add_common_options, parse_bool
+from tether.engine.cli.main import dispatch, main
+from tether.engine.cli.parser import VERBS, build_parser
 from tether.engine.errors import UsageError
-from tether.engine.options import CommonOptions, add_common_options, common_options_from_args, parse_bool
+from tether.engine.options import CommonOptions, common_options_from_args
 
 
 def run_tether(*args: str) -> subprocess.CompletedProcess[str]:
@@ -86,3 +90,29 @@ def test_malformed_platform_is_a_usage_error() -> None:
 def test_parser_builds_with_every_registered_command() -> None:
     parser = build_parser()
     assert parser.prog == "tether"
+
+
+def _verbs(parser: argparse.ArgumentParser) -> set[str]:
+    """The verbs the commands under ``parser`` set (argparse keeps its subparsers in a private action type)."""
+    found = {verb} if (verb := parser.get_default("verb")) else set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _verbs(sub)
+    return found
+
+
+def test_every_verb_the_parser_sets_is_dispatched() -> None:
+    assert _verbs(build_parser()) == set(VERBS)
+    cases = {node.pattern.value.value for node in ast.walk(ast.parse(inspect.getsource(dispatch)))
+             if isinstance(node, ast.match_case) and isinstance(node.pattern, ast.MatchValue)
+             and isinstance(node.pattern.value, ast.Constant)}
+    assert cases == set(VERBS)
+
+
+@pytest.mark.parametrize("group", ["bound", "mirror"])
+def test_a_group_without_its_subcommand_prints_its_help_and_fails(
+    group: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([group]) == 2
+    assert f"usage: tether {group}" in capsys.readouterr().err

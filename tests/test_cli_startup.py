@@ -23,6 +23,27 @@ def test_every_command_skips_the_httpx_command_line() -> None:
     assert out.strip().splitlines()[-1].split()[1:] == ["False", "False", "True"], out
 
 
+def test_the_parser_and_the_store_commands_load_no_engine_they_do_not_use() -> None:
+    # main.dispatch imports only the chosen verb: parsing (--help, usage errors) loads no engine, registry client or
+    # store, and `tether images` (the store only) neither trio, httpx nor tether.registry's configuration readers.
+    code = (
+        "import sys, tempfile\n"
+        "from tether.engine.cli.main import main\n"
+        "from tether.engine.cli.parser import build_parser\n"
+        "engine = ('trio', 'httpx', 'tether.engine.copy', 'tether.engine.bound', 'tether.engine.options',\n"
+        "          'tether.registry.auth', 'tether.registry.manifest')\n"
+        "store = ('dataclasses', 'tether.store.containers_storage')\n"
+        "build_parser().parse_args(['pull', 'docker://example.com/a'])\n"
+        "print('parsed:', sorted(m for m in engine + store if m in sys.modules))\n"
+        "d = tempfile.mkdtemp()\n"
+        "rc = main(['images', '--root', d, '--runroot', d + '/run', '--storage-driver', 'vfs'])\n"
+        "print('images:', rc, sorted(m for m in engine if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert "parsed: []" in lines and "images: 0 []" in lines, out
+
+
 def _tether(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tether", *args], stdout=stdout, stderr=subprocess.PIPE,
                           text=True, timeout=60)

@@ -8,48 +8,21 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from tether.engine.options import CommonOptions, add_common_options, common_options_from_args
+from tether.engine.arguments import check_common_options, store_root
+from tether.store.containers_storage import Store, lookup_image
+from tether.store.errors import StoreError
 
-__all__ = ["image_json", "register"]
-
-
-def register(subparsers: Any) -> None:
-    """Add ``images``, ``rmi`` and ``check`` to the CLI."""
-    images = subparsers.add_parser(
-        "images",
-        help="list the images in the store",
-        description="List the images of the store (and of its additional image stores), newest first, as "
-                    "`podman images` does; --format json prints podman's JSON keys (Id, Names, Digest, Size, "
-                    "Created, ...).",
-    )
-    add_common_options(images)
-    images.set_defaults(func=run_images)
-
-    rmi = subparsers.add_parser(
-        "rmi",
-        help="remove images and the layers no other image uses",
-        description="Remove each IMAGE (name, id, short id or digest). Given by a name while the image has "
-                    "other names, only that name is removed, as podman does. Exit status 1 if any failed.",
-    )
-    add_common_options(rmi)
-    rmi.add_argument("images", nargs="+", metavar="IMAGE")
-    rmi.set_defaults(func=run_rmi)
-
-    check = subparsers.add_parser(
-        "check",
-        help="verify the store: every layer reproduces its diff digest",
-        description="Rebuild every layer's tar from its tar-split and files and compare it with the recorded "
-                    "diff digest and size; check overlay links, image top layers and big data. Exit status 1 "
-                    "when anything is wrong.",
-    )
-    add_common_options(check)
-    check.set_defaults(func=run_check)
+__all__ = ["image_json", "run_check", "run_images", "run_rmi"]
 
 
-def _open(options: CommonOptions) -> Any:
-    from tether.store.containers_storage import Store
+def _open(args: argparse.Namespace) -> Store:
+    """The store ``--root``, ``--runroot`` and ``--storage-driver`` name, once the common options are checked.
 
-    return Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
+    Not through :class:`tether.engine.options.CommonOptions`: these commands reach no registry, and that module
+    imports :mod:`tether.registry` (~30 ms).
+    """
+    check_common_options(args)
+    return Store.open(store_root(args), runroot=args.runroot, driver=args.storage_driver)
 
 
 def _repository(name: str) -> str:
@@ -132,10 +105,9 @@ def _human_age(created: datetime | None) -> str:
 
 def run_images(args: argparse.Namespace) -> int:
     """``tether images``."""
-    options = common_options_from_args(args)
-    store = _open(options)
+    store = _open(args)
     images = sorted(store.list_images(), key=lambda i: i.created or datetime.min.replace(tzinfo=UTC), reverse=True)
-    if options.format == "json":
+    if args.format == "json":
         # podman 4.3 prints an image once per name (its table has a row per name; JSON follows it)
         entries = [image_json(store, image) for image in images]
         print(json.dumps([e for e, i in zip(entries, images, strict=True) for _ in (i.names or [""])], indent=4))
@@ -156,11 +128,7 @@ def run_images(args: argparse.Namespace) -> int:
 
 def run_rmi(args: argparse.Namespace) -> int:
     """``tether rmi IMAGE...``."""
-    from tether.store.containers_storage import lookup_image
-    from tether.store.errors import StoreError
-
-    options = common_options_from_args(args)
-    store = _open(options)
+    store = _open(args)
     status = 0
     for text in args.images:
         try:
@@ -183,10 +151,9 @@ def run_rmi(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """``tether check``."""
-    options = common_options_from_args(args)
-    store = _open(options)
+    store = _open(args)
     problems = store.check()
-    if options.format == "json":
+    if args.format == "json":
         print(json.dumps({"root": str(store.root), "driver": store.driver, "problems": problems}, indent=4))
     else:
         for problem in problems:

@@ -14,12 +14,17 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AsyncExitStack
+from typing import Any
 
-from tether.engine.options import CommonOptions, add_common_options, common_options_from_args
+import trio
 
-if TYPE_CHECKING:
-    from tether.registry.manifest import Descriptor, ImageConfig
+from tether.engine.copy.clients import RegistryClients
+from tether.engine.copy.image import PullRequest
+from tether.engine.copy.sources import open_image_source
+from tether.engine.copy.sources.registry import RegistrySource
+from tether.engine.options import CommonOptions, common_options_from_args
+from tether.registry.manifest import Descriptor, ImageConfig, parse_rfc3339
 
 # image-spec specs-go/v1/config.go field order (what skopeo's --config prints, via c/image OCIConfig)
 _OCI_IMAGE_FIELDS = ("created", "author", "architecture", "variant", "os", "os.version", "os.features",
@@ -29,29 +34,8 @@ _OCI_CONTAINER_FIELDS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Vo
 _OCI_HISTORY_FIELDS = ("created", "created_by", "author", "comment", "empty_layer")
 
 
-def register(subparsers: Any) -> None:
-    """Add ``inspect`` to the CLI."""
-    parser = subparsers.add_parser(
-        "inspect",
-        help="show an image's manifest, config and layers in a registry (as skopeo inspect does)",
-        description="Print IMAGE's metadata as skopeo inspect does (same JSON keys), plus Endpoint: the "
-                    "repository actually used (a mirror, or the primary). IMAGE is docker://NAME or a "
-                    "registry reference (short names resolved through registries.conf), oci:DIR[:REF] or "
-                    "oci-archive:FILE[:REF].",
-    )
-    add_common_options(parser, store=False)
-    parser.add_argument("--raw", action="store_true",
-                        help="print the manifest (with --config: the config) bytes exactly as served")
-    parser.add_argument("--config", action="store_true", help="print the image's config")
-    parser.add_argument("--no-tags", "-n", action="store_true", help="do not list the repository's tags")
-    parser.add_argument("image", metavar="IMAGE")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run_inspect(args: argparse.Namespace) -> int:
     """Run ``tether inspect``; returns the exit status."""
-    import trio
-
     options = common_options_from_args(args)
     output = trio.run(
         lambda: inspect_image(args.image, options, raw=args.raw, config=args.config, list_tags=not args.no_tags)
@@ -66,13 +50,6 @@ async def inspect_image(
 ) -> bytes:
     """The bytes ``tether inspect`` prints for ``name`` (a registry image, ``oci:`` or ``oci-archive:``), read
     through the copy engine's sources: the same resolution a pull makes."""
-    from contextlib import AsyncExitStack
-
-    from tether.engine.copy.clients import RegistryClients
-    from tether.engine.copy.image import PullRequest
-    from tether.engine.copy.sources import open_image_source
-    from tether.engine.copy.sources.registry import RegistrySource
-
     async with AsyncExitStack() as stack:
         clients = RegistryClients(stack, options, connections=4)
         source = await open_image_source(PullRequest(name=name), clients=clients, stack=stack)
@@ -137,8 +114,6 @@ def _inspect_output(
 def go_time(value: object) -> str | None:
     """An RFC 3339 time re-marshalled as Go's ``time.Time`` does (RFC3339Nano: trailing zeros of the
     fraction dropped, the offset kept, ``Z`` for UTC); None when absent or unparsable."""
-    from tether.registry.manifest import parse_rfc3339
-
     if not isinstance(value, str) or not value:
         return None
     try:

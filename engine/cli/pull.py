@@ -6,42 +6,20 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
-from tether.engine.options import add_common_options, add_pull_options, check_pull_options, common_options_from_args
+import trio
 
-
-def register(subparsers: Any) -> None:
-    """Add ``pull`` to the CLI."""
-    parser = subparsers.add_parser(
-        "pull",
-        help="pull images into containers-storage, all at once",
-        description="Pull every IMAGE (docker://, oci:DIR[:REF], oci-archive:FILE[:REF], or a registry "
-                    "reference; short names resolved by registries.conf) into the store, concurrently, streamed "
-                    "once. Exit status 1 if any image failed; the summary says which and why.",
-    )
-    add_common_options(parser)
-    add_pull_options(parser)
-    parser.add_argument("--pull", dest="pull_policy", choices=("always", "missing", "newer"), default="newer",
-                        help="missing: nothing is requested for an image the store has by name; newer/always: "
-                             "one manifest request, nothing more if the digest is the stored one (default: newer)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only the image ids")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
-    parser.set_defaults(func=run)
+from tether.engine.arguments import check_pull_options
+from tether.engine.copy.image import PullRequest
+from tether.engine.copy.progress import ProgressMode, make_progress
+from tether.engine.copy.pull import pull
+from tether.engine.options import common_options_from_args
+from tether.engine.storelock import hold_store
+from tether.store.containers_storage import CRASH_ENV, Store
 
 
-def run(args: argparse.Namespace) -> int:
+def run_pull(args: argparse.Namespace) -> int:
     """Run ``tether pull``; returns the exit status."""
-    from tether.engine.cli.main import skip_httpx_cli
-
-    skip_httpx_cli()  # tether.engine.cli.main.main did it already; kept for callers of run() that bypass it
-    import trio
-
-    from tether.engine.copy.progress import ProgressMode, make_progress
-    from tether.engine.copy.pull import PullRequest, pull
-    from tether.engine.storelock import hold_store
-    from tether.store.containers_storage import CRASH_ENV, Store
-
     options = common_options_from_args(args)
     check_pull_options(args)
     mode: ProgressMode = "none" if args.quiet else args.progress

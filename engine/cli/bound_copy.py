@@ -1,0 +1,123 @@
+"""``tether bound sync`` and ``tether bound install``: the ``bound`` subcommands that run the copy engine.
+
+Apart from :mod:`tether.engine.cli.bound` because they import trio, httpx and the copy engine, which
+``bound status`` and ``bound gc`` do not need; the deployment and store arguments are read as there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tether.engine.arguments import check_pull_options
+from tether.engine.bound.deployments import list_sysroot_deployments
+from tether.engine.bound.install import install_pulled, install_stored, record_installed
+from tether.engine.bound.sync import sync_deployments
+from tether.engine.cli.bound import bound_store_root, deployments_from_args
+from tether.engine.copy.progress import make_progress
+from tether.engine.options import CommonOptions, common_options_from_args
+from tether.store.containers_storage import Store
+
+
+def _options(args: argparse.Namespace) -> CommonOptions:
+    """The common options, with the bootc store as root and ``--sysroot`` (when given) for auth file lookups."""
+    changes: dict[str, Any] = {"root": bound_store_root(args)}
+    sysroot: Path | None = getattr(args, "sysroot", None)
+    if sysroot is not None:
+        changes["sysroot"] = sysroot
+    return dataclasses.replace(common_options_from_args(args), **changes)
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def run_bound_sync(args: argparse.Namespace) -> int:
+    """``tether bound sync``."""
+    options = _options(args)
+    check_pull_options(args)
+    deployments = deployments_from_args(args)
+    store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
+    progress = make_progress(args.progress, progress_fd=args.progress_fd)
+    report = trio.run(
+        lambda: sync_deployments(
+            deployments, store=store, options=options, jobs=args.jobs, progress=progress, gc=not args.no_gc,
+            source=args.source,
+        )
+    )
+    if options.format == "json":
+        out = {
+            "deployments": [s.to_json() for s in report.statuses],
+            "failures": [dataclasses.asdict(f) for f in report.failures],
+            "removed": list(report.gc_removed),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        for s in report.statuses:
+            print(f"{s.deployment.name}: {'ready' if s.ready else 'NOT READY'}")
+        if report.gc_removed:
+            print(f"removed {len(report.gc_removed)} unbound image(s)")
+    if report.gc_error:
+        print(f"tether: garbage collection skipped: {report.gc_error}", file=sys.stderr)
+    if not report.ok:
+        not_ready = [s.deployment.name for s in report.statuses if not s.ready]
+        print(f"tether: {len(not_ready)} deployment(s) not ready: {', '.join(not_ready)}", file=sys.stderr)
+        summary = report.summary()
+        if summary:
+            print("  " + summary.replace("\n", "\n  "), file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- install
+
+
+def run_bound_install(args: argparse.Namespace) -> int:
+    """``tether bound install``."""
+    if args.bound_images == "skip":
+        print("bound images skipped")
+        return 0
+    if args.sysroot is not None:
+        list_sysroot_deployments(args.sysroot)  # a wrong --sysroot fails before anything is copied
+    if args.bound_images == "stored":
+        report = trio.run(
+            lambda: install_stored(
+                args.deployment_root,
+                source_store=args.source_store,
+                target_store=args.target_store,
+                target_driver=args.storage_driver,
+                jobs=args.jobs,
+            )
+        )
+    else:
+        options = dataclasses.replace(_options(args), root=args.target_store)
+        report = trio.run(
+            lambda: install_pulled(
+                args.deployment_root,
+                target_store=args.target_store,
+                options=options,
+                target_driver=args.storage_driver,
+                jobs=args.jobs,
+                progress=make_progress("auto", progress_fd=None),
+            )
+        )
+    for image in report.images:
+        if image.error:
+            print(f"tether: {image.image}: {image.error}", file=sys.stderr)
+        else:
+            print(f"{image.image} {image.id}")
+    if not report.ok:
+        return 1
+    if args.sysroot is not None and report.images:
+        records = record_installed(report, sysroot=args.sysroot, target_store=args.target_store,
+                                   target_driver=args.storage_driver)
+        for name in records.ready:
+            print(f"{name}: ready")
+        for name, why in records.skipped:
+            print(f"tether: {name}: not recorded ready: {why}", file=sys.stderr)
+    return 0
