@@ -40,7 +40,7 @@ def frame(progress: RichProgress) -> list[str]:
     """One frame of the live display as a terminal of the progress console's size shows it."""
     out = console(progress.console.width, progress.console.height)
     out.print(progress.render())
-    text = out.file.getvalue()  # type: ignore[attr-defined]
+    text: str = out.file.getvalue()  # type: ignore[attr-defined]
     assert not ANSI.search(text), "no colour system: plain characters only"
     return text.splitlines()
 

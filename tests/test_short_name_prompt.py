@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import images as factory
-from tests.harness.podman import short_runroot
+from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
 from tests.harness.terminal import run_on_terminal
 from tether.store.containers_storage import Store
@@ -85,20 +85,16 @@ def test_off_a_terminal_enforcing_mode_refuses_to_guess(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
-def test_the_prompt_is_the_one_podman_shows(tmp_path: Path) -> None:
+def test_the_prompt_is_the_one_podman_shows(tmp_path: Path, podman: Podman) -> None:
     # Ctrl-C at the prompt: podman records no alias and neither contacts a registry (port 1 is closed anyway).
     conf = write_conf(tmp_path / "registries.conf", ["127.0.0.1:1", "localhost:1", "quay.io"])
     env = environment(tmp_path)
-    runroot = short_runroot()
-    try:
-        podman = run_on_terminal(
-            ["podman", "--root", str(tmp_path / "podman"), "--runroot", str(runroot), "pull", "prompt15/app:1"],
-            [(PROMPT, DOWN), (b"\x1b[4mlocalhost", CTRL_C)], env={**env, "CONTAINERS_REGISTRIES_CONF": str(conf)})
-    finally:
-        shutil.rmtree(runroot, ignore_errors=True)
+    keys = [(PROMPT, DOWN), (b"\x1b[4mlocalhost", CTRL_C)]
+    theirs = run_on_terminal([*podman.base(), "pull", "prompt15/app:1"], keys,
+                             env={**env, "CONTAINERS_REGISTRIES_CONF": str(conf)})
     ours = run_on_terminal(tether_pull(tmp_path, conf, "prompt15/app:1"),
                            [(PROMPT, DOWN), (b"\x1b[4mlocalhost", CTRL_C)], env=env)
-    assert podman.status != 0 and ours.status == 130
+    assert theirs.status != 0 and ours.status == 130
 
     def first_frame(output: bytes) -> bytes:
         start = output.index(b"\x1b[34m?")
@@ -109,7 +105,7 @@ def test_the_prompt_is_the_one_podman_shows(tmp_path: Path) -> None:
         return [line.replace(b"\x1b[2K", b"").replace(b"\x1b[J", b"").lstrip(b"\r")
                 for line in frame.split(b"\r\n")]
 
-    assert clean(first_frame(ours.output)) == clean(first_frame(podman.output)) == [
+    assert clean(first_frame(ours.output)) == clean(first_frame(theirs.output)) == [
         b"\x1b[34m?\x1b[0m Please select an image: ",
         b"  \x1b[1m\xe2\x96\xb8\x1b[0m \x1b[4m127.0.0.1:1/prompt15/app:1\x1b[0m",
         b"    localhost:1/prompt15/app:1",
