@@ -17,7 +17,7 @@ from tether.engine.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRIB = ROOT / "contrib"
-BASH_COMPLETION = CONTRIB / "completion" / "tether.bash"
+BASH_COMPLETION = CONTRIB / "completion" / "bash" / "tether"
 REGENERATE = "run: python -m tether.engine.cli.docs --write"
 
 
@@ -30,7 +30,7 @@ def test_a_flag_added_without_regenerating_is_caught() -> None:
     pull = next(c for c in walk(parser) if c.path == ("pull",))
     pull.parser.add_argument("--brand-new-flag", action="store_true", help="a flag nobody regenerated for")
     problems = differences(CONTRIB, render_all(parser))
-    assert problems == ["completion/tether.bash: differs from what the parser says",
+    assert problems == ["completion/bash/tether: differs from what the parser says",
                         "man/tether-pull.1: differs from what the parser says"]
     assert "brand\\-new\\-flag" in render_all(parser)["man/tether-pull.1"]
 

@@ -1,7 +1,7 @@
 """Man pages and bash completion generated from the argument parser, so that they never drift from it.
 
 ``python -m tether.engine.cli.docs --write [DIR]`` writes ``man/tether*.1`` (one page per command, git-style:
-``tether-bound-sync.1``) and ``completion/tether.bash`` under ``DIR`` (default: the repository's ``contrib/``);
+``tether-bound-sync.1``) and ``completion/bash/tether`` under ``DIR`` (default: the repository's ``contrib/``);
 ``--check`` compares instead and exits 1 on any difference. The files are generated once and checked in, not
 at build time: the RPM spec, a Containerfile and ``pip install`` then need no step that imports tether, and
 ``tests/test_docs.py`` regenerates them and fails when a flag was added without regenerating.
@@ -289,14 +289,14 @@ def render_all(parser: argparse.ArgumentParser | None = None) -> dict[str, str]:
     parser = parser if parser is not None else build_parser()
     commands = list(walk(parser))
     files = {f"man/{c.page}.1": man_page(c) for c in commands}
-    files["completion/tether.bash"] = bash_completion(parser)
+    files["completion/bash/tether"] = bash_completion(parser)
     return files
 
 
 def differences(directory: Path, files: dict[str, str]) -> list[str]:
     """What ``directory`` holds that ``files`` do not say (stale, missing or extra generated files)."""
     found = {str(p.relative_to(directory)) for sub in ("man", "completion") if (directory / sub).is_dir()
-             for p in (directory / sub).iterdir()}
+             for p in (directory / sub).rglob("*") if not p.is_dir()}
     problems = [f"{name}: not generated any more" for name in sorted(found - set(files))]
     for name, text in sorted(files.items()):
         path = directory / name
