@@ -192,3 +192,18 @@ def test_view_counts_a_layer_fetched_by_two_images_under_each(clock: Clock) -> N
     view.image_planned("b", [LayerInfo(TOP_A, MB, "fetch"), LayerInfo(BASE, MB, "fetch")])
     assert view.totals() == (0, 3 * MB)
     assert Text("x").cell_len == 1
+
+
+def test_speed_follows_the_last_seconds_and_a_stall_shows_as_zero(clock: Clock) -> None:
+    view = PullView(clock=clock)
+    view.image_planned("a", [LayerInfo(BASE, 100 * MB, "fetch")])
+    assert view.speed() is None  # nothing measured yet
+    for second in range(1, 11):  # 1 MB/s for 10 s, in 64 kB chunks
+        for chunk in range(1, 17):
+            clock.now = 1000 + second - 1 + chunk / 16
+            view.layer_bytes("a", BASE, int((second - 1 + chunk / 16) * MB))
+    assert view.speed() == pytest.approx(MB, rel=0.05)
+    assert line_text(view.lines(80)[-1]) == "Total 0/1 images  10.0MB/100.0MB  1.0MB/s  ETA 1m30s"
+    clock.now += 6  # the registry stalls
+    assert view.speed() == 0
+    assert line_text(view.lines(80)[-1]) == "Total 0/1 images  10.0MB/100.0MB  0B/s"

@@ -23,6 +23,8 @@ ImageStatus = Literal["resolving", "pulling", "done", "up to date", "failed"]
 Style = Literal["", "bold", "dim", "green", "red", "bar", "bar.done"]
 #: How far back the speed is measured: long enough to smooth HTTP bursts, short enough to follow a stall.
 SPEED_WINDOW = 5.0
+#: Byte events come per received chunk (thousands a second); the speed needs a sample a tenth of a second.
+SAMPLE_EVERY = 0.1
 ELLIPSIS = "…"
 
 
@@ -139,6 +141,7 @@ class _Image:
     name: str
     status: ImageStatus = "resolving"
     layers: list[_Layer] = field(default_factory=list)
+    by_digest: dict[str, _Layer] = field(default_factory=dict)
     note: str = ""  # the image id when done, the error when failed
 
     @property
@@ -153,7 +156,9 @@ class PullView:
         self._clock = clock
         self._images: dict[str, _Image] = {}
         self._fetchers: dict[str, str] = {}  # layer digest -> the first image that fetches it
-        self._samples: list[tuple[float, int]] = []
+        self._samples: list[tuple[float, int]] = []  # (time, bytes fetched), SAMPLE_EVERY apart
+        self._done = 0  # bytes of fetched layers so far, kept as events come (not summed per chunk)
+        self._total = 0
 
     # ---- events
 
@@ -163,10 +168,14 @@ class PullView:
     def image_planned(self, image: str, layers: Sequence[LayerInfo]) -> None:
         img = self._images.setdefault(image, _Image(image))
         img.status = "pulling"
+        if img.layers:
+            return  # planned once; a second plan of the same name would count its bytes twice
         img.layers = [_Layer(layer.digest, layer.size, layer.state) for layer in layers]
         for layer in img.layers:
+            img.by_digest.setdefault(layer.digest, layer)
             if layer.state == "fetch":
                 self._fetchers.setdefault(layer.digest, image)
+                self._total += layer.size
             elif layer.state == "shared":
                 layer.fetched_by = self._fetchers.get(layer.digest)
         self._sample()
@@ -174,16 +183,13 @@ class PullView:
     def layer_bytes(self, image: str, digest: str, done: int) -> None:
         layer = self._layer(image, digest)
         if layer is not None:
-            layer.done = min(done, layer.size) if layer.size else done
-            self._sample()
+            self._set_done(layer, min(done, layer.size) if layer.size else done)
 
     def layer_done(self, image: str, digest: str) -> None:
         layer = self._layer(image, digest)
         if layer is not None:
             layer.finished = True
-            if layer.state == "fetch":
-                layer.done = layer.size
-            self._sample()
+            self._set_done(layer, layer.size)
 
     def image_done(self, image: str, *, image_id: str | None, error: str | None, up_to_date: bool) -> None:
         img = self._images.setdefault(image, _Image(image))
@@ -194,38 +200,48 @@ class PullView:
         img.note = (image_id or "")[:12]
         for layer in img.layers:
             layer.finished = True
-            if layer.state == "fetch":
-                layer.done = layer.size
-        self._sample()
+            self._set_done(layer, layer.size)
 
     def _layer(self, image: str, digest: str) -> _Layer | None:
         img = self._images.get(image)
-        if img is None:
-            return None
-        return next((layer for layer in img.layers if layer.digest == digest), None)
+        return img.by_digest.get(digest) if img is not None else None
+
+    def _set_done(self, layer: _Layer, done: int) -> None:
+        if layer.state == "fetch":
+            self._done += done - layer.done
+            layer.done = done
+            self._sample()
+        elif layer.state == "copy":
+            layer.done = done
 
     # ---- totals
 
     def totals(self) -> tuple[int, int]:
         """Bytes fetched so far and bytes to fetch, each fetched layer counted once."""
-        fetched = [layer for img in self._images.values() for layer in img.fetched]
-        return sum(layer.done for layer in fetched), sum(layer.size for layer in fetched)
+        return self._done, self._total
 
     def _sample(self) -> None:
         now = self._clock()
-        done, _ = self.totals()
-        self._samples.append((now, done))
+        if self._samples and now - self._samples[-1][0] < SAMPLE_EVERY:
+            return
+        self._samples.append((now, self._done))
         while len(self._samples) > 2 and now - self._samples[1][0] >= SPEED_WINDOW:
             del self._samples[0]
 
     def speed(self) -> float | None:
-        """Bytes per second over the last :data:`SPEED_WINDOW` seconds (``None`` before there is a measure)."""
-        if len(self._samples) < 2:
+        """Bytes per second over the last :data:`SPEED_WINDOW` seconds (``None`` before half a second of it)."""
+        if not self._samples:
             return None
-        (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
-        if t1 - t0 < 0.5:
+        now = self._clock()
+        # From the last sample at least a window old (a stall shows as 0), else from the first one.
+        since, then = self._samples[0]
+        for t, d in self._samples:
+            if t > now - SPEED_WINDOW:
+                break
+            since, then = t, d
+        if now - since < 0.5:
             return None
-        return max(0.0, (d1 - d0) / (t1 - t0))
+        return max(0.0, (self._done - then) / (now - since))
 
     # ---- layout
 
