@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from tests.harness import images as factory
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
-from tests.harness.terminal import run_on_terminal
+from tests.harness.terminal import ANSI, run_on_terminal
 from tether.store.containers_storage import Store
 
 DOWN, ENTER, CTRL_C = b"\x1b[B", b"\r", b"\x03"
@@ -42,22 +43,28 @@ def environment(tmp: Path) -> dict[str, str]:
             "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
+@pytest.mark.parametrize("columns", [80, 40])
 def test_pull_of_a_short_name_on_a_terminal_asks_which_image_and_pulls_the_choice(
-        tmp_path: Path, registry: RunningRegistry) -> None:
+        tmp_path: Path, registry: RunningRegistry, columns: int) -> None:
     image = factory.simple_image(1501)
     factory.push_image(registry.host, "prompt15/app:1", image)
     # Two search registries that are one server under two names: the store's name says which one was chosen.
     other = f"localhost:{registry.port}"
     conf = write_conf(tmp_path / "registries.conf", [registry.host, other])
     run = run_on_terminal(tether_pull(tmp_path, conf, "prompt15/app:1"),
-                          [(PROMPT, DOWN), (f"\x1b[4m{other}".encode(), ENTER)], env=environment(tmp_path))
+                          [(PROMPT, DOWN), (f"\x1b[4m{other}".encode(), ENTER)], env=environment(tmp_path),
+                          columns=columns)
     screen = run.text()
     assert run.status == 0, screen
+    # nothing written runs past the right margin (wraps): every run of characters between line breaks, carriage
+    # returns and cursor moves fits, but the image id printed on stdout at the end
+    runs = [ANSI.sub(b"", run).decode() for run in re.split(rb"\r|\n|\x1b\[[0-9;]*[ABCDGHJK]", run.output)]
+    assert {r for r in runs if len(r) > columns} <= {image.image_id}
     assert "? Please select an image: \n" in screen
     assert f"  ▸ {registry.host}/prompt15/app:1\n    {other}/prompt15/app:1\n" in screen  # the first frame
     assert f"✔ {other}/prompt15/app:1\n" in screen
     # then the live display (stderr is the terminal too), its last frame, and the id on stdout
-    assert f"{other}/prompt15/app:1  done {image.image_id[:12]}" in screen
+    assert f"{other}/prompt15/app:1  done {image.image_id[:12]}" in screen or columns < 60
     assert "Total 1/1 images" in screen
     assert image.image_id in screen
     store = Store.open(tmp_path / "store", runroot=tmp_path / "run", driver="vfs")
