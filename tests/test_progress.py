@@ -142,5 +142,6 @@ def test_rich_display_renders_bars_and_skips() -> None:
     progress = RichProgress(console)
     drive(progress, Clock())
     text = buffer.getvalue()
-    assert "skipped: already exists" in text
-    assert "reg/app:1" in text and "failed: GET" in text
+    # the last frame: one line per finished image, then the total
+    assert "reg/app:1  done ffffffffffff\nreg/other:1  failed: GET .../manifests/1: 404" in text
+    assert "Total 2/2 images  2.0kB/2.0kB" in text

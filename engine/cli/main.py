@@ -140,6 +140,8 @@ def run() -> NoReturn:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if exc.code is not None and not isinstance(exc.code, int):
             print(exc.code, file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):  # --help/--version on a pipe: os._exit skips the flush
+            sys.stdout.flush()
     except BrokenPipeError:  # ``tether images | head``: the reader is gone, like a shell tool under SIGPIPE
         code = 128 + 13
     with contextlib.suppress(OSError, ValueError):

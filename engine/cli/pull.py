@@ -10,6 +10,7 @@ import sys
 import trio
 
 from tether.engine.arguments import check_pull_options
+from tether.engine.cli.prompt import prompt_short_names
 from tether.engine.copy.image import PullRequest
 from tether.engine.copy.progress import ProgressMode, make_progress
 from tether.engine.copy.pull import pull
@@ -22,11 +23,12 @@ def run_pull(args: argparse.Namespace) -> int:
     """Run ``tether pull``; returns the exit status."""
     options = common_options_from_args(args)
     check_pull_options(args)
+    names = prompt_short_names(args.images, options)  # before the live display takes the terminal
     mode: ProgressMode = "none" if args.quiet else args.progress
     progress = make_progress(mode, progress_fd=args.progress_fd)
     store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver,
                        crash_at=os.environ.get(CRASH_ENV))  # the kill -9 tests' hook (tests/test_gc.py)
-    requests = [PullRequest(name=name) for name in args.images]
+    requests = [PullRequest(name=name) for name in names]
     # Shared: several pulls may add to the store at once, but a gc or bound sync (exclusive) never runs
     # while this one has reused a layer it has not yet committed an image on.
     with hold_store(store.root, shared=True):

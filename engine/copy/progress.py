@@ -3,9 +3,11 @@
 The pull engine calls a :class:`Progress` from the trio thread only (never from worker threads), with
 events keyed by the image's name as asked and by the layer's compressed digest. Implementations:
 
-* :class:`PlainProgress`: one line per notable event (resolved, layer skipped/done, image done/failed);
-* :class:`RichProgress`: a live display with a bar per image and per layer (bytes, rate, ETA,
-  ``skipped: already exists``);
+* :class:`PlainProgress`: one line per notable event (resolved, layer skipped/done, image done/failed), and a
+  total at the end;
+* :class:`RichProgress`: a live display laid out by :class:`~tether.engine.copy.progress_view.PullView`: each
+  image with its layers under it (bytes, bar, ``skipped: already exists``, ``shared``), a total line (bytes,
+  speed, ETA), fitted to the terminal's width and height;
 * :class:`JsonLinesProgress`: bootc's progress protocol v0.1.0 (bootc ``crates/lib/src/progress_jsonl.rs``,
   ``docs/src/progress-v0.schema.json``): a ``Start`` line, then ``ProgressBytes`` per image (layers as
   subtasks) and ``ProgressSteps`` for the whole pull (images as subtasks), canonical JSON (sorted keys, no
@@ -18,44 +20,25 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from tether.engine.copy.progress_view import (
+    LayerInfo,
+    LayerState,
+    PullView,
+    human_duration,
+    human_size,
+    short_digest,
+)
+
 #: bootc's protocol version (progress_jsonl.rs API_VERSION).
 API_VERSION = "0.1.0"
 #: bootc's REFRESH_HZ: lossy events are dropped when one was written less than 1/5 s ago.
 REFRESH_HZ = 5
-
-LayerState = Literal["fetch", "exists", "shared", "copy"]
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer of an image as the plan sees it.
-
-    ``state``: ``fetch`` (this image downloads it), ``exists`` (already in the store), ``shared`` (another
-    image of this pull downloads it), ``copy`` (made from a layer already in the store with the same diffID).
-    """
-
-    digest: str
-    size: int
-    state: LayerState
-
-
-def short_digest(digest: str) -> str:
-    """``sha256:0123456789ab...`` -> ``0123456789ab`` (as podman prints blob ids)."""
-    return digest.split(":", 1)[-1][:12]
-
-
-def human_size(n: float) -> str:
-    """Bytes in podman's style: ``12.3MB``."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}TB"  # pragma: no cover
 
 
 class Progress:
@@ -114,10 +97,15 @@ class MultiProgress(Progress):
 class PlainProgress(Progress):
     """Plain lines for logs and pipes, in the spirit of podman's non-TTY output."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        self._clock = clock
         self._sizes: dict[tuple[str, str], int] = {}
         self._started: dict[tuple[str, str], float] = {}
+        self._fetchers: dict[str, str] = {}  # layer digest -> the image that fetches it
+        self._outcomes: dict[str, bool] = {}  # image -> failed
+        self._fetched = 0
+        self._began = clock()
 
     def _say(self, text: str) -> None:
         self.stream.write(text + "\n")
@@ -135,19 +123,26 @@ class PlainProgress(Progress):
             if layer.state == "exists":
                 self._say(f"{image}: layer {short_digest(layer.digest)} skipped: already exists")
             elif layer.state == "shared":
-                self._say(f"{image}: layer {short_digest(layer.digest)} shared with another image of this pull")
+                by = self._fetchers.get(layer.digest, "another image of this pull")
+                self._say(f"{image}: layer {short_digest(layer.digest)} shared with {by}")
             else:
+                if layer.state == "fetch":
+                    self._fetchers.setdefault(layer.digest, image)
                 self._sizes[key] = layer.size
-                self._started[key] = time.monotonic()
+                self._started[key] = self._clock()
 
     def layer_done(self, image: str, digest: str) -> None:
         key = (image, digest)
         if key not in self._sizes:
             return
-        took = time.monotonic() - self._started.get(key, time.monotonic())
-        self._say(f"{image}: layer {short_digest(digest)} done ({human_size(self._sizes[key])} in {took:.1f}s)")
+        size = self._sizes.pop(key)
+        if self._fetchers.get(digest) == image:
+            self._fetched += size
+        took = self._clock() - self._started.get(key, self._clock())
+        self._say(f"{image}: layer {short_digest(digest)} done ({human_size(size)} in {took:.1f}s)")
 
     def image_done(self, image: str, *, image_id: str | None, error: str | None, up_to_date: bool = False) -> None:
+        self._outcomes[image] = error is not None
         if error is not None:
             self._say(f"{image}: FAILED: {error}")
         elif up_to_date:
@@ -155,92 +150,84 @@ class PlainProgress(Progress):
         else:
             self._say(f"{image}: done ({(image_id or '')[:12]})")
 
+    def close(self) -> None:
+        """One total line: images, bytes fetched, time and mean speed."""
+        if len(self._outcomes) < 2 and not self._fetched:
+            return  # one image's own lines already said it all
+        failed = sum(self._outcomes.values())
+        took = max(self._clock() - self._began, 1e-6)
+        text = f"total: {len(self._outcomes)} images"
+        if failed:
+            text += f" ({failed} failed)"
+        text += f", {human_size(self._fetched)} fetched in {human_duration(took)}"
+        if self._fetched:
+            text += f" ({human_size(self._fetched / took)}/s)"
+        self._say(text)
+
 
 class RichProgress(Progress):
-    """A live display: one bar per image (its bytes to fetch) and per layer being fetched."""
+    """A live display of :class:`~tether.engine.copy.progress_view.PullView`, redrawn 8 times a second.
 
-    def __init__(self, console: Any = None) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-        from rich.progress import Progress as RichBars
+    Every line is cut to the console's width (rich's own progress columns wrap on a narrow terminal, and a
+    wrapped live display is redrawn over the wrong lines) and the display to its height; events come from
+    the trio thread and rich redraws from its own thread, so both hold one lock.
+    """
+
+    #: PullView styles -> rich styles.
+    STYLES = {"": "", "bold": "bold", "dim": "dim", "green": "green", "red": "red",
+              "bar": "grey37", "bar.done": "magenta"}
+
+    def __init__(self, console: Any = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.text import Text
 
         self.console = console if console is not None else Console(stderr=True)
-        self.bars = RichBars(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=30),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[note]}"),
-            console=self.console,
-            refresh_per_second=8,
-            transient=False,
-        )
-        self.bars.start()
-        self._images: dict[str, Any] = {}
-        self._image_done: dict[str, dict[str, int]] = {}
-        self._layers: dict[tuple[str, str], Any] = {}
+        self.view = PullView(clock=clock)
+        self._lock = threading.Lock()
+        self._final = False
+        self._text, self._group = Text, Group
+        self.live = Live(console=self.console, get_renderable=self.render, refresh_per_second=8, transient=False)
+        self.live.start()
+
+    def render(self) -> Any:
+        """The current frame (a rich renderable): what the live display redraws."""
+        with self._lock:
+            # One line short of the terminal: a display as tall as the terminal scrolls it by one line.
+            height = None if self._final else max(2, self.console.height - 1)
+            lines = self.view.lines(self.console.width, height)
+        texts = []
+        for line in lines:
+            text = self._text(no_wrap=True, overflow="crop")
+            for segment in line:
+                text.append(segment.text, style=self.STYLES[segment.style])
+            texts.append(text)
+        return self._group(*texts)
 
     def image_started(self, image: str) -> None:
-        self._images[image] = self.bars.add_task(f"[bold]{image}", total=None, note="resolving")
-        self._image_done[image] = {}
+        with self._lock:
+            self.view.image_started(image)
 
     def image_planned(self, image: str, layers: Sequence[LayerInfo]) -> None:
-        fetch = [layer for layer in layers if layer.state in ("fetch",)]
-        task = self._images.get(image)
-        if task is None:
-            self.image_started(image)
-            task = self._images[image]
-        self.bars.update(task, total=sum(layer.size for layer in fetch) or 1, completed=0,
-                         note=f"{len(layers)} layers, {len(fetch)} to fetch")
-        for layer in layers:
-            desc = f"  {short_digest(layer.digest)}"
-            if layer.state == "fetch":
-                self._layers[(image, layer.digest)] = self.bars.add_task(desc, total=layer.size or None, note="")
-            elif layer.state == "exists":
-                self.bars.add_task(desc, total=layer.size or 1, completed=layer.size or 1,
-                                   note="skipped: already exists")
-            elif layer.state == "shared":
-                self.bars.add_task(desc, total=layer.size or 1, completed=0, note="fetched by another image")
-            else:
-                self.bars.add_task(desc, total=layer.size or 1, completed=0, note="copied from the store")
-        if not fetch:
-            self.bars.update(task, completed=1)
+        with self._lock:
+            self.view.image_planned(image, layers)
 
     def layer_bytes(self, image: str, digest: str, done: int) -> None:
-        task = self._layers.get((image, digest))
-        if task is None:
-            return
-        self.bars.update(task, completed=done)
-        per = self._image_done.setdefault(image, {})
-        per[digest] = done
-        self.bars.update(self._images[image], completed=sum(per.values()))
+        with self._lock:
+            self.view.layer_bytes(image, digest, done)
 
     def layer_done(self, image: str, digest: str) -> None:
-        task = self._layers.get((image, digest))
-        if task is not None:
-            total = self.bars.tasks[task].total if task < len(self.bars.tasks) else None
-            self.bars.update(task, completed=total or 0, note="done")
+        with self._lock:
+            self.view.layer_done(image, digest)
 
     def image_done(self, image: str, *, image_id: str | None, error: str | None, up_to_date: bool = False) -> None:
-        task = self._images.get(image)
-        if task is None:
-            task = self.bars.add_task(f"[bold]{image}", total=1, note="")
-        if error is not None:
-            self.bars.update(task, note=f"[red]failed: {error}")
-        else:
-            total = self.bars.tasks[task].total or 1
-            note = "up to date" if up_to_date else f"done {(image_id or '')[:12]}"
-            self.bars.update(task, total=total, completed=total, note=f"[green]{note}")
+        with self._lock:
+            self.view.image_done(image, image_id=image_id, error=error, up_to_date=up_to_date)
 
     def close(self) -> None:
-        self.bars.stop()
+        with self._lock:
+            self._final = True  # the last frame stays on the screen in full, one line per finished image
+        self.live.stop()
 
 
 @dataclass
@@ -421,11 +408,13 @@ __all__ = [
     "API_VERSION",
     "JsonLinesProgress",
     "LayerInfo",
+    "LayerState",
     "MultiProgress",
     "PlainProgress",
     "Progress",
     "ProgressMode",
     "RichProgress",
+    "human_duration",
     "human_size",
     "make_progress",
     "short_digest",
