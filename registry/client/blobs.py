@@ -29,7 +29,7 @@ import trio
 
 import tether.registry.client._http as _http
 from tether.registry.client._retry import RETRYABLE_STATUSES, parse_retry_after
-from tether.registry.client.auth import Authenticator
+from tether.registry.client.auth import MAX_REDIRECTS, REDIRECT_STATUSES, Authenticator
 from tether.registry.client.core import Connections, repository_scope, with_message
 from tether.registry.errors import (
     ConnectionFailedError,
@@ -45,8 +45,6 @@ __all__ = ["Blobs"]
 
 logger = logging.getLogger("tether.registry.client")
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -124,11 +122,8 @@ class Blobs:
         return b"".join(parts)
 
     async def response(self, source: PullSource, descriptor: Descriptor, offset: int) -> httpx.Response:
-        """GET the blob from ``source`` from ``offset`` on, following redirects by hand.
-
-        Redirects to another host (a CDN) are followed without ``Authorization`` (c/image
-        ``docker_client.go`` relies on Go's same-host rule; httpx's is the same).
-        """
+        """GET the blob from ``source`` from ``offset`` on, redirects followed
+        (:meth:`~tether.registry.client.auth.Authenticator.follow_redirects`: no credentials to another host)."""
         ref = source.reference
         endpoint = self._connections.source_endpoint(source)
         headers = {"Accept-Encoding": "identity"}
@@ -146,27 +141,9 @@ class Blobs:
             retry=False,
             bulk=True,
         )
-        for _ in range(_MAX_REDIRECTS):
-            if response.status_code not in _REDIRECTS:
-                return response
-            location = response.headers.get("location")
-            await _http.discard(response)
-            if not location:
-                raise RegistryError(f"GET {_http.display_url(response.request.url)}: redirect without Location")
-            target = _http.join(response.request.url, location)
-            base = httpx.URL(await self._connections.ping(endpoint))
-            if (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port):
-                response = await self._auth.request(
-                    endpoint, "GET", target, repository=ref.name, scopes=scopes, headers=headers, retry=False,
-                    bulk=True
-                )
-            else:
-                netloc = target.netloc.decode("ascii")
-                client = self._connections.http_client(netloc, False, bulk=True)
-
-                response = await _http.send(client, client.build_request("GET", target, headers=headers))
-        await _http.discard(response)
-        raise RegistryError(f"GET {_http.display_url(response.request.url)}: too many redirects")
+        return await self._auth.follow_redirects(
+            endpoint, response, repository=ref.name, scopes=scopes, headers=headers, retry=False, bulk=True
+        )
 
     async def external_response(self, url: httpx.URL, offset: int) -> httpx.Response:
         """GET a descriptor ``urls`` entry: anonymous, TLS verified, redirects followed by hand."""
@@ -174,17 +151,17 @@ class Blobs:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         target = url
-        for _ in range(_MAX_REDIRECTS):
+        for _ in range(MAX_REDIRECTS):
             client = self._connections.http_client(target.netloc.decode("ascii"), False, bulk=True)
             response = await _http.send(client, client.build_request("GET", target, headers=headers))
-            if response.status_code not in _REDIRECTS:
+            if response.status_code not in REDIRECT_STATUSES:
                 return response
             location = response.headers.get("location")
             await _http.discard(response)
             if not location:
                 raise RegistryError(f"GET {_http.display_url(target)}: redirect without Location")
             target = _http.join(target, location)
-        raise RegistryError(f"GET {_http.display_url(url)}: too many redirects")
+        raise RegistryError(f"GET {_http.display_url(url)}: more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
 
 class _BlobReader:

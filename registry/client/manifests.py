@@ -152,14 +152,16 @@ class Manifests:
 
     async def fetch_at(self, source: PullSource, ref: Reference) -> FetchedManifest:
         """``ref``'s manifest from the endpoint of ``source`` (``ref`` is a physical reference there)."""
+        endpoint = self._connections.endpoint(ref.registry_host, source.insecure)
+        scopes = (repository_scope(ref.path, "pull"),)
+        headers = {"Accept": ", ".join(ACCEPTED_MANIFEST_TYPES)}
         response = await self._auth.request(
-            self._connections.endpoint(ref.registry_host, source.insecure),
-            "GET",
-            f"/v2/{ref.path}/manifests/{ref.identifier}",
-            repository=ref.name,
-            scopes=(repository_scope(ref.path, "pull"),),
-            headers={"Accept": ", ".join(ACCEPTED_MANIFEST_TYPES)},
+            endpoint, "GET", f"/v2/{ref.path}/manifests/{ref.identifier}", repository=ref.name, scopes=scopes,
+            headers=headers,
         )
+        # podman follows a manifest GET's redirects (Go's http.Client); so does tether, as for blobs
+        response = await self._auth.follow_redirects(endpoint, response, repository=ref.name, scopes=scopes,
+                                                     headers=headers)
         if response.status_code != 200:
             raise await _http.status_error(response)
         where = f"GET {_http.display_url(response.request.url)}"

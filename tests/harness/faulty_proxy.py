@@ -9,7 +9,11 @@ through the proxy) until a queued :class:`Fault` matches:
 * ``ignore_range``: drop the ``Range`` header, so the registry answers 200 with the whole blob;
 * ``corrupt``: flip the body byte at offset ``after``;
 * ``stall``: send ``after`` body bytes, then keep the connection open without sending more for
-  ``stall_seconds`` (a read timeout for the client).
+  ``stall_seconds`` (a read timeout for the client);
+* ``trickle``: send ``after`` body bytes at full speed, then one byte every ``stall_seconds`` (a transfer that
+  never trips a read timeout: the low-speed limit's case);
+* ``redirect``: answer ``status`` (a 3xx) with ``Location: location`` (``{path}`` replaced by the request's
+  path and query) without asking the registry.
 
 Each fault applies ``times`` times to requests whose method is ``method`` and whose path contains
 ``path_contains``. Every request is recorded in :attr:`FaultyProxy.requests`.
@@ -39,7 +43,7 @@ _HOP_BY_HOP = frozenset(
 class Fault:
     """One misbehaviour; see the module docstring."""
 
-    kind: Literal["cut", "status", "ignore_range", "corrupt", "stall"]
+    kind: Literal["cut", "status", "ignore_range", "corrupt", "stall", "trickle", "redirect"]
     path_contains: str = "/blobs/"
     method: str = "GET"
     times: int = 1
@@ -47,6 +51,7 @@ class Fault:
     status: int = 500
     retry_after: str | None = None
     stall_seconds: float = 5.0
+    location: str = "{path}"
     applied: int = 0
 
 
@@ -59,6 +64,7 @@ class ProxiedRequest:
     range: str | None
     fault: str | None
     status: int | None = None
+    authorization: str | None = None    # the scheme of the Authorization header sent, if any
 
 
 @dataclass
@@ -103,8 +109,10 @@ class FaultyProxy(LoopbackServer):
 
             def _handle(self) -> None:
                 fault = proxy._take_fault(self.command, self.path)
+                auth = self.headers.get("Authorization")
                 record = ProxiedRequest(self.command, self.path, self.headers.get("Range"),
-                                        fault.kind if fault else None)
+                                        fault.kind if fault else None,
+                                        authorization=auth.split(" ", 1)[0] if auth else None)
                 proxy.requests.append(record)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -119,6 +127,13 @@ class FaultyProxy(LoopbackServer):
                         self.send_header("Retry-After", fault.retry_after)
                     self.end_headers()
                     self.wfile.write(data)
+                    record.status = fault.status
+                    return
+                if fault is not None and fault.kind == "redirect":
+                    self.send_response(fault.status)
+                    self.send_header("Location", fault.location.replace("{path}", self.path))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     record.status = fault.status
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -162,6 +177,9 @@ class FaultyProxy(LoopbackServer):
                     if fault is not None and fault.kind == "corrupt" and sent <= fault.after < sent + len(chunk):
                         i = fault.after - sent
                         chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
+                    if fault is not None and fault.kind == "trickle" and sent + len(chunk) > fault.after:
+                        self._trickle(chunk, sent, fault)
+                        return
                     if fault is not None and fault.kind in ("cut", "stall") and sent + len(chunk) >= fault.after:
                         self.wfile.write(chunk[: fault.after - sent])
                         self.wfile.flush()
@@ -173,6 +191,20 @@ class FaultyProxy(LoopbackServer):
                         return
                     self.wfile.write(chunk)
                     sent += len(chunk)
+
+            def _trickle(self, chunk: bytes, sent: int, fault: Fault) -> None:
+                head = max(0, fault.after - sent)
+                self.wfile.write(chunk[:head])
+                self.wfile.flush()
+                for i in range(head, len(chunk)):
+                    time.sleep(fault.stall_seconds)
+                    try:
+                        self.wfile.write(chunk[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up on this transfer
+                        self.close_connection = True
+                        return
+                self.close_connection = True
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
