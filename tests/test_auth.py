@@ -116,7 +116,7 @@ def test_bad_auth_files(tmp_path: Path, raw: bytes, message: str) -> None:
 def test_bad_entry_reported_only_when_its_registry_is_used(tmp_path: Path, entry: str, message: str) -> None:
     # c/image decodes only the entry a lookup selects: a bad quay.io entry must not break other registries
     path = tmp_path / "auth.json"
-    path.write_text('{"auths": {"quay.io": %s, "good.io": {"auth": "%s"}}}' % (entry, b64("u:p")))
+    path.write_text(f'{{"auths": {{"quay.io": {entry}, "good.io": {{"auth": "{b64("u:p")}"}}}}}}')
     auth = load_auth_file(path)
     assert lookup_credentials(auth, "good.io/app") == Credentials("u", "p")
     assert lookup_credentials(auth, "other.io/app") is None

@@ -68,6 +68,8 @@ class RegistryClients:
                 if retries is not None:
                     tries = max(1, retries + 1)
                     policy = replace(policy, attempts=tries, connect_attempts=min(2, tries))
+                    if retries <= 0:  # no retries asked for: no waiting out an outage either
+                        policy = replace(policy, outage_timeout=0.0)
                 if retry_delay is not None:
                     # podman's --retry-delay is a fixed pause; here it bounds the jittered backoff.
                     delay = max(0.0, retry_delay)

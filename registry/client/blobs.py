@@ -74,6 +74,15 @@ class _RetryableStatus(TransportError):
         self.retry_after = retry_after
 
 
+class _TooSlow(TransportError):
+    """The transfer fell under the low-speed limit (:class:`~tether.registry.client._retry.SpeedFloor`)."""
+
+
+def _is_outage(exc: TransportError) -> bool:
+    """A refused or reset connection, a body cut short: what a registry being restarted looks like."""
+    return not isinstance(exc, TLSError | _RetryableStatus | _TooSlow)
+
+
 class _SourceFailed(Exception):
     """This endpoint cannot serve (the rest of) the blob; try the next source."""
 
@@ -214,8 +223,10 @@ class _BlobReader:
         size = self.descriptor.size
         policy = self.connections.retry_policy
         errors: list[tuple[str, RegistryError]] = []
-        for source in self._ordered_sources():
+        ordered = self._ordered_sources()
+        for index, source in enumerate(ordered):
             failures = 0
+            outage_since: float | None = None   # when this endpoint's current streak of failures began
             while self.offset < size:
                 before = self.offset
                 try:
@@ -235,7 +246,12 @@ class _BlobReader:
                     break
                 except TransportError as exc:
                     await self.close_response()
-                    failures = 0 if self.offset > before else failures + 1
+                    # a stall counts even if it moved a few bytes: a trickle must not retry forever
+                    progressed = self.offset > before and not isinstance(exc, _TooSlow)
+                    failures = 0 if progressed else failures + 1
+                    now = trio.current_time()
+                    if progressed or outage_since is None:
+                        outage_since = now
                     limit = policy.connect_attempts if isinstance(exc, ConnectionFailedError) else policy.attempts
                     if (
                         isinstance(exc, ConnectionFailedError)
@@ -243,15 +259,30 @@ class _BlobReader:
                         and not self.connections.pinged(source)
                     ):
                         limit = 1  # the ping has already spent its connection attempts
-                    if failures >= limit:
-                        errors.append((_label(source), exc))
+                    outage = (
+                        failures >= limit
+                        and index == len(ordered) - 1
+                        and _is_outage(exc)
+                        and now - outage_since < policy.outage_timeout
+                    )
+                    if failures >= limit and not outage:
+                        given_up: RegistryError = exc
+                        if _is_outage(exc) and index == len(ordered) - 1 and policy.outage_timeout > 0:
+                            given_up = with_message(exc, f"{exc} (unreachable for {now - outage_since:.0f} s)")
+                        errors.append((_label(source), given_up))
                         logger.info("%s; giving up on this endpoint", exc)
                         if isinstance(exc, ConnectionFailedError) and isinstance(source, PullSource):
                             self.connections.mark_unreachable(source)
                         break
-                    logger.info("%s; resuming at byte %d", exc, self.offset)
                     retry_after = exc.retry_after if isinstance(exc, _RetryableStatus) else None
-                    await trio.sleep(policy.delay(max(1, failures), retry_after=retry_after))
+                    if outage:
+                        wait = policy.outage_delay(failures)
+                        logger.info("%s; the registry seems down, retrying for up to %.0f s more (resuming at byte %d)",
+                                    exc, policy.outage_timeout - (now - outage_since), self.offset)
+                    else:
+                        wait = policy.delay(max(1, failures), retry_after=retry_after)
+                        logger.info("%s; resuming at byte %d", exc, self.offset)
+                    await trio.sleep(wait)
                 finally:
                     await self.close_response()
             if self.offset >= size:
@@ -322,9 +353,26 @@ class _BlobReader:
         served_here = 0
         pending: list[bytes] = []
         pending_size = 0
+        policy = self.connections.retry_policy
+        floor = policy.speed_floor(trio.current_time())
         try:
             async with aclosing(_http.aiter_raw(response)) as raw_chunks:
-                async for chunk in raw_chunks:
+                while True:
+                    if floor is None:
+                        chunk = await anext(raw_chunks, None)
+                    else:
+                        with trio.move_on_at(floor.deadline()) as waited:
+                            chunk = await anext(raw_chunks, None)
+                        if waited.cancelled_caught:
+                            raise _TooSlow(
+                                f"{what}: slower than {policy.low_speed_limit} bytes/s for "
+                                f"{policy.low_speed_time:g} s ({floor.received()} bytes in that time, "
+                                f"at byte {self.offset} of {size})"
+                            )
+                        if chunk is not None:
+                            floor.add(trio.current_time(), len(chunk))
+                    if chunk is None:
+                        break
                     if skip:
                         if len(chunk) <= skip:
                             skip -= len(chunk)
@@ -344,7 +392,7 @@ class _BlobReader:
                         pending, pending_size = [], 0
                         yield out
         except TransportError:
-            # what was verified-so-far is kept: hand it out before the caller resumes
+            # what was verified so far is kept: hand it out before the caller resumes
             if pending:
                 yield pending[0] if len(pending) == 1 else b"".join(pending)
                 pending = []

@@ -16,7 +16,9 @@ through the proxy) until a queued :class:`Fault` matches:
   path and query) without asking the registry.
 
 Each fault applies ``times`` times to requests whose method is ``method`` and whose path contains
-``path_contains``. Every request is recorded in :attr:`FaultyProxy.requests`.
+``path_contains``. Every request is recorded in :attr:`FaultyProxy.requests`, with the body bytes sent back
+(:meth:`FaultyProxy.body_bytes`). When the registry cannot be reached (stopped), the client's connection is
+reset, as a registry that died mid-restart would.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import contextlib
 import http.client
 import json
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,6 +68,7 @@ class ProxiedRequest:
     fault: str | None
     status: int | None = None
     authorization: str | None = None    # the scheme of the Authorization header sent, if any
+    body_bytes: int = 0                 # response body bytes sent to the client
 
 
 @dataclass
@@ -89,6 +93,10 @@ class FaultyProxy(LoopbackServer):
     def count(self, method: str = "GET", path_contains: str = "") -> int:
         """How many requests with ``method`` whose path contains ``path_contains`` were received."""
         return sum(1 for r in self.requests if r.method == method and path_contains in r.path)
+
+    def body_bytes(self, method: str = "GET", path_contains: str = "") -> int:
+        """Response body bytes sent for requests with ``method`` whose path contains ``path_contains``."""
+        return sum(r.body_bytes for r in self.requests if r.method == method and path_contains in r.path)
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -141,8 +149,13 @@ class FaultyProxy(LoopbackServer):
                     headers = {k: v for k, v in headers.items() if k.lower() != "range"}
                 upstream = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 try:
-                    upstream.request(self.command, self.path, body=body or None, headers=headers)
-                    response = upstream.getresponse()
+                    try:
+                        upstream.request(self.command, self.path, body=body or None, headers=headers)
+                        response = upstream.getresponse()
+                    except OSError:  # the registry is down: reset the client's connection
+                        self.close_connection = True
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        return
                     record.status = response.status
                     self.send_response_only(response.status, response.reason)
                     declared = response.getheader("Content-Length")
@@ -160,29 +173,37 @@ class FaultyProxy(LoopbackServer):
                     self.end_headers()
                     if self.command == "HEAD":
                         return
-                    self._forward_body(response, payload, fault)
+                    self._forward_body(response, payload, fault, record)
                 finally:
                     upstream.close()
 
             def _forward_body(self, response: http.client.HTTPResponse, payload: bytes | None,
-                              fault: Fault | None) -> None:
+                              fault: Fault | None, record: ProxiedRequest) -> None:
                 sent = 0
                 while True:
                     if payload is not None:
                         chunk, payload = payload, b""
                     else:
-                        chunk = response.read1(65536)
+                        try:
+                            chunk = response.read1(65536)
+                        except (OSError, http.client.HTTPException):  # the registry died mid-body, and so does this
+                            self.close_connection = True
+                            with contextlib.suppress(OSError):
+                                self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                    record.body_bytes = sent
                     if not chunk:
                         return
                     if fault is not None and fault.kind == "corrupt" and sent <= fault.after < sent + len(chunk):
                         i = fault.after - sent
                         chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
                     if fault is not None and fault.kind == "trickle" and sent + len(chunk) > fault.after:
-                        self._trickle(chunk, sent, fault)
+                        record.body_bytes += self._trickle(chunk, sent, fault)
                         return
                     if fault is not None and fault.kind in ("cut", "stall") and sent + len(chunk) >= fault.after:
                         self.wfile.write(chunk[: fault.after - sent])
                         self.wfile.flush()
+                        record.body_bytes = fault.after
                         if fault.kind == "stall":
                             time.sleep(fault.stall_seconds)
                         self.close_connection = True
@@ -192,7 +213,7 @@ class FaultyProxy(LoopbackServer):
                     self.wfile.write(chunk)
                     sent += len(chunk)
 
-            def _trickle(self, chunk: bytes, sent: int, fault: Fault) -> None:
+            def _trickle(self, chunk: bytes, sent: int, fault: Fault) -> int:
                 head = max(0, fault.after - sent)
                 self.wfile.write(chunk[:head])
                 self.wfile.flush()
@@ -203,8 +224,9 @@ class FaultyProxy(LoopbackServer):
                         self.wfile.flush()
                     except OSError:  # the client gave up on this transfer
                         self.close_connection = True
-                        return
+                        return i
                 self.close_connection = True
+                return len(chunk)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
