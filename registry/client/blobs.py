@@ -30,7 +30,7 @@ import trio
 import tether.registry.client._http as _http
 from tether.registry.client._retry import RETRYABLE_STATUSES, parse_retry_after
 from tether.registry.client.auth import MAX_REDIRECTS, REDIRECT_STATUSES, Authenticator
-from tether.registry.client.core import Connections, repository_scope, with_message
+from tether.registry.client.core import Connections, gave_up, repository_scope, with_message
 from tether.registry.errors import (
     ConnectionFailedError,
     DigestMismatchError,
@@ -268,7 +268,7 @@ class _BlobReader:
                     if failures >= limit and not outage:
                         given_up: RegistryError = exc
                         if _is_outage(exc) and index == len(ordered) - 1 and policy.outage_timeout > 0:
-                            given_up = with_message(exc, f"{exc} (unreachable for {now - outage_since:.0f} s)")
+                            given_up = gave_up(exc, now - outage_since)
                         errors.append((_label(source), given_up))
                         logger.info("%s; giving up on this endpoint", exc)
                         if isinstance(exc, ConnectionFailedError) and isinstance(source, PullSource):

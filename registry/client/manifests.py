@@ -25,7 +25,14 @@ import trio
 import tether.registry.client._http as _http
 from tether.registry.client.auth import Authenticator
 from tether.registry.client.blobs import Blobs
-from tether.registry.client.core import Connections, registry_endpoint, repository_scope, with_message
+from tether.registry.client.core import (
+    Connections,
+    gave_up,
+    outage_waited,
+    registry_endpoint,
+    repository_scope,
+    with_message,
+)
 from tether.registry.errors import (
     ConnectionFailedError,
     DigestMismatchError,
@@ -116,7 +123,12 @@ async def first_success(
                 return await attempt(source)
             except RegistryError as exc:
                 now = trio.current_time()
-                if isinstance(exc, TransportError) and not isinstance(exc, TLSError) and index == len(order) - 1:
+                if (
+                    isinstance(exc, TransportError)
+                    and not isinstance(exc, TLSError)
+                    and not outage_waited(exc)  # a blob of the resolution waited already
+                    and index == len(order) - 1
+                ):
                     down_since = now if down_since is None else down_since
                     failures += 1
                     if now - down_since < policy.outage_timeout:
@@ -124,7 +136,7 @@ async def first_success(
                                     source.reference.domain, exc, policy.outage_timeout - (now - down_since))
                         await trio.sleep(policy.outage_delay(failures))
                         continue
-                    exc = with_message(exc, f"{exc} (unreachable for {now - down_since:.0f} s)")
+                    exc = gave_up(exc, now - down_since)
                 if isinstance(exc, ConnectionFailedError):
                     connections.mark_unreachable(source)
                 if len(order) > 1:
