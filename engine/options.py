@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.engine.arguments import DEFAULT_POLICY, DEFAULT_ROOT, check_common_options, store_root
-from tether.registry.auth import select_auth_file
+from tether.registry.auth import AuthLookup, AuthPath, auth_paths
 from tether.registry.manifest import Platform, parse_platform
 
 # DEFAULT_ROOT and DEFAULT_POLICY are CommonOptions' defaults, so they are part of what this module offers (the
@@ -39,6 +39,8 @@ class CommonOptions:
     format: str = "table"
     log_level: str = "warning"
     sysroot: Path = Path("/")
+    #: podman's auth-file lookup (``tether pull``, mirrors) or bootc's (the bound-image commands)
+    auth_lookup: AuthLookup = "podman"
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False, compare=False)
 
     def wanted_platform(self) -> Platform | None:
@@ -47,14 +49,21 @@ class CommonOptions:
             return None
         return parse_platform(self.platform)
 
-    def auth_file_path(self) -> Path | None:
-        """The credentials file: ``--authfile``, ``REGISTRY_AUTH_FILE``, else bootc's lookup.
+    def auth_paths(self) -> tuple[AuthPath, ...]:
+        """The credentials files, in lookup order (:func:`tether.registry.auth.auth_paths`).
 
-        bootc (crates/lib/src/podstorage.rs) uses the first existing of /run/ostree/auth.json,
-        /etc/ostree/auth.json and /usr/lib/ostree/auth.json, and hands podman an empty ``{}`` when none
-        exists so that nothing else is read; ``None`` here means exactly that.
+        ``auth_lookup="podman"``: ``--authfile`` or ``REGISTRY_AUTH_FILE`` alone, else podman's files
+        (``$XDG_RUNTIME_DIR/containers/auth.json``, ``~/.config/containers/auth.json``, ``~/.docker/config.json``,
+        ``~/.dockercfg``). ``"bootc"``: ``--authfile``, ``REGISTRY_AUTH_FILE``, else the first existing of
+        /run/ostree/auth.json, /etc/ostree/auth.json and /usr/lib/ostree/auth.json under ``sysroot`` (bootc's
+        crates/lib/src/podstorage.rs hands podman an empty ``{}`` when none exists: then nothing is read).
         """
-        return select_auth_file(explicit=self.authfile, environ=self.environ, sysroot=self.sysroot)
+        return auth_paths(self.auth_lookup, explicit=self.authfile, environ=self.environ, sysroot=self.sysroot)
+
+    def auth_file_path(self) -> Path | None:
+        """The first credentials file of :meth:`auth_paths` (the only one for ``--authfile`` and bootc)."""
+        paths = self.auth_paths()
+        return paths[0].path if paths else None
 
     def policy_path(self) -> Path:
         """The signature policy: ``--signature-policy``, else /etc/containers/policy.json."""

@@ -19,11 +19,15 @@ import pytest
 from tests.harness.registry import RunningRegistry, start_registry
 from tether.registry.auth import (
     AuthFile,
+    AuthPath,
     Credentials,
+    auth_paths,
     find_bootc_auth_file,
     load_auth_file,
+    load_auth_files,
     lookup_credentials,
     normalize_auth_key,
+    podman_auth_paths,
     select_auth_file,
 )
 from tether.registry.errors import AuthenticationError, ConfigError
@@ -86,12 +90,15 @@ BAD_FILES = [
     (b"{not json", "invalid JSON: Expecting property name"),
     (b"[]", "expected a JSON object"),
     (b'{"auths": []}', "auths: expected an object"),
-    (b'{"auths": {"quay.io": "x"}}', "auths['quay.io']: expected an object"),
-    (b'{"auths": {"quay.io": {"auth": "%%%"}}}', "auths['quay.io'].auth: not valid base64"),
-    (b'{"auths": {"quay.io": {"auth": 5}}}', "auths['quay.io'].auth: expected a string"),
-    (b'{"auths": {"quay.io": {"auth": "", "identitytoken": 1}}}', "identitytoken: expected a string"),
     (b'{"credHelpers": {"quay.io": 1}}', "credHelpers: expected an object of strings"),
     (b"\xff\xfe", "invalid JSON"),
+]
+
+BAD_ENTRIES = [
+    ('"x"', "auths['quay.io']: expected an object"),
+    ('{"auth": "%%%"}', "auths['quay.io'].auth: not valid base64"),
+    ('{"auth": 5}', "auths['quay.io'].auth: expected a string"),
+    ('{"auth": "", "identitytoken": 1}', "identitytoken: expected a string"),
 ]
 
 
@@ -105,11 +112,73 @@ def test_bad_auth_files(tmp_path: Path, raw: bytes, message: str) -> None:
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(("entry", "message"), BAD_ENTRIES)
+def test_bad_entry_reported_only_when_its_registry_is_used(tmp_path: Path, entry: str, message: str) -> None:
+    # c/image decodes only the entry a lookup selects: a bad quay.io entry must not break other registries
+    path = tmp_path / "auth.json"
+    path.write_text(f'{{"auths": {{"quay.io": {entry}, "good.io": {{"auth": "{b64("u:p")}"}}}}}}')
+    auth = load_auth_file(path)
+    assert lookup_credentials(auth, "good.io/app") == Credentials("u", "p")
+    assert lookup_credentials(auth, "other.io/app") is None
+    with pytest.raises(ConfigError) as info:
+        lookup_credentials(auth, "quay.io/org/app")
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
 def test_bad_base64_error_does_not_leak_the_value(tmp_path: Path) -> None:
     path = write_auth(tmp_path / "a.json", {"auths": {"quay.io": {"auth": "c2VjcmV0LXBhc3N3b3Jk!"}}})
+    auth = load_auth_file(path)
     with pytest.raises(ConfigError) as info:
-        load_auth_file(path)
+        lookup_credentials(auth, "quay.io/a")
     assert "c2VjcmV0" not in str(info.value)
+    assert "c2VjcmV0" not in repr(auth)
+
+
+# --- podman's lookup ------------------------------------------------------------------------------------
+
+
+def test_podman_auth_paths_order(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {"XDG_RUNTIME_DIR": str(run), "HOME": str(tmp_path / "home")}
+    assert podman_auth_paths(environ=env) == (
+        AuthPath(run / "containers/auth.json"),
+        AuthPath(tmp_path / "home/.config/containers/auth.json"),
+        AuthPath(tmp_path / "home/.docker/config.json"),
+        AuthPath(tmp_path / "home/.dockercfg", legacy=True),
+    )
+    env2 = {**env, "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "DOCKER_CONFIG": str(tmp_path / "dc")}
+    assert [p.path for p in podman_auth_paths(environ=env2)][1:3] == [
+        tmp_path / "cfg/containers/auth.json", tmp_path / "dc/config.json"]
+    # no XDG_RUNTIME_DIR: /run/containers/$UID (what podman login writes as root); a missing one is skipped
+    assert podman_auth_paths(environ={}, uid=0) == (AuthPath(Path("/run/containers/0/auth.json")),)
+    assert podman_auth_paths(environ={"XDG_RUNTIME_DIR": str(tmp_path / "nope")}) == ()
+    # --authfile and REGISTRY_AUTH_FILE end the list (c/image: a user-specified path)
+    assert podman_auth_paths(explicit=tmp_path / "x.json", environ=env) == (AuthPath(tmp_path / "x.json"),)
+    assert podman_auth_paths(environ={**env, "REGISTRY_AUTH_FILE": "/e.json"}) == (AuthPath(Path("/e.json")),)
+    # bootc's lookup never reads podman's files
+    assert auth_paths("bootc", environ=env, sysroot=tmp_path) == ()
+
+
+def test_podman_lookup_first_file_with_credentials_wins(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    home = tmp_path / "home"
+    write_auth(run / "containers/auth.json", {"auths": {"a.io": {"auth": b64("run:1")}, "b.io": {}}})
+    write_auth(home / ".docker/config.json", {"auths": {"b.io": {"auth": b64("docker:2")},
+                                                        "a.io": {"auth": b64("docker:x")}}})
+    write_auth(home / ".dockercfg", {"https://c.io/v1/": {"auth": b64("legacy:3"), "email": "x@y"}})
+    paths = podman_auth_paths(environ={"XDG_RUNTIME_DIR": str(run), "HOME": str(home)})
+    files = load_auth_files(paths)
+    assert [f.path for f in files.files] == [run / "containers/auth.json", home / ".docker/config.json",
+                                             home / ".dockercfg"]
+    assert lookup_credentials(files, "a.io/app") == Credentials("run", "1")
+    assert lookup_credentials(files, "b.io/app") == Credentials("docker", "2")  # {} in the first: next file
+    assert lookup_credentials(files, "c.io/app") == Credentials("legacy", "3")
+    assert lookup_credentials(files, "d.io/app") is None
+    described = files.describe()
+    assert str(run / "containers/auth.json") in described
+    assert f"{home / '.config/containers/auth.json'} (missing)" in described
 
 
 def test_missing_explicit_file(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ from tether.registry.certs import (
 )
 from tether.registry.errors import ConfigError
 
+# these tests are of the default system paths, each with an explicit root
+pytestmark = pytest.mark.system_defaults
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:

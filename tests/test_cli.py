@@ -69,6 +69,7 @@ def test_common_options_are_spelled_as_podman_spells_them(tmp_path: Path) -> Non
     assert (options.format, options.log_level) == ("json", "debug")
 
 
+@pytest.mark.system_defaults
 def test_defaults_point_at_the_bootc_store_and_system_policy() -> None:
     options = parse_common()
     assert options.root == Path("/usr/lib/bootc/storage")

@@ -20,6 +20,10 @@ CONTRIB = ROOT / "contrib"
 BASH_COMPLETION = CONTRIB / "completion" / "bash" / "tether"
 REGENERATE = "run: python -m tether.engine.cli.docs --write"
 
+# The pages document the system's default paths (/etc/containers/policy.json, ...), which the hermetic fixture
+# otherwise relocates into each test's home.
+pytestmark = pytest.mark.system_defaults
+
 
 def test_the_checked_in_files_are_what_the_parser_generates() -> None:
     assert differences(CONTRIB, render_all()) == [], REGENERATE

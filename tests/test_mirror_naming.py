@@ -120,6 +120,7 @@ def test_regenerating_the_dropin_with_the_previous_one_loaded_is_stable(tmp_path
     assert tomllib.loads(again) == tomllib.loads(first)
 
 
+@pytest.mark.system_defaults
 def test_dropin_applies_as_a_registries_conf_d_file_over_the_hosts_main_file(tmp_path: Path) -> None:
     root = tmp_path / "host"
     etc = root / "etc/containers"

@@ -34,6 +34,9 @@ from tether.registry.registries_conf import (
     resolve_short_name_detailed,
 )
 
+# these tests are of the default system paths, each with an explicit root
+pytestmark = pytest.mark.system_defaults
+
 D = "sha256:" + "ab" * 32
 
 
@@ -834,6 +837,7 @@ PACKAGED = Path("/etc/containers/registries.conf.d/shortnames.conf")
 
 
 @pytest.mark.skipif(not PACKAGED.exists(), reason="containers-common's shortnames.conf is not installed")
+@pytest.mark.reads_host_config("the file containers-common installs is what is under test")
 def test_packaged_shortnames_conf_loads(tmp_path: Path) -> None:
     """containers-common ships a few dozen aliases as a drop-in; all of them must load and resolve."""
     dropin = tmp_path / "etc/containers/registries.conf.d/000-shortnames.conf"

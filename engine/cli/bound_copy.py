@@ -26,8 +26,9 @@ from tether.store.containers_storage import Store
 
 
 def _options(args: argparse.Namespace) -> CommonOptions:
-    """The common options, with the bootc store as root and ``--sysroot`` (when given) for auth file lookups."""
-    changes: dict[str, Any] = {"root": bound_store_root(args)}
+    """The common options, with the bootc store as root, bootc's auth-file lookup (the ostree pull secret, not
+    podman's files) and ``--sysroot`` (when given) for it."""
+    changes: dict[str, Any] = {"root": bound_store_root(args), "auth_lookup": "bootc"}
     sysroot: Path | None = getattr(args, "sysroot", None)
     if sysroot is not None:
         changes["sysroot"] = sysroot

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tether.registry.auth import load_auth_file
+from tether.registry.auth import AuthPath, load_auth_files
 from tether.registry.client import DEFAULT_RETRY_POLICY, RegistryClient, open_registry_client
 from tether.registry.registries_conf import load_registries_conf
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tether.engine.options import CommonOptions
     from tether.registry.registries_conf import RegistriesConf
 
-ClientKey = tuple[Path | None, Path | None, bool | None, int | None, float | None]
+ClientKey = tuple[tuple[AuthPath, ...], Path | None, bool | None, int | None, float | None]
 
 
 class RegistryClients:
@@ -52,12 +52,15 @@ class RegistryClients:
             return self._injected
         options = self.options
         key: ClientKey = (
-            authfile if authfile is not None else options.auth_file_path(),
+            (AuthPath(authfile),) if authfile is not None else options.auth_paths(),
             cert_dir if cert_dir is not None else options.cert_dir,
             tls_verify if tls_verify is not None else options.tls_verify,
             retries,
             retry_delay,
         )
+        # --authfile, quadlet AuthFile= and REGISTRY_AUTH_FILE name a file that must exist (podman checks it)
+        explicit = (authfile is not None or options.authfile is not None
+                    or bool(options.environ.get("REGISTRY_AUTH_FILE")))
         async with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -65,13 +68,15 @@ class RegistryClients:
                 if retries is not None:
                     tries = max(1, retries + 1)
                     policy = replace(policy, attempts=tries, connect_attempts=min(2, tries))
+                    if retries <= 0:  # no retries asked for: no waiting out an outage either
+                        policy = replace(policy, outage_timeout=0.0)
                 if retry_delay is not None:
                     # podman's --retry-delay is a fixed pause; here it bounds the jittered backoff.
                     delay = max(0.0, retry_delay)
                     policy = replace(policy, base_delay=delay, max_delay=delay)
                 client = await self.stack.enter_async_context(open_registry_client(
-                    registries=self.registries(), auth=load_auth_file(key[0]), cert_dir=key[1], tls_verify=key[2],
-                    max_connections_per_host=self.connections, retry_policy=policy))
+                    registries=self.registries(), auth=load_auth_files(key[0], required=explicit), cert_dir=key[1],
+                    tls_verify=key[2], max_connections_per_host=self.connections, retry_policy=policy))
                 self._clients[key] = client
             return client
 

@@ -51,6 +51,7 @@ MAX_H2_DISCARD = 16 * 1024 * 1024
 #: images (four blobs at once).  (TLS gains less: a read still returns one record.)
 BODY_READ_SIZE = 256 * 1024
 httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = BODY_READ_SIZE
+_ABANDON_STEPS = 1024
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
@@ -158,8 +159,11 @@ async def _abandon(response: httpx.Response, iterator: AsyncIterator[bytes]) -> 
                     if discarded > MAX_H2_DISCARD:
                         break
         await response.aclose()
+        # Data already buffered may still come out after the close (a capped read stops mid-body): drive the
+        # chain until the innermost generator raises, bounded, so that none is left to the collector.
         with contextlib.suppress(Exception):
-            await iterator.__anext__()
+            for _ in range(_ABANDON_STEPS):
+                await iterator.__anext__()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(Exception):

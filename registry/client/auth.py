@@ -21,16 +21,20 @@ import httpx
 import trio
 
 import tether.registry.client._http as _http
-from tether.registry.auth import AuthFile, Credentials, lookup_credentials
+from tether.registry.auth import AuthFile, AuthFiles, Credentials, lookup_credentials
 from tether.registry.challenge import Challenge, parse_www_authenticate
 from tether.registry.client._tokens import BearerToken, TokenCache, parse_token_response
 from tether.registry.client.core import Connections, Endpoint
-from tether.registry.errors import AuthenticationError
+from tether.registry.errors import AuthenticationError, RegistryError
 from tether.registry.registries_conf import AUTHENTICATION_FILE_HELPER, RegistriesConf
 
-__all__ = ["Authenticator"]
+__all__ = ["MAX_REDIRECTS", "REDIRECT_STATUSES", "Authenticator"]
 
 logger = logging.getLogger("tether.registry.client")
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Hops followed for one request: Go's http.Client (c/image's) stops after 10.
+MAX_REDIRECTS = 10
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,9 @@ def _basic(username: str, password: str) -> str:
 class Authenticator:
     """Sends requests with the credentials of one registries.conf + auth.json; shared by every pull."""
 
-    def __init__(self, connections: Connections, *, registries: RegistriesConf, auth: AuthFile) -> None:
+    def __init__(
+        self, connections: Connections, *, registries: RegistriesConf, auth: AuthFile | AuthFiles
+    ) -> None:
         self._connections = connections
         self._registries = registries
         self._auth = auth
@@ -75,7 +81,8 @@ class Authenticator:
         def lookup() -> Credentials | None:
             return lookup_credentials(self._auth, name, helpers=helpers)
 
-        if helpers == (AUTHENTICATION_FILE_HELPER,) and not self._auth.cred_helpers:
+        files = self._auth.files if isinstance(self._auth, AuthFiles) else (self._auth,)
+        if helpers == (AUTHENTICATION_FILE_HELPER,) and not any(f.cred_helpers for f in files):
             found = lookup()
         else:  # credential helpers are processes
             found = await trio.to_thread.run_sync(lookup)
@@ -84,6 +91,16 @@ class Authenticator:
             creds = _Credentials(found.username or None, found.password or None, found.identity_token or None)
         self._credentials_cache[name] = creds
         return creds
+
+    def _hint(self, creds: _Credentials | None) -> str:
+        """Why a 401 may have happened, naming where credentials were looked for."""
+        auth = self._auth
+        if isinstance(auth, AuthFiles):
+            consulted = auth.describe()
+        else:
+            consulted = f"auth file: {auth.path}" if auth.path is not None else "no auth file"
+        what = "credentials refused" if creds else "no credentials configured for it"
+        return f"{what}; {consulted}"
 
     async def _bearer_token(
         self, endpoint: Endpoint, challenge: Challenge, scopes: tuple[str, ...], creds: _Credentials | None
@@ -150,8 +167,7 @@ class Authenticator:
         response = await self._connections.with_retries(attempt)
         if response.status_code in (401, 403):
             error = await _http.status_error(response, what=what)
-            hint = "credentials refused" if creds else "no credentials found for it"
-            raise AuthenticationError(f"{error} ({hint})")
+            raise AuthenticationError(f"{error} ({self._hint(creds)})")
         if response.status_code != 200:
             raise await _http.status_error(response, what=what)
         body, truncated = await _http.read_capped(response, 1024 * 1024, what="token")
@@ -214,8 +230,7 @@ class Authenticator:
             response = await (self._connections.with_retries(attempt) if retry else attempt())
             if response.status_code != 401 or reauthenticated:
                 if response.status_code == 401:
-                    hint = "credentials refused" if creds else "no credentials configured for it"
-                    raise await _http.authentication_error(response, hint=hint)
+                    raise await _http.authentication_error(response, hint=self._hint(creds))
                 return response
             reauthenticated = True
             challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
@@ -230,3 +245,50 @@ class Authenticator:
                 logger.info("%s %s: token refused; re-authenticating once", method, _http.display_url(url))
             if challenges and (authorization is None or bearer is not None):
                 endpoint.challenges = challenges
+
+    async def follow_redirects(
+        self,
+        endpoint: Endpoint,
+        response: httpx.Response,
+        *,
+        repository: str,
+        scopes: tuple[str, ...],
+        headers: dict[str, str] | None = None,
+        retry: bool = True,
+        bulk: bool = False,
+    ) -> httpx.Response:
+        """``response`` (to a GET or HEAD), or where its redirects lead, at most :data:`MAX_REDIRECTS` hops.
+
+        c/image sends its requests through Go's ``http.Client``, which follows redirects and drops
+        ``Authorization`` when the target is another host (``shouldCopyHeaderOnRedirect``); so here: the
+        endpoint's own origin (scheme, host and port: stricter than Go, which ignores the port) is asked with
+        the credentials again, any other host anonymously (a CDN's signed URL needs none).
+        """
+        method = response.request.method
+        first = response.request.url
+        for _ in range(MAX_REDIRECTS):
+            if response.status_code not in REDIRECT_STATUSES:
+                return response
+            location = response.headers.get("location")
+            current = response.request.url
+            await _http.discard(response)
+            if not location:
+                raise RegistryError(f"{method} {_http.display_url(current)}: redirect without Location")
+            target = _http.join(current, location)
+            base = httpx.URL(await self._connections.ping(endpoint))
+            if (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port):
+                response = await self.request(endpoint, method, target, repository=repository, scopes=scopes,
+                                              headers=headers, retry=retry, bulk=bulk)
+                continue
+            client = self._connections.http_client(target.netloc.decode("ascii"), False, bulk=bulk)
+
+            def attempt(target: httpx.URL = target, client: httpx.AsyncClient = client) -> Awaitable[httpx.Response]:
+                return _http.send(client, client.build_request(method, target, headers=headers))
+
+            response = await (self._connections.with_retries(attempt) if retry else attempt())
+        last = response.request.url
+        await _http.discard(response)
+        raise RegistryError(
+            f"{method} {_http.display_url(first)}: more than {MAX_REDIRECTS} redirects (a redirect loop?), "
+            f"the last to {_http.display_url(last)}"
+        )

@@ -29,8 +29,8 @@ import trio
 
 import tether.registry.client._http as _http
 from tether.registry.client._retry import RETRYABLE_STATUSES, parse_retry_after
-from tether.registry.client.auth import Authenticator
-from tether.registry.client.core import Connections, repository_scope, with_message
+from tether.registry.client.auth import MAX_REDIRECTS, REDIRECT_STATUSES, Authenticator
+from tether.registry.client.core import Connections, gave_up, repository_scope, with_message
 from tether.registry.errors import (
     ConnectionFailedError,
     DigestMismatchError,
@@ -45,8 +45,6 @@ __all__ = ["Blobs"]
 
 logger = logging.getLogger("tether.registry.client")
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 10
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -74,6 +72,15 @@ class _RetryableStatus(TransportError):
     def __init__(self, message: str, *, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _TooSlow(TransportError):
+    """The transfer fell under the low-speed limit (:class:`~tether.registry.client._retry.SpeedFloor`)."""
+
+
+def _is_outage(exc: TransportError) -> bool:
+    """A refused or reset connection, a body cut short: what a registry being restarted looks like."""
+    return not isinstance(exc, TLSError | _RetryableStatus | _TooSlow)
 
 
 class _SourceFailed(Exception):
@@ -124,11 +131,8 @@ class Blobs:
         return b"".join(parts)
 
     async def response(self, source: PullSource, descriptor: Descriptor, offset: int) -> httpx.Response:
-        """GET the blob from ``source`` from ``offset`` on, following redirects by hand.
-
-        Redirects to another host (a CDN) are followed without ``Authorization`` (c/image
-        ``docker_client.go`` relies on Go's same-host rule; httpx's is the same).
-        """
+        """GET the blob from ``source`` from ``offset`` on, redirects followed
+        (:meth:`~tether.registry.client.auth.Authenticator.follow_redirects`: no credentials to another host)."""
         ref = source.reference
         endpoint = self._connections.source_endpoint(source)
         headers = {"Accept-Encoding": "identity"}
@@ -146,27 +150,9 @@ class Blobs:
             retry=False,
             bulk=True,
         )
-        for _ in range(_MAX_REDIRECTS):
-            if response.status_code not in _REDIRECTS:
-                return response
-            location = response.headers.get("location")
-            await _http.discard(response)
-            if not location:
-                raise RegistryError(f"GET {_http.display_url(response.request.url)}: redirect without Location")
-            target = _http.join(response.request.url, location)
-            base = httpx.URL(await self._connections.ping(endpoint))
-            if (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port):
-                response = await self._auth.request(
-                    endpoint, "GET", target, repository=ref.name, scopes=scopes, headers=headers, retry=False,
-                    bulk=True
-                )
-            else:
-                netloc = target.netloc.decode("ascii")
-                client = self._connections.http_client(netloc, False, bulk=True)
-
-                response = await _http.send(client, client.build_request("GET", target, headers=headers))
-        await _http.discard(response)
-        raise RegistryError(f"GET {_http.display_url(response.request.url)}: too many redirects")
+        return await self._auth.follow_redirects(
+            endpoint, response, repository=ref.name, scopes=scopes, headers=headers, retry=False, bulk=True
+        )
 
     async def external_response(self, url: httpx.URL, offset: int) -> httpx.Response:
         """GET a descriptor ``urls`` entry: anonymous, TLS verified, redirects followed by hand."""
@@ -174,17 +160,17 @@ class Blobs:
         if offset:
             headers["Range"] = f"bytes={offset}-"
         target = url
-        for _ in range(_MAX_REDIRECTS):
+        for _ in range(MAX_REDIRECTS):
             client = self._connections.http_client(target.netloc.decode("ascii"), False, bulk=True)
             response = await _http.send(client, client.build_request("GET", target, headers=headers))
-            if response.status_code not in _REDIRECTS:
+            if response.status_code not in REDIRECT_STATUSES:
                 return response
             location = response.headers.get("location")
             await _http.discard(response)
             if not location:
                 raise RegistryError(f"GET {_http.display_url(target)}: redirect without Location")
             target = _http.join(target, location)
-        raise RegistryError(f"GET {_http.display_url(url)}: too many redirects")
+        raise RegistryError(f"GET {_http.display_url(url)}: more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
 
 class _BlobReader:
@@ -237,8 +223,10 @@ class _BlobReader:
         size = self.descriptor.size
         policy = self.connections.retry_policy
         errors: list[tuple[str, RegistryError]] = []
-        for source in self._ordered_sources():
+        ordered = self._ordered_sources()
+        for index, source in enumerate(ordered):
             failures = 0
+            outage_since: float | None = None   # when this endpoint's current streak of failures began
             while self.offset < size:
                 before = self.offset
                 try:
@@ -258,7 +246,12 @@ class _BlobReader:
                     break
                 except TransportError as exc:
                     await self.close_response()
-                    failures = 0 if self.offset > before else failures + 1
+                    # a stall counts even if it moved a few bytes: a trickle must not retry forever
+                    progressed = self.offset > before and not isinstance(exc, _TooSlow)
+                    failures = 0 if progressed else failures + 1
+                    now = trio.current_time()
+                    if progressed or outage_since is None:
+                        outage_since = now
                     limit = policy.connect_attempts if isinstance(exc, ConnectionFailedError) else policy.attempts
                     if (
                         isinstance(exc, ConnectionFailedError)
@@ -266,15 +259,30 @@ class _BlobReader:
                         and not self.connections.pinged(source)
                     ):
                         limit = 1  # the ping has already spent its connection attempts
-                    if failures >= limit:
-                        errors.append((_label(source), exc))
+                    outage = (
+                        failures >= limit
+                        and index == len(ordered) - 1
+                        and _is_outage(exc)
+                        and now - outage_since < policy.outage_timeout
+                    )
+                    if failures >= limit and not outage:
+                        given_up: RegistryError = exc
+                        if _is_outage(exc) and index == len(ordered) - 1 and policy.outage_timeout > 0:
+                            given_up = gave_up(exc, now - outage_since)
+                        errors.append((_label(source), given_up))
                         logger.info("%s; giving up on this endpoint", exc)
                         if isinstance(exc, ConnectionFailedError) and isinstance(source, PullSource):
                             self.connections.mark_unreachable(source)
                         break
-                    logger.info("%s; resuming at byte %d", exc, self.offset)
                     retry_after = exc.retry_after if isinstance(exc, _RetryableStatus) else None
-                    await trio.sleep(policy.delay(max(1, failures), retry_after=retry_after))
+                    if outage:
+                        wait = policy.outage_delay(failures)
+                        logger.info("%s; the registry seems down, retrying for up to %.0f s more (resuming at byte %d)",
+                                    exc, policy.outage_timeout - (now - outage_since), self.offset)
+                    else:
+                        wait = policy.delay(max(1, failures), retry_after=retry_after)
+                        logger.info("%s; resuming at byte %d", exc, self.offset)
+                    await trio.sleep(wait)
                 finally:
                     await self.close_response()
             if self.offset >= size:
@@ -345,9 +353,26 @@ class _BlobReader:
         served_here = 0
         pending: list[bytes] = []
         pending_size = 0
+        policy = self.connections.retry_policy
+        floor = policy.speed_floor(trio.current_time())
         try:
             async with aclosing(_http.aiter_raw(response)) as raw_chunks:
-                async for chunk in raw_chunks:
+                while True:
+                    if floor is None:
+                        chunk = await anext(raw_chunks, None)
+                    else:
+                        with trio.move_on_at(floor.deadline()) as waited:
+                            chunk = await anext(raw_chunks, None)
+                        if waited.cancelled_caught:
+                            raise _TooSlow(
+                                f"{what}: slower than {policy.low_speed_limit} bytes/s for "
+                                f"{policy.low_speed_time:g} s ({floor.received()} bytes in that time, "
+                                f"at byte {self.offset} of {size})"
+                            )
+                        if chunk is not None:
+                            floor.add(trio.current_time(), len(chunk))
+                    if chunk is None:
+                        break
                     if skip:
                         if len(chunk) <= skip:
                             skip -= len(chunk)
@@ -367,7 +392,7 @@ class _BlobReader:
                         pending, pending_size = [], 0
                         yield out
         except TransportError:
-            # what was verified-so-far is kept: hand it out before the caller resumes
+            # what was verified so far is kept: hand it out before the caller resumes
             if pending:
                 yield pending[0] if len(pending) == 1 else b"".join(pending)
                 pending = []

@@ -33,7 +33,9 @@ __all__ = [
     "USER_AGENT",
     "Connections",
     "Endpoint",
+    "gave_up",
     "is_loopback",
+    "outage_waited",
     "registry_endpoint",
     "repository_scope",
     "with_message",
@@ -73,6 +75,19 @@ def with_message(error: RegistryError, message: str) -> RegistryError:
         return type(error)(message)
     except TypeError:  # pragma: no cover - every class of the hierarchy takes a message
         return RegistryError(message)
+
+
+def gave_up(error: RegistryError, seconds: float) -> RegistryError:
+    """``error`` saying its endpoint kept failing for ``seconds`` (an outage waited out in vain); marked so that
+    an outer retry loop does not wait once more (:func:`outage_waited`)."""
+    out = with_message(error, f"{error} (given up after {seconds:.0f} s of failures)")
+    setattr(out, "_tether_outage_waited", True)  # noqa: B010 - an attribute the hierarchy does not declare
+    return out
+
+
+def outage_waited(error: BaseException) -> bool:
+    """Whether ``error`` comes from :func:`gave_up`."""
+    return bool(getattr(error, "_tether_outage_waited", False))
 
 
 def is_loopback(host: str) -> bool:

@@ -20,16 +20,26 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
+import trio
 
 import tether.registry.client._http as _http
 from tether.registry.client.auth import Authenticator
 from tether.registry.client.blobs import Blobs
-from tether.registry.client.core import Connections, registry_endpoint, repository_scope, with_message
+from tether.registry.client.core import (
+    Connections,
+    gave_up,
+    outage_waited,
+    registry_endpoint,
+    repository_scope,
+    with_message,
+)
 from tether.registry.errors import (
     ConnectionFailedError,
     DigestMismatchError,
     ManifestError,
     RegistryError,
+    TLSError,
+    TransportError,
 )
 from tether.registry.manifest import (
     ACCEPTED_MANIFEST_TYPES,
@@ -95,20 +105,44 @@ async def first_success(
     first: PullSource | None = None,
 ) -> _T:
     """``attempt`` at each of ``sources`` until one succeeds (``first``, if given, before the others; recently
-    unreachable endpoints last); the last error, naming the others, when none does."""
+    unreachable endpoints last); the last error, naming the others, when none does.
+
+    The last endpoint, when it refuses or drops connections, is retried for the retry policy's
+    ``outage_timeout`` (a registry being restarted), as blobs are.
+    """
     order = connections.by_reachability(sources)
     if first is not None:
         order = (first, *(s for s in order if s != first))
     errors: list[tuple[PullSource, RegistryError]] = []
-    for source in order:
-        try:
-            return await attempt(source)
-        except RegistryError as exc:
-            if isinstance(exc, ConnectionFailedError):
-                connections.mark_unreachable(source)
-            if len(order) > 1:
-                logger.info("%s: %s; trying the next endpoint", source.reference.domain, exc)
-            errors.append((source, exc))
+    policy = connections.retry_policy
+    for index, source in enumerate(order):
+        down_since: float | None = None
+        failures = 0
+        while True:
+            try:
+                return await attempt(source)
+            except RegistryError as exc:
+                now = trio.current_time()
+                if (
+                    isinstance(exc, TransportError)
+                    and not isinstance(exc, TLSError)
+                    and not outage_waited(exc)  # a blob of the resolution waited already
+                    and index == len(order) - 1
+                ):
+                    down_since = now if down_since is None else down_since
+                    failures += 1
+                    if now - down_since < policy.outage_timeout:
+                        logger.info("%s: %s; the registry seems down, retrying for up to %.0f s more",
+                                    source.reference.domain, exc, policy.outage_timeout - (now - down_since))
+                        await trio.sleep(policy.outage_delay(failures))
+                        continue
+                    exc = gave_up(exc, now - down_since)
+                if isinstance(exc, ConnectionFailedError):
+                    connections.mark_unreachable(source)
+                if len(order) > 1:
+                    logger.info("%s: %s; trying the next endpoint", source.reference.domain, exc)
+                errors.append((source, exc))
+                break
     assert errors, "pull_sources returned no endpoint"
     last = errors[-1][1]
     if len(errors) == 1:
@@ -152,14 +186,16 @@ class Manifests:
 
     async def fetch_at(self, source: PullSource, ref: Reference) -> FetchedManifest:
         """``ref``'s manifest from the endpoint of ``source`` (``ref`` is a physical reference there)."""
+        endpoint = self._connections.endpoint(ref.registry_host, source.insecure)
+        scopes = (repository_scope(ref.path, "pull"),)
+        headers = {"Accept": ", ".join(ACCEPTED_MANIFEST_TYPES)}
         response = await self._auth.request(
-            self._connections.endpoint(ref.registry_host, source.insecure),
-            "GET",
-            f"/v2/{ref.path}/manifests/{ref.identifier}",
-            repository=ref.name,
-            scopes=(repository_scope(ref.path, "pull"),),
-            headers={"Accept": ", ".join(ACCEPTED_MANIFEST_TYPES)},
+            endpoint, "GET", f"/v2/{ref.path}/manifests/{ref.identifier}", repository=ref.name, scopes=scopes,
+            headers=headers,
         )
+        # podman follows a manifest GET's redirects (Go's http.Client); so does tether, as for blobs
+        response = await self._auth.follow_redirects(endpoint, response, repository=ref.name, scopes=scopes,
+                                                     headers=headers)
         if response.status_code != 200:
             raise await _http.status_error(response)
         where = f"GET {_http.display_url(response.request.url)}"

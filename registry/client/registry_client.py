@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tether.registry.auth import AuthFile
+from tether.registry.auth import AuthFile, AuthFiles
 from tether.registry.client._retry import RetryPolicy
 from tether.registry.client.auth import Authenticator
 from tether.registry.client.blobs import Blobs
@@ -41,7 +41,7 @@ class RegistryClient:
         self,
         *,
         registries: RegistriesConf,
-        auth: AuthFile,
+        auth: AuthFile | AuthFiles,
         cert_dir: Path | None,
         tls_verify: bool | None,
         max_connections_per_host: int,
@@ -162,7 +162,7 @@ class RegistryClient:
 async def open_registry_client(
     *,
     registries: RegistriesConf,
-    auth: AuthFile,
+    auth: AuthFile | AuthFiles,
     cert_dir: Path | None = None,
     tls_verify: bool | None = None,
     max_connections_per_host: int = 8,
@@ -172,7 +172,8 @@ async def open_registry_client(
 ) -> AsyncIterator[RegistryClient]:
     """A :class:`RegistryClient` for one configuration; its connections close on exit.
 
-    ``auth`` is a loaded containers-auth.json (:func:`tether.registry.auth.load_auth_file`); ``cert_dir``
+    ``auth`` is a loaded containers-auth.json (:func:`tether.registry.auth.load_auth_file`) or the files of a
+    lookup (:func:`tether.registry.auth.load_auth_files`; a 401 names them); ``cert_dir``
     replaces the certs.d lookup (``--cert-dir``); ``tls_verify`` overrides registries.conf's
     ``insecure`` either way when set. ``retry_policy`` tunes retries and timeouts;
     ``cert_search_dirs`` replaces the certs.d parents searched for ``HOST[:PORT]/`` (default

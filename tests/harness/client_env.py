@@ -12,8 +12,9 @@ from tether.registry.auth import AuthFile, load_auth_file
 from tether.registry.client import RegistryClient, RetryPolicy, open_registry_client
 from tether.registry.registries_conf import RegistriesConf, load_registries_conf
 
-#: Retries without real waiting, so fault tests stay fast.
-FAST_RETRIES = RetryPolicy(attempts=4, connect_attempts=2, base_delay=0.01, max_delay=0.05, read_timeout=5.0)
+#: Retries without real waiting, so fault tests stay fast; no outage persistence (tests of it set their own).
+FAST_RETRIES = RetryPolicy(attempts=4, connect_attempts=2, base_delay=0.01, max_delay=0.05, read_timeout=5.0,
+                           outage_timeout=0.0)
 
 
 def write_registries_conf(directory: Path, text: str) -> RegistriesConf:

@@ -50,8 +50,9 @@ class Podman:
         return ["podman", "--root", str(self.root), "--runroot", str(self.runroot), "--storage-driver", self.driver,
                 *runtime_flags()]
 
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base(), *args], capture_output=True, text=True, timeout=timeout,
+    def run(self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*self.base(), *args], capture_output=True, text=True, timeout=timeout, input=input,
                               env=container_env(self.runroot))
         if check and proc.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
