@@ -7,6 +7,7 @@ settings share a client, and so its connections and its bearer tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tether.registry.auth import load_auth_file
+from tether.registry.auth import AuthEntry, AuthFile, Credentials, load_auth_file
 from tether.registry.client import DEFAULT_RETRY_POLICY, RegistryClient, open_registry_client
 from tether.registry.registries_conf import load_registries_conf
 
@@ -22,7 +23,23 @@ if TYPE_CHECKING:
     from tether.engine.options import CommonOptions
     from tether.registry.registries_conf import RegistriesConf
 
-ClientKey = tuple[Path | None, Path | None, bool | None, int | None, float | None]
+ClientKey = tuple[Path | None, Path | None, bool | None, int | None, float | None, tuple[str, ...]]
+
+
+def auth_with_credentials(auth: AuthFile, credentials: Credentials, names: Sequence[str]) -> AuthFile:
+    """``auth`` with ``credentials`` (``pull --creds``) for exactly the repositories ``names`` (``host/path``).
+
+    podman hands ``--creds`` to every registry it contacts for the image, mirrors included; here they go to
+    the repositories named only: an entry keyed by the full repository name is the most specific one
+    (containers-auth.json(5) lookup order), and a ``credHelpers`` entry for its host, which c/image consults
+    before any entry, is dropped. Mirrors and other hosts keep the auth file's own credentials.
+    """
+    keys = tuple(dict.fromkeys(names))
+    hosts = {key.partition("/")[0] for key in keys}
+    kept = tuple(entry for entry in auth.auths if entry.key not in keys)
+    helpers = {host: helper for host, helper in auth.cred_helpers.items() if host not in hosts}
+    return AuthFile(path=auth.path, auths=tuple(AuthEntry(key, credentials) for key in keys) + kept,
+                    cred_helpers=helpers)
 
 
 class RegistryClients:
@@ -46,8 +63,11 @@ class RegistryClients:
 
     async def get(self, *, authfile: Path | None = None, cert_dir: Path | None = None,
                   tls_verify: bool | None = None, retries: int | None = None,
-                  retry_delay: float | None = None) -> RegistryClient:
-        """The client for these settings; ``None`` means the options' (``--authfile``, ``--cert-dir``, ...)."""
+                  retry_delay: float | None = None, creds_for: Sequence[str] = ()) -> RegistryClient:
+        """The client for these settings; ``None`` means the options' (``--authfile``, ``--cert-dir``, ...).
+
+        ``creds_for``: the repositories (``host/path``) the options' ``creds`` (``pull --creds``) are for.
+        """
         if self._injected is not None:
             return self._injected
         options = self.options
@@ -57,6 +77,7 @@ class RegistryClients:
             tls_verify if tls_verify is not None else options.tls_verify,
             retries,
             retry_delay,
+            tuple(creds_for) if options.creds is not None else (),
         )
         async with self._lock:
             client = self._clients.get(key)
@@ -69,11 +90,14 @@ class RegistryClients:
                     # podman's --retry-delay is a fixed pause; here it bounds the jittered backoff.
                     delay = max(0.0, retry_delay)
                     policy = replace(policy, base_delay=delay, max_delay=delay)
+                auth = load_auth_file(key[0])
+                if options.creds is not None and key[5]:
+                    auth = auth_with_credentials(auth, options.creds, key[5])
                 client = await self.stack.enter_async_context(open_registry_client(
-                    registries=self.registries(), auth=load_auth_file(key[0]), cert_dir=key[1], tls_verify=key[2],
+                    registries=self.registries(), auth=auth, cert_dir=key[1], tls_verify=key[2],
                     max_connections_per_host=self.connections, retry_policy=policy))
                 self._clients[key] = client
             return client
 
 
-__all__ = ["RegistryClients"]
+__all__ = ["RegistryClients", "auth_with_credentials"]
