@@ -96,7 +96,8 @@ def _labels(store: Store, image: ImageRecord) -> dict[str, str] | None:
         labels = (config.get("config") or {}).get("Labels") or None
     except Exception:  # a store without the config item: podman prints no labels either
         return None
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else None
+    # sorted: Go marshals a map's keys in order
+    return {str(k): str(v) for k, v in sorted(labels.items())} if isinstance(labels, dict) else None
 
 
 def _repo_digests(image: ImageRecord) -> list[str]:
@@ -325,7 +326,8 @@ def run_images(args: argparse.Namespace) -> int:
         for name in image.names or [None]:
             assert store is not None
             lines.extend(template.render(_fields(store, image, name, no_trunc=args.no_trunc)).split("\n"))
-    for line in tabulate(lines):
+    # c/common aligns a table's columns (tabwriter); a plain template's tabs are printed as they are
+    for line in tabulate(lines) if template.table else lines:
         print(line)
     return 0
 

@@ -178,7 +178,8 @@ def _inspect_output(
         "RepoTags": list(tags),
         "Created": go_time(image_config.raw.get("created")),
         "DockerVersion": image_config.docker_version or "",
-        "Labels": dict(image_config.labels) if isinstance(container.get("Labels"), dict) else None,
+        # a Go map: marshalled with its keys sorted
+        "Labels": dict(sorted(image_config.labels.items())) if isinstance(container.get("Labels"), dict) else None,
         "Architecture": image_config.architecture,
     })
     if image_config.variant:

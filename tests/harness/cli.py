@@ -34,6 +34,7 @@ class StoreArgs:
 
     @classmethod
     def make(cls, tmp: Path, *hosts: str, driver_root: str = "store") -> StoreArgs:
+        tmp.mkdir(parents=True, exist_ok=True)
         conf = tmp / "registries.conf"
         conf.write_text("".join(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n' for host in hosts))
         return cls(root=tmp / driver_root, runroot=tmp / "run", registries_conf=conf)
