@@ -25,7 +25,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from tether import __version__
 from tether.engine.arguments import (
@@ -434,7 +434,3 @@ def _add_mirror(subparsers: Subparsers) -> None:
     add_verb_globals(prune)
     _verb(prune, "mirror prune")
 
-
-def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    """Report ``message`` with ``parser``'s usage and exit 2 (as argparse does for its own errors)."""
-    parser.error(message)
