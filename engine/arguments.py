@@ -90,10 +90,11 @@ def _default(value: object, nested: bool) -> object:
     return argparse.SUPPRESS if nested else value
 
 
-def add_store_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, nested: bool = False) -> None:
+def add_store_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, nested: bool = False,
+                      root_help: str | None = None) -> None:
     """``--root``, ``--runroot``, ``--storage-driver``: the containers-storage store, as podman's global flags."""
     parser.add_argument("--root", type=Path, default=_default(None, nested), metavar="DIR",
-                        help=f"containers-storage graph root: the store (default: {DEFAULT_ROOT})")
+                        help=root_help or f"containers-storage graph root: the store (default: {DEFAULT_ROOT})")
     parser.add_argument("--runroot", type=Path, default=_default(None, nested), metavar="DIR",
                         help="containers-storage run root")
     parser.add_argument("--storage-driver", choices=("overlay", "vfs"), default=_default(None, nested),

@@ -351,11 +351,10 @@ def _deployment_options(p: argparse.ArgumentParser) -> None:
 
 def _store_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("store")
-    add_store_options(group, nested=True)
+    add_store_options(group, nested=True, root_help=f"the bootc image store (default: SYSROOT/ostree/bootc/storage "
+                                                    f"for a --sysroot other than /, else {DEFAULT_ROOT})")
     group.add_argument("--store", dest="root", type=Path, default=argparse.SUPPRESS, metavar="DIR",
                        action=_DeprecatedAlias, replacement="--root", help=argparse.SUPPRESS)
-    group.description = (f"--root is the bootc image store (default: SYSROOT/ostree/bootc/storage for a --sysroot "
-                         f"other than /, else {DEFAULT_ROOT})")
 
 
 def _add_mirror(subparsers: Subparsers) -> None:
