@@ -9,18 +9,21 @@ reach a registry import it; the copy engine builds registry objects from them in
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.engine.arguments import DEFAULT_POLICY, DEFAULT_ROOT, check_common_options, store_root
-from tether.registry.auth import AuthLookup, AuthPath, auth_paths
-from tether.registry.manifest import Platform, parse_platform
+from tether.engine.errors import UsageError
+from tether.registry.auth import AuthLookup, AuthPath, Credentials, auth_paths
+from tether.registry.manifest import Platform, host_platform, parse_platform
 
 # DEFAULT_ROOT and DEFAULT_POLICY are CommonOptions' defaults, so they are part of what this module offers (the
 # Python API, tether.DEFAULT_ROOT, takes it from here), though defined with their command-line spelling.
-__all__ = ["DEFAULT_POLICY", "DEFAULT_ROOT", "CommonOptions", "common_options_from_args"]
+__all__ = ["DEFAULT_POLICY", "DEFAULT_ROOT", "CommonOptions", "common_options_from_args", "parse_creds",
+           "platform_from_args"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +44,9 @@ class CommonOptions:
     sysroot: Path = Path("/")
     #: podman's auth-file lookup (``tether pull``, mirrors) or bootc's (the bound-image commands)
     auth_lookup: AuthLookup = "podman"
+    #: ``pull --creds``: used for the registry of each image named, instead of the auth file's entries
+    #: (:meth:`tether.engine.copy.clients.RegistryClients.get`); never shown (``repr`` hides it).
+    creds: Credentials | None = field(default=None, repr=False)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False, compare=False)
 
     def wanted_platform(self) -> Platform | None:
@@ -74,6 +80,7 @@ def common_options_from_args(args: argparse.Namespace, *, environ: Mapping[str, 
     """Build :class:`CommonOptions` from parsed arguments (missing attributes take defaults)."""
     env = dict(os.environ if environ is None else environ)
     check_common_options(args)
+    creds = getattr(args, "creds", None)
     return CommonOptions(
         root=store_root(args),
         runroot=getattr(args, "runroot", None),
@@ -83,8 +90,40 @@ def common_options_from_args(args: argparse.Namespace, *, environ: Mapping[str, 
         cert_dir=getattr(args, "cert_dir", None),
         tls_verify=getattr(args, "tls_verify", None),
         signature_policy=getattr(args, "signature_policy", None),
-        platform=getattr(args, "platform", None),
+        platform=platform_from_args(args),
         format=getattr(args, "format", "table") or "table",
         log_level=getattr(args, "log_level", "warning") or "warning",
+        creds=parse_creds(creds) if creds is not None else None,
         environ=env,
     )
+
+
+def platform_from_args(args: argparse.Namespace) -> str | None:
+    """``--platform``, else the platform ``--arch``/``--os``/``--variant`` make with the host's other parts
+    (podman: ``--arch arm64`` on an amd64 host is ``linux/arm64``); ``None`` when none is given."""
+    platform: str | None = getattr(args, "platform", None)
+    arch, os_name, variant = (getattr(args, name, None) for name in ("arch", "os", "variant"))
+    if platform is not None or not (arch or os_name or variant):
+        return platform
+    host = host_platform()
+    parts = [os_name or host.os, arch or host.architecture]
+    if variant:
+        parts.append(variant)
+    elif not arch and host.variant:
+        parts.append(host.variant)
+    return "/".join(parts)
+
+
+def parse_creds(text: str, *, ask: Callable[[str], str] | None = None) -> Credentials:
+    """``--creds USER[:PASS]`` as podman reads it: without ``:PASS`` the password is asked for on the terminal
+    (``ask``, default :func:`getpass.getpass`, which reads /dev/tty); an empty user name is refused."""
+    user, sep, password = text.partition(":")
+    if not user:
+        raise UsageError("--creds: the user name is empty (USER[:PASS])")
+    if not sep:
+        prompt = ask if ask is not None else getpass.getpass
+        try:
+            password = prompt("Password: ")
+        except (EOFError, OSError) as exc:
+            raise UsageError(f"--creds {user}: no password given and none could be asked for ({exc})") from None
+    return Credentials(username=user, password=password)

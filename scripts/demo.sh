@@ -81,18 +81,17 @@ done
 REGCONF=$DEMO_DIR/registries.conf
 printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$HOST" > "$REGCONF"
 printf '{}' > "$DEMO_DIR/auth.json"
-COMMON=(--root "$STORE" --runroot "$RUNROOT" --storage-driver overlay --registries-conf "$REGCONF"
-        --authfile "$DEMO_DIR/auth.json" --tls-verify=false)
-
+# --root is the store for every command (as podman's); a deployment's file tree is --deployment-root.
+STORE_OPTS=(--root "$STORE" --runroot "$RUNROOT" --storage-driver overlay)
 NET=(--registries-conf "$REGCONF" --authfile "$DEMO_DIR/auth.json" --tls-verify=false)
-SYNC=(tether bound sync --root "$DEPLOY" --store "$STORE" --runroot "$RUNROOT" --storage-driver overlay
-      "${NET[@]}" --progress plain)
+COMMON=("${STORE_OPTS[@]}" "${NET[@]}")
+SYNC=(tether bound sync --deployment-root "$DEPLOY" "${STORE_OPTS[@]}" "${NET[@]}" --progress plain)
 
 say "the images the deployment binds (tether bound list, as bootc image list --type logical)"
-tether bound list --root "$DEPLOY"
+tether bound list --deployment-root "$DEPLOY"
 
 say "not ready yet: tether bound status --check gates the reboot"
-tether bound status --root "$DEPLOY" --store "$STORE" --check "$DEPLOY" || echo "(exit $?: not ready)"
+tether bound status --deployment-root "$DEPLOY" "${STORE_OPTS[@]}" --check "$DEPLOY" || echo "(exit $?: not ready)"
 
 say "sync the bound images into the store, all at once (${SYNC[*]:0:3})"
 "${SYNC[@]}"
@@ -100,15 +99,15 @@ say "sync the bound images into the store, all at once (${SYNC[*]:0:3})"
 say "again: nothing to do"
 time "${SYNC[@]}"
 
-say "tether pull --pull newer: one manifest request per image, nothing else"
+say "tether pull --policy newer: one manifest request per image, nothing else"
 time tether pull "${COMMON[@]}" --progress plain "${IMAGES[@]}"
 
 say "ready: every bound image committed"
-tether bound status --root "$DEPLOY" --store "$STORE"
-tether bound status --root "$DEPLOY" --store "$STORE" --check "$DEPLOY" && echo "(exit 0: may reboot)"
+tether bound status --deployment-root "$DEPLOY" "${STORE_OPTS[@]}"
+tether bound status --deployment-root "$DEPLOY" "${STORE_OPTS[@]}" --check "$DEPLOY" && echo "(exit 0: may reboot)"
 
 say "tether images"
-tether images "${COMMON[@]}"
+tether "${STORE_OPTS[@]}" images   # podman's global options go before the command too
 
 say "podman reads the same store"
 podman --root "$STORE" --runroot "$RUNROOT" --storage-driver overlay images

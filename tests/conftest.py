@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.podman import Podman, podman_for
+from tests.harness.podman import Podman, podman_for, short_runroot
 from tests.harness.registry import RunningRegistry, start_registry
 
 #: The only skips a run may have: (test id prefix, text the skip reason contains) -> why it may skip. Any other
@@ -172,3 +172,23 @@ def podman(tmp_path: Path) -> Iterator[Podman]:
         for mount in (instance.root / "overlay", instance.runroot):
             subprocess.run(["umount", "-R", "-l", str(mount)], capture_output=True)
         shutil.rmtree(instance.runroot, ignore_errors=True)
+
+
+@pytest.fixture
+def podman_on() -> Iterator[Callable[[Path], Podman]]:
+    """podman reading (or writing) an existing store, tether's, with a short run root of its own (one per store:
+    podman records the run root in the store and refuses another)."""
+    opened: dict[tuple[Path, str], Podman] = {}
+
+    def make(root: Path, driver: str = "overlay") -> Podman:
+        if (root, driver) not in opened:
+            opened[root, driver] = Podman(root=root, runroot=short_runroot(), driver=driver)
+        return opened[root, driver]
+
+    try:
+        yield make
+    finally:
+        for instance in opened.values():
+            for mount in (instance.root / "overlay", instance.runroot):
+                subprocess.run(["umount", "-R", "-l", str(mount)], capture_output=True)
+            shutil.rmtree(instance.runroot, ignore_errors=True)

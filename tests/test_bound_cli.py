@@ -21,7 +21,7 @@ def test_list_json_like_bootc_plus_source(tmp_path: Path, capsys: pytest.Capture
     (root / QUADLET_DIR / "db.image").write_text("[Image]\nImage=quay.io/a/db:2\nArch=arm64\n")
     (root / QUADLET_DIR / "app.container").write_text("[Container]\nImage=db.image\n")
     os.symlink(f"/{QUADLET_DIR}/app.container", root / "usr/lib/bootc/bound-images.d/app.container")
-    assert main(["bound", "list", "--root", str(root), "--format", "json"]) == 0
+    assert main(["bound", "list", "--deployment-root", str(root), "--format", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(i["image_type"], i["image"], i["source"]) for i in listed] == [
         ("logical", "quay.io/a/a:1", f"/{QUADLET_DIR}/a.image"),
@@ -29,21 +29,22 @@ def test_list_json_like_bootc_plus_source(tmp_path: Path, capsys: pytest.Capture
     ]
     assert listed[1]["image_file"] == f"/{QUADLET_DIR}/db.image"
     assert listed[1]["arch"] == "arm64"
-    assert main(["bound", "list", "--root", str(root)]) == 0
+    assert main(["bound", "list", "--deployment-root", str(root)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["IMAGE", "SOURCE"]
-    assert lines[1].split() == ["quay.io/a/a:1", f"/{QUADLET_DIR}/a.image"]
+    # bootc image list --type logical: REPOSITORY and TYPE (bootc crates/lib/src/image.rs), then the source
+    assert lines[0].split() == ["REPOSITORY", "TYPE", "SOURCE"]
+    assert lines[1].split() == ["quay.io/a/a:1", "logical", f"/{QUADLET_DIR}/a.image"]
 
 
 def test_list_error_names_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = make_root(tmp_path / "r", {})
     os.symlink("/nowhere.image", root / "usr/lib/bootc/bound-images.d/gone.image")
-    assert main(["bound", "list", "--root", str(root)]) == 1
+    assert main(["bound", "list", "--deployment-root", str(root)]) == 1
     assert "dangling symlink gone.image -> /nowhere.image" in capsys.readouterr().err
 
 
 def test_list_empty_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bound", "list", "--root", str(tmp_path), "--format", "json"]) == 0
+    assert main(["bound", "list", "--deployment-root", str(tmp_path), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
 
 

@@ -39,7 +39,7 @@ def test_sync_from_layout_makes_deployment_ready_without_network(
     layout = tmp_path / "layout"
     write_oci_layout(layout, {APP: app, DB: db})
     root = make_root(tmp_path / "root", {"app.image": APP, "db.image": DB})
-    args = ["--root", str(root), "--store", str(store_podman.root)]
+    args = ["--deployment-root", str(root), "--root", str(store_podman.root)]
 
     assert main(["bound", "sync", *args, "--source", f"oci:{layout}", "--progress", "none"]) == 0, (
         capsys.readouterr().err
@@ -59,7 +59,7 @@ def test_layout_lacking_an_image_fails_before_pulling_anything(
     layout = tmp_path / "layout"
     write_oci_layout(layout, {APP: simple_image(703)})
     root = make_root(tmp_path / "root", {"app.image": APP, "db.image": DB})
-    args = ["--root", str(root), "--store", str(store_podman.root)]
+    args = ["--deployment-root", str(root), "--root", str(store_podman.root)]
 
     assert main(["bound", "sync", *args, "--source", f"oci:{layout}", "--progress", "none"]) == 1
     err = capsys.readouterr().err

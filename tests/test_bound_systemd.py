@@ -41,6 +41,26 @@ def test_units_verify(tmp_path: Path) -> None:
     assert problems == []
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_gate_drop_in_verifies_over_a_stand_in_for_bootcs_unit(tmp_path: Path) -> None:
+    # systemd-analyze verify loads the drop-in directory next to the unit it is given
+    (tmp_path / "bootc-fetch-apply-updates.service").write_text(
+        "[Unit]\nDescription=stand-in for bootc's unit\n[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    dropins = tmp_path / "bootc-fetch-apply-updates.service.d"
+    dropins.mkdir()
+    shutil.copy(CONTRIB / "bootc-fetch-apply-updates.service.d/50-tether-gate.conf", dropins)
+    unit = tmp_path / "bootc-fetch-apply-updates.service"
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_service_writes_the_read_only_sysroot_from_its_own_mount_namespace() -> None:
+    # tether remounts /sysroot read-write only inside a mount namespace (engine/writable.py); the unit keeps the
+    # service's mounts apart from the host's too (tests/test_readonly_store.py runs the remount itself)
+    unit = parse_unit((CONTRIB / "tether-bound-sync.service").read_text())
+    assert unit.get("Service", "PrivateMounts") == "yes"
+
+
 def test_service_retries_until_ready() -> None:
     unit = parse_unit((CONTRIB / "tether-bound-sync.service").read_text())
     assert unit.get("Service", "Type") == "oneshot"

@@ -121,7 +121,7 @@ def test_readiness_record_error(registry: RunningRegistry, proxy: FaultyProxy, i
     name = f"{proxy.host}/causes/bound:1"
     root = make_root(tmp_path / "root", {"app.image": name})
     store = tmp_path / "store"
-    code = main(["bound", "sync", "--root", str(root), "--store", str(store), "--tls-verify=false",
+    code = main(["bound", "sync", "--deployment-root", str(root), "--root", str(store), "--tls-verify=false",
                  "--progress", "none", "--format", "json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 1

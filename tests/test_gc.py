@@ -100,7 +100,7 @@ def test_gc_against_podman_store(
         "bydigest.image": f"{host}/gc1/bydigest@{digest_ref}",
         "latest.image": f"{host}/gc1/latest",
     })
-    args = ["bound", "gc", "--root", str(root), "--store", str(podman_store.root)]
+    args = ["bound", "gc", "--deployment-root", str(root), "--root", str(podman_store.root)]
     store = Store.open(podman_store.root)
     layers_before = {layer.id for layer in store.list_layers()}
 
@@ -189,6 +189,6 @@ def test_gc_removes_layers_a_killed_pull_published_without_an_image(
     assert len(store.list_layers()) == 2 and store.list_images() == []
 
     root = make_root(tmp_path / "r", {})
-    assert main(["bound", "gc", "--root", str(root), "--store", str(store_root)]) == 0
+    assert main(["bound", "gc", "--deployment-root", str(root), "--root", str(store_root)]) == 0
     assert Store.open(store_root).list_layers() == []
     assert Store.open(store_root).check() == []

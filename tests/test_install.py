@@ -61,7 +61,7 @@ def test_install_stored_copies_without_network(
     root = make_root(tmp_path / "sysroot-src", {"app.image": f"{host}/in1/app:1", "db.image": f"{host}/in1/db:1"})
     own_registry.stop()  # no network: everything must come from the source store
 
-    code = main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+    code = main(["bound", "install", "--deployment-root", str(root), "--root", str(dst.root),
                  "--source-store", str(src.root)])
     assert code == 0, capsys.readouterr().err
     images = {i["Id"]: i for i in dst.images()}
@@ -72,7 +72,7 @@ def test_install_stored_copies_without_network(
     assert dst_app["RootFS"] == src_app["RootFS"]
     assert Store.open(dst.root).check() == []
     # Idempotent: a second install changes nothing.
-    assert main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+    assert main(["bound", "install", "--deployment-root", str(root), "--root", str(dst.root),
                  "--source-store", str(src.root)]) == 0
     assert {i["Id"]: i["Names"] for i in dst.images()} == {k: v["Names"] for k, v in images.items()}
     assert Store.open(dst.root).check() == []
@@ -103,7 +103,7 @@ def test_install_fails_before_touching_target_when_one_is_missing(
     push_image(host, "in2/app:1", simple_image(411, files=1, layers=1))
     src.pull(f"{host}/in2/app:1")
     root = make_root(tmp_path / "r", {"app.image": f"{host}/in2/app:1", "nope.image": f"{host}/in2/nope:1"})
-    code = main(["bound", "install", "--root", str(root), "--target-store", str(dst.root),
+    code = main(["bound", "install", "--deployment-root", str(root), "--root", str(dst.root),
                  "--source-store", str(src.root)])
     assert code == 1
     err = capsys.readouterr().err
@@ -114,7 +114,7 @@ def test_install_fails_before_touching_target_when_one_is_missing(
 
 def test_install_from_missing_source_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = make_root(tmp_path / "r", {"app.image": "quay.io/a/app:1"})
-    code = main(["bound", "install", "--root", str(root), "--target-store", str(tmp_path / "t"),
+    code = main(["bound", "install", "--deployment-root", str(root), "--root", str(tmp_path / "t"),
                  "--source-store", str(tmp_path / "nothing")])
     assert code == 1
     assert "holds no containers-storage images" in capsys.readouterr().err
@@ -133,7 +133,7 @@ def test_install_skip_and_pull(
     sysroot.commit({"app.image": f"{host}/in3/app:1"}, tag="v1")
     sysroot.deploy()
     (deployment,) = list_sysroot_deployments(sysroot.path)
-    install = ["bound", "install", "--root", str(deployment.root), "--target-store", str(dst.root)]
+    install = ["bound", "install", "--deployment-root", str(deployment.root), "--root", str(dst.root)]
     assert main([*install, "--bound-images", "skip"]) == 0
     assert not dst.root.exists()
     pulled = [*install, "--bound-images", "pull", "--tls-verify=false"]
@@ -150,7 +150,7 @@ def test_install_skip_and_pull(
 def test_install_nothing_bound(tmp_path: Path) -> None:
     root = tmp_path / "r"
     root.mkdir()
-    assert main(["bound", "install", "--root", str(root), "--target-store", str(tmp_path / "t"),
+    assert main(["bound", "install", "--deployment-root", str(root), "--root", str(tmp_path / "t"),
                  "--source-store", str(tmp_path / "none")]) == 0
     assert not (tmp_path / "t").exists()
 
@@ -172,7 +172,7 @@ def test_install_records_its_deployments_ready_so_they_boot_without_a_sync(
     new, old = list_sysroot_deployments(sysroot.path)
     own_registry.stop()  # the install and the first boot's check need no registry
 
-    code = main(["bound", "install", "--root", str(new.root), "--target-store", str(dst.root),
+    code = main(["bound", "install", "--deployment-root", str(new.root), "--root", str(dst.root),
                  "--source-store", str(src.root), "--sysroot", str(sysroot.path)])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -183,12 +183,12 @@ def test_install_records_its_deployments_ready_so_they_boot_without_a_sync(
     assert {(i.image, i.id) for i in record.images} == {(f"{host}/in5/app:1", app_id), (f"{host}/in5/db:1", db_id)}
     assert load_record(dst.root, old) is None
 
-    status = ["bound", "status", "--sysroot", str(sysroot.path), "--store", str(dst.root), "--check"]
+    status = ["bound", "status", "--sysroot", str(sysroot.path), "--root", str(dst.root), "--check"]
     assert main([*status, new.name]) == 0  # ready on first boot, no sync
     assert main([*status, old.name]) == 1
     # A sync finds nothing to do for it: no registry is running, yet the new deployment stays ready.
     capsys.readouterr()
-    main(["bound", "sync", "--sysroot", str(sysroot.path), "--store", str(dst.root), "--no-gc",
+    main(["bound", "sync", "--sysroot", str(sysroot.path), "--root", str(dst.root), "--no-gc",
           "--progress", "none"])
     assert f"{new.name}: ready" in capsys.readouterr().out
     assert load_record(dst.root, new) == record

@@ -183,8 +183,8 @@ def test_cli_sync_from_a_bound_root(source: Path, tmp_path: Path) -> None:
     conf = tmp_path / "registries.conf"
     conf.write_text('[[registry]]\nprefix = "registry.example:5000"\nlocation = "registry.example:5000"\n'
                     "blocked = true\n")
-    # The source is blocked: --root finds the image, and the sync fails (nothing is fetched) with status 1.
-    status = tether(["mirror", "sync", "--root", str(root), "--to", f"oci:{tmp_path}/m",
+    # The source is blocked: --deployment-root finds the image, and the sync fails (nothing is fetched) with status 1.
+    status = tether(["mirror", "sync", "--deployment-root", str(root), "--to", f"oci:{tmp_path}/m",
                      "--registries-conf", str(conf), "--format", "json"])
     assert status == 1
     assert not (tmp_path / "m" / "index.json").exists() or OCILayout.open(tmp_path / "m").entries() == ()

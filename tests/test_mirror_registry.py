@@ -364,7 +364,7 @@ def test_bound_units_pull_keys_are_honoured(source: RunningRegistry, tmp_path: P
     conf = tmp_path / "registries.conf"
     conf.write_text("")
     layout_dir = tmp_path / "mirror"
-    status = tether(["mirror", "sync", "--root", str(root), "--to", f"oci:{layout_dir}", "--registries-conf",
+    status = tether(["mirror", "sync", "--deployment-root", str(root), "--to", f"oci:{layout_dir}", "--registries-conf",
                      str(conf), "--platform", "linux/amd64"])
     assert status == 0
     layout = OCILayout.open(layout_dir)

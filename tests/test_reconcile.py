@@ -55,7 +55,7 @@ def test_cli_sync_status_check_and_record(
     new = make_root(tmp_path / "new", {"app.image": f"{host}/rc1/app:1", "db.image": f"{host}/rc1/db:1"})
     old = make_root(tmp_path / "old", {"db.image": f"{host}/rc1/db:1"})
     store = tmp_path / "store"
-    roots = ["--root", str(new), "--root", str(old), "--store", str(store)]
+    roots = ["--deployment-root", str(new), "--deployment-root", str(old), "--root", str(store)]
 
     # Before any sync: the store does not exist, status says not ready and does not create it.
     assert main(["bound", "status", *roots, "--format", "json"]) == 0
@@ -110,7 +110,7 @@ def test_cli_failure_names_images_and_exits_nonzero(
     push_image(host, "rc2/ok:1", simple_image(211, files=1, layers=1))
     root = make_root(tmp_path / "r", {"ok.image": f"{host}/rc2/ok:1", "missing.image": f"{host}/rc2/missing:1"})
     store = tmp_path / "store"
-    code = main(["bound", "sync", "--root", str(root), "--store", str(store), "--tls-verify=false",
+    code = main(["bound", "sync", "--deployment-root", str(root), "--root", str(store), "--tls-verify=false",
                  "--progress", "none"])
     err = capsys.readouterr().err
     assert code == 1
@@ -176,8 +176,8 @@ def test_cli_lock_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     store = tmp_path / "store"
     Store.open(store)
     with hold_store(store):
-        assert main(["bound", "sync", "--root", str(root), "--store", str(store), "--progress", "none"]) == 1
-        assert main(["bound", "gc", "--root", str(root), "--store", str(store)]) == 1
+        assert main(["bound", "sync", "--deployment-root", str(root), "--root", str(store), "--progress", "none"]) == 1
+        assert main(["bound", "gc", "--deployment-root", str(root), "--root", str(store)]) == 1
     err = capsys.readouterr().err
     assert err.count("another tether") == 2
 
@@ -186,10 +186,10 @@ def test_discovery_error_is_reported_not_ready(tmp_path: Path, capsys: pytest.Ca
     root = make_root(tmp_path / "r", {})
     (root / "usr/lib/bootc/bound-images.d/plain.image").write_text("[Image]\nImage=x\n")
     store = tmp_path / "store"
-    assert main(["bound", "sync", "--root", str(root), "--store", str(store), "--progress", "none"]) == 1
+    assert main(["bound", "sync", "--deployment-root", str(root), "--root", str(store), "--progress", "none"]) == 1
     err = capsys.readouterr().err
     assert "Not a symlink: plain.image" in err
-    assert main(["bound", "status", "--root", str(root), "--store", str(store), "--format", "json"]) == 0
+    assert main(["bound", "status", "--deployment-root", str(root), "--root", str(store), "--format", "json"]) == 0
     (status,) = json.loads(capsys.readouterr().out)
     assert status["ready"] is False and "Not a symlink" in status["error"]
 
@@ -199,14 +199,15 @@ def test_empty_deployment_is_ready(tmp_path: Path) -> None:
     root.mkdir()
     store = tmp_path / "store"
     # Nothing bound: ready without any sync (a reboot into it needs nothing).
-    assert main(["bound", "status", "--root", str(root), "--store", str(store), "--check", str(root)]) == 0
-    assert main(["bound", "sync", "--root", str(root), "--store", str(store), "--progress", "none"]) == 0
-    assert main(["bound", "status", "--root", str(root), "--store", str(store), "--check", str(root)]) == 0
+    assert main(["bound", "status", "--deployment-root", str(root), "--root", str(store), "--check", str(root)]) == 0
+    assert main(["bound", "sync", "--deployment-root", str(root), "--root", str(store), "--progress", "none"]) == 0
+    assert main(["bound", "status", "--deployment-root", str(root), "--root", str(store), "--check", str(root)]) == 0
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = make_root(tmp_path / "r", {})
-    assert main(["bound", "status", "--root", str(root), "--store", str(tmp_path / "s"), "--check", "nope"]) == 1
+    assert main(["bound", "status", "--deployment-root", str(root), "--root", str(tmp_path / "s"),
+                 "--check", "nope"]) == 1
     assert "no deployment matches 'nope'" in capsys.readouterr().err
-    assert main(["bound", "status", "--root", str(root), "--sysroot", str(tmp_path)]) == 1
-    assert "either --sysroot or --root" in capsys.readouterr().err
+    assert main(["bound", "status", "--deployment-root", str(root), "--sysroot", str(tmp_path)]) == 1
+    assert "either --sysroot or --deployment-root" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def test_killed_sync_leaves_not_ready_then_completes(
     store = tmp_path / "store"
     layer = slow.layers[0].digest
     proxy.add(Fault("stall", path_contains=layer, after=16, stall_seconds=60))
-    args = ["bound", "sync", "--root", str(root), "--store", str(store), "--tls-verify=false", "--progress", "none"]
+    args = ["bound", "sync", "--deployment-root", str(root), "--root", str(store), "--tls-verify=false",
+            "--progress", "none"]
     proc = tether(*args)
     try:
         deadline = time.monotonic() + 60
@@ -66,8 +67,8 @@ def test_killed_sync_leaves_not_ready_then_completes(
     (deployment,) = root_deployments([root])
     record = load_record(store, deployment)
     assert record is None or not record.ready
-    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--root", str(root), "--store",
-                             str(store), "--check", str(root)], capture_output=True, text=True,
+    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--deployment-root", str(root),
+                             "--root", str(store), "--check", str(root)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert status.returncode == 1
 
@@ -85,8 +86,8 @@ def test_killed_sync_leaves_not_ready_then_completes(
     rerun = tether(*args)
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
-    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--root", str(root), "--store",
-                             str(store), "--format", "json"], capture_output=True, text=True, check=True,
+    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--deployment-root", str(root),
+                             "--root", str(store), "--format", "json"], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parent.parent)
     (doc,) = json.loads(status.stdout)
     assert doc["ready"] is True

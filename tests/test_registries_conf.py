@@ -33,6 +33,7 @@ from tether.registry.registries_conf import (
     resolve_short_name,
     resolve_short_name_detailed,
 )
+from tether.registry.registries_conf.loading import key_line
 
 # these tests are of the default system paths, each with an explicit root
 pytestmark = pytest.mark.system_defaults
@@ -885,3 +886,18 @@ def test_pull_sources_model(
             expected.append(PullSource(parse_reference(f"m{i}.io/cache/{suffix}"), insecure, True))
     expected.append(PullSource(parse_reference(f"primary.io/team/{suffix}"), False, False))
     assert list(sources) == expected
+
+
+def test_errors_name_the_line_of_the_key(tmp_path: Path) -> None:
+    text = ('unqualified-search-registries = ["a.io"]\nshort-name-mode = "permissive"\n\n[[registry]]\n'
+            'location = "x.io"\n\n[[registry]]\nprefix = "y.io"\nlocation = "z.io"\n[[registry.mirror]]\n'
+            'location = "m1.io"\n[[registry.mirror]]\nlocation = "m2.io"\ninsecure = 3\n')
+    assert key_line(text, "short-name-mode") == 2
+    assert key_line(text, "unqualified-search-registries[0]") == 1
+    assert key_line(text, "registry[1].location") == 9
+    assert key_line(text, "registry[1].mirror[1].insecure") == 14
+    assert key_line(text, "registry[0].blocked") == 4  # absent: the table's line
+    path = write(tmp_path, "etc/containers/registries.conf", text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: registry[1].mirror[1].insecure: expected a boolean, "
+                                                    "got 3 (at line 14)")):
+        load(tmp_path)

@@ -1,9 +1,11 @@
 """``tether bound status|gc``: logically bound images, done by tether.
 
 Deployments come from an ostree sysroot (``--sysroot DIR``; the live ``/`` when ``/run/ostree-booted``
-exists and nothing else is given) or from plain deployment roots (``--root DIR``, repeatable, the first is
-the new one). The store is bootc's (``--store``; default ``SYSROOT/ostree/bootc/storage`` for a
-``--sysroot`` other than ``/``, else ``/usr/lib/bootc/storage``).
+exists and nothing else is given) or from plain deployment roots (``--deployment-root DIR``, repeatable, the
+first is the new one). The store is bootc's (``--root``, as for every command; default
+``SYSROOT/ostree/bootc/storage`` for a ``--sysroot`` other than ``/``, else ``/usr/lib/bootc/storage``).
+``status`` reads a store and never creates one; ``gc`` (and ``sync``) refuse a read-only store in one line,
+after the remount a bootc host needs (:func:`tether.engine.writable.require_writable_store`).
 
 The ``bound`` subcommands are three modules by what they import, so that none loads what it does not use:
 ``bound list`` reads bound-images.d only (:mod:`tether.engine.cli.bound_list`, no store: ~40 ms less);
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +28,16 @@ from tether.engine.bound.deployments import Deployment, find_deployment, list_sy
 from tether.engine.bound.gc import collect_garbage
 from tether.engine.bound.records import DeploymentStatus, compute_status
 from tether.engine.errors import UsageError
-from tether.store.containers_storage import Store
+from tether.engine.writable import OSTREE_BOOTED, require_writable_store
+from tether.store.containers_storage import Store, detect_driver
 
 BOOTC_STORE_IN_SYSROOT = Path("ostree/bootc/storage")
 
 
 def bound_store_root(args: argparse.Namespace) -> Path:
-    """The bootc store: ``--store``, else ``SYSROOT/ostree/bootc/storage`` for a ``--sysroot`` other than ``/``,
+    """The bootc store: ``--root``, else ``SYSROOT/ostree/bootc/storage`` for a ``--sysroot`` other than ``/``,
     else ``/usr/lib/bootc/storage``."""
-    store: Path | None = getattr(args, "store", None)
+    store: Path | None = getattr(args, "root", None)
     if store is not None:
         return store
     sysroot = getattr(args, "sysroot", None)
@@ -56,16 +60,17 @@ def open_bound_store(args: argparse.Namespace) -> Store:
 
 
 def deployments_from_args(args: argparse.Namespace) -> tuple[Deployment, ...]:
-    """The deployments ``--root`` (repeatable) or ``--sysroot`` name; without either, those of the booted host."""
+    """The deployments ``--deployment-root`` (repeatable) or ``--sysroot`` name; without either, those of the
+    booted host."""
     roots = getattr(args, "deployment_roots", None)
     sysroot = getattr(args, "sysroot", None)
     if roots and sysroot is not None:
-        raise UsageError("use either --sysroot or --root, not both")
+        raise UsageError("use either --sysroot or --deployment-root, not both")
     if roots:
         return root_deployments(roots)
     if sysroot is None:
-        if not Path("/run/ostree-booted").exists():
-            raise UsageError("not a booted ostree host: pass --sysroot DIR or --root DIR")
+        if not OSTREE_BOOTED.exists():
+            raise UsageError("not a booted ostree host: pass --sysroot DIR or --deployment-root DIR")
         sysroot = Path("/")
     return list_sysroot_deployments(sysroot, run_dir=getattr(args, "run_dir", None))
 
@@ -73,12 +78,19 @@ def deployments_from_args(args: argparse.Namespace) -> tuple[Deployment, ...]:
 # --------------------------------------------------------------------------- status
 
 
+def _store_exists(root: Path, args: argparse.Namespace) -> bool:
+    driver = getattr(args, "storage_driver", None)
+    return detect_driver(root) is not None and (driver is None or (root / f"{driver}-layers").is_dir())
+
+
 def run_bound_status(args: argparse.Namespace) -> int:
     """``tether bound status``."""
     root = bound_store_root(args)
     deployments = deployments_from_args(args)
     wanted = find_deployment(deployments, args.check) if args.check else None
-    if not root.exists():
+    if not _store_exists(root, args):
+        # Status must not create the store: without one, no image is present.
+        print(f"tether: bound status: no store at {root}: no bound image is present", file=sys.stderr)
         statuses = compute_status(deployments, _EmptyStore(root))  # type: ignore[arg-type]
     else:
         statuses = compute_status(deployments, open_bound_store(args))
@@ -126,6 +138,14 @@ def _print_statuses(statuses: tuple[DeploymentStatus, ...]) -> None:
 def run_bound_gc(args: argparse.Namespace) -> int:
     """``tether bound gc``."""
     deployments = deployments_from_args(args)
+    root = bound_store_root(args)
+    if not _store_exists(root, args):
+        print(f"tether: bound gc: no store at {root}: nothing to collect", file=sys.stderr)
+        if args.format == "json":
+            print(json.dumps({"dry_run": args.dry_run, "keep": [], "remove": [], "layers": [],
+                              "stale_records": [], "orphan_layers": []}, indent=2))
+        return 0
+    require_writable_store(root, verb="bound gc")
     store = open_bound_store(args)
     result = collect_garbage(deployments, store, dry_run=args.dry_run)
     plan = result.plan

@@ -15,13 +15,15 @@ from typing import Any
 
 import trio
 
-from tether.engine.arguments import check_pull_options
+from tether.engine.arguments import check_output_streams, check_pull_options, progress_on_stdout
 from tether.engine.bound.deployments import list_sysroot_deployments
 from tether.engine.bound.install import install_pulled, install_stored, record_installed
 from tether.engine.bound.sync import sync_deployments
 from tether.engine.cli.bound import bound_store_root, deployments_from_args
 from tether.engine.copy.progress import make_progress
+from tether.engine.errors import UsageError
 from tether.engine.options import CommonOptions, common_options_from_args
+from tether.engine.writable import require_writable_store
 from tether.store.containers_storage import Store
 
 
@@ -40,11 +42,16 @@ def _options(args: argparse.Namespace) -> CommonOptions:
 
 def run_bound_sync(args: argparse.Namespace) -> int:
     """``tether bound sync``."""
-    options = _options(args)
     check_pull_options(args)
+    check_output_streams(args)
+    options = _options(args)
     deployments = deployments_from_args(args)
+    require_writable_store(options.root, verb="bound sync")
     store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
     progress = make_progress(args.progress, progress_fd=args.progress_fd)
+    # With the progress JSON lines on stdout, stdout carries nothing else: the readiness lines are left out
+    # (a deployment's readiness is the exit status and `bound status`), failures still go to stderr.
+    quiet_stdout = progress_on_stdout(args)
     report = trio.run(
         lambda: sync_deployments(
             deployments, store=store, options=options, jobs=args.jobs, progress=progress, gc=not args.no_gc,
@@ -58,7 +65,7 @@ def run_bound_sync(args: argparse.Namespace) -> int:
             "removed": list(report.gc_removed),
         }
         print(json.dumps(out, indent=2))
-    else:
+    elif not quiet_stdout:
         for s in report.statuses:
             print(f"{s.deployment.name}: {'ready' if s.ready else 'NOT READY'}")
         if report.gc_removed:
@@ -83,26 +90,31 @@ def run_bound_install(args: argparse.Namespace) -> int:
     if args.bound_images == "skip":
         print("bound images skipped")
         return 0
+    if args.deployment_root is None or args.root is None:
+        raise UsageError("bound install needs --deployment-root SRCROOT and --root DIR (the new system's store)")
+    target_store: Path = args.root
+    target_driver: str | None = getattr(args, "storage_driver", None)
     if args.sysroot is not None:
         list_sysroot_deployments(args.sysroot)  # a wrong --sysroot fails before anything is copied
+    require_writable_store(target_store, verb="bound install")
     if args.bound_images == "stored":
         report = trio.run(
             lambda: install_stored(
                 args.deployment_root,
                 source_store=args.source_store,
-                target_store=args.target_store,
-                target_driver=args.storage_driver,
+                target_store=target_store,
+                target_driver=target_driver,
                 jobs=args.jobs,
             )
         )
     else:
-        options = dataclasses.replace(_options(args), root=args.target_store)
+        options = dataclasses.replace(_options(args), root=target_store)
         report = trio.run(
             lambda: install_pulled(
                 args.deployment_root,
-                target_store=args.target_store,
+                target_store=target_store,
                 options=options,
-                target_driver=args.storage_driver,
+                target_driver=target_driver,
                 jobs=args.jobs,
                 progress=make_progress("auto", progress_fd=None),
             )
@@ -115,8 +127,8 @@ def run_bound_install(args: argparse.Namespace) -> int:
     if not report.ok:
         return 1
     if args.sysroot is not None and report.images:
-        records = record_installed(report, sysroot=args.sysroot, target_store=args.target_store,
-                                   target_driver=args.storage_driver)
+        records = record_installed(report, sysroot=args.sysroot, target_store=target_store,
+                                   target_driver=target_driver)
         for name in records.ready:
             print(f"{name}: ready")
         for name, why in records.skipped:

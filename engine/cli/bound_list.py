@@ -1,4 +1,6 @@
-"""``tether bound list``: the images a deployment root binds, as ``bootc image list --type logical`` lists them.
+"""``tether bound list``: the images a deployment root binds, as ``bootc image list --type logical`` lists them
+(bootc crates/lib/src/image.rs ``list_entrypoint``: a REPOSITORY and TYPE table, JSON ``{"image_type": "logical",
+"image": ...}``).
 
 Apart from :mod:`tether.engine.cli.bound` because it reads usr/lib/bootc/bound-images.d only: it opens no store
 and reads no deployments, and so imports neither.
@@ -13,13 +15,14 @@ from tether.engine.bound.discovery import discover_bound_images
 
 
 def run_bound_list(args: argparse.Namespace) -> int:
-    """``tether bound list``."""
+    """``tether bound list``: bootc's columns (REPOSITORY, TYPE) and JSON keys (``image_type``, ``image``), plus
+    the file that binds each image (SOURCE, ``source``)."""
     images = discover_bound_images(args.deployment_root)
     if args.format == "json":
         print(json.dumps([i.to_json() for i in images], indent=2))
         return 0
-    rows: list[tuple[str, ...]] = [("IMAGE", "SOURCE")]
-    rows.extend((i.image, i.source_file) for i in images)
+    rows: list[tuple[str, ...]] = [("REPOSITORY", "TYPE", "SOURCE")]
+    rows.extend((i.image, "logical", i.source_file) for i in images)
     _print_table(rows)
     return 0
 

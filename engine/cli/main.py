@@ -19,6 +19,7 @@ import types
 from collections.abc import Sequence
 from typing import NoReturn
 
+from tether.engine.arguments import LOG_LEVELS
 from tether.engine.cli.parser import build_parser
 from tether.engine.errors import EngineError
 from tether.registry.errors import RegistryError
@@ -109,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:  # `tether` or `tether bound`: no command to run, its choices are the answer
         args.command_parser.print_help(sys.stderr)
         return 2
-    level = getattr(args, "log_level", None) or "warning"
-    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    level = LOG_LEVELS[getattr(args, "log_level", None) or "warning"]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # httpx/httpcore log every URL at INFO/DEBUG; registry.http logs the exchanges with secrets redacted.
     for noisy in ("httpx", "httpcore", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -120,8 +121,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tether: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("tether: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except BrokenPipeError:  # stdout's reader went away: run() exits as a shell tool under SIGPIPE does
+        raise
+    except OSError as exc:
+        # What no layer turned into its own error (a directory that cannot be created, a full disk): one
+        # line naming the command and the file; the traceback only when debugging.
+        logging.getLogger("tether").debug("%s failed", args.verb, exc_info=True)
+        print(f"tether {args.verb}: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        # trio.run re-raises a Ctrl-C that arrived while tasks ran as a group of KeyboardInterrupt (and the
+        # Cancelled of the tasks it stopped): every task has then run its cleanup. As podman, exit 130 quietly.
+        if _only_interrupted(group):
+            return INTERRUPTED
+        raise
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``PATH: reason`` for an OSError (``reason`` alone when it names no file)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
+#: The exit status of a command stopped by SIGINT (128 + 2), as podman's and a shell's.
+INTERRUPTED = 130
+
+
+def _only_interrupted(group: BaseExceptionGroup[BaseException]) -> bool:
+    """Whether ``group`` is a Ctrl-C and nothing else (cancellations of the tasks it stopped aside)."""
+    rest = group.split(KeyboardInterrupt)[1]
+    if rest is None:
+        return True
+    return group.subgroup(KeyboardInterrupt) is not None and all(
+        type(exc).__name__ == "Cancelled" for exc in _leaves(rest))
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def run() -> NoReturn:
@@ -136,6 +178,8 @@ def run() -> NoReturn:
     try:
         code = main()
         sys.stdout.flush()
+    except KeyboardInterrupt:  # before main's own handler (while parsing or importing)
+        code = INTERRUPTED
     except SystemExit as exc:  # argparse's --help / usage errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if exc.code is not None and not isinstance(exc.code, int):

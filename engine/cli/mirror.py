@@ -34,8 +34,8 @@ def _requests_from_bound(images: Iterable[BoundImage], *, root: Path) -> list[Pu
 
 
 def _bound_requests(args: argparse.Namespace) -> list[PullRequest]:
-    if args.root is not None:
-        return _requests_from_bound(discover_bound_images(args.root), root=args.root)
+    if args.deployment_root is not None:
+        return _requests_from_bound(discover_bound_images(args.deployment_root), root=args.deployment_root)
 
     found: list[PullRequest] = []
     for deployment in list_sysroot_deployments(args.sysroot):
@@ -50,17 +50,17 @@ def run_mirror_sync(args: argparse.Namespace) -> int:
     platforms = platforms_from_text(args.platform or ())
     common_args = argparse.Namespace(**{**vars(args), "platform": None, "root": None})
     options = common_options_from_args(common_args)
-    if (args.root is not None or args.sysroot is not None) and args.images:
-        raise UsageError("mirror sync: give IMAGEs or --root/--sysroot, not both")
+    if (args.deployment_root is not None or args.sysroot is not None) and args.images:
+        raise UsageError("mirror sync: give IMAGEs or --deployment-root/--sysroot, not both")
     requests: list[PullRequest]
-    if args.root is not None or args.sysroot is not None:
+    if args.deployment_root is not None or args.sysroot is not None:
         requests = _bound_requests(args)
         if not requests:
             print("tether: no bound images found; nothing to mirror", file=sys.stderr)
             return 0
     else:
         if not args.images:
-            raise UsageError("mirror sync: give IMAGEs, --root DIR or --sysroot DIR")
+            raise UsageError("mirror sync: give IMAGEs, --deployment-root DIR or --sysroot DIR")
         requests = [PullRequest(name=name) for name in args.images]
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")

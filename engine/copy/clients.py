@@ -7,6 +7,7 @@ settings share a client, and so its connections and its bearer tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tether.registry.auth import AuthPath, load_auth_files
+from tether.registry.auth import AuthEntry, AuthFile, AuthFiles, AuthPath, Credentials, load_auth_files
 from tether.registry.client import DEFAULT_RETRY_POLICY, RegistryClient, open_registry_client
 from tether.registry.registries_conf import load_registries_conf
 
@@ -22,7 +23,24 @@ if TYPE_CHECKING:
     from tether.engine.options import CommonOptions
     from tether.registry.registries_conf import RegistriesConf
 
-ClientKey = tuple[tuple[AuthPath, ...], Path | None, bool | None, int | None, float | None]
+ClientKey = tuple[tuple[AuthPath, ...], Path | None, bool | None, int | None, float | None, tuple[str, ...]]
+
+
+def auth_with_credentials(auth: AuthFiles, credentials: Credentials, names: Sequence[str]) -> AuthFiles:
+    """``auth`` with ``credentials`` (``pull --creds``) for exactly the repositories ``names`` (``host/path``).
+
+    podman hands ``--creds`` to every registry it contacts for the image, mirrors included; here they go to
+    the repositories named only: they are put in a first file of their own whose entries are keyed by the full
+    repository names (the first file with credentials for a repository wins, and a full repository name is the
+    most specific key: containers-auth.json(5)), and the ``credHelpers`` of their hosts, which c/image consults
+    before any entry, are dropped. Mirrors and other hosts keep the auth files' own credentials.
+    """
+    keys = tuple(dict.fromkeys(names))
+    hosts = {key.partition("/")[0] for key in keys}
+    given = AuthFile(path=None, auths=tuple(AuthEntry(key, credentials) for key in keys))
+    rest = tuple(replace(f, cred_helpers={h: v for h, v in f.cred_helpers.items() if h not in hosts})
+                 for f in auth.files)
+    return replace(auth, files=(given, *rest))
 
 
 class RegistryClients:
@@ -46,8 +64,11 @@ class RegistryClients:
 
     async def get(self, *, authfile: Path | None = None, cert_dir: Path | None = None,
                   tls_verify: bool | None = None, retries: int | None = None,
-                  retry_delay: float | None = None) -> RegistryClient:
-        """The client for these settings; ``None`` means the options' (``--authfile``, ``--cert-dir``, ...)."""
+                  retry_delay: float | None = None, creds_for: Sequence[str] = ()) -> RegistryClient:
+        """The client for these settings; ``None`` means the options' (``--authfile``, ``--cert-dir``, ...).
+
+        ``creds_for``: the repositories (``host/path``) the options' ``creds`` (``pull --creds``) are for.
+        """
         if self._injected is not None:
             return self._injected
         options = self.options
@@ -57,6 +78,7 @@ class RegistryClients:
             tls_verify if tls_verify is not None else options.tls_verify,
             retries,
             retry_delay,
+            tuple(creds_for) if options.creds is not None else (),
         )
         # --authfile, quadlet AuthFile= and REGISTRY_AUTH_FILE name a file that must exist (podman checks it)
         explicit = (authfile is not None or options.authfile is not None
@@ -74,11 +96,14 @@ class RegistryClients:
                     # podman's --retry-delay is a fixed pause; here it bounds the jittered backoff.
                     delay = max(0.0, retry_delay)
                     policy = replace(policy, base_delay=delay, max_delay=delay)
+                auth = load_auth_files(key[0], required=explicit)
+                if options.creds is not None and key[5]:
+                    auth = auth_with_credentials(auth, options.creds, key[5])
                 client = await self.stack.enter_async_context(open_registry_client(
-                    registries=self.registries(), auth=load_auth_files(key[0], required=explicit), cert_dir=key[1],
-                    tls_verify=key[2], max_connections_per_host=self.connections, retry_policy=policy))
+                    registries=self.registries(), auth=auth, cert_dir=key[1], tls_verify=key[2],
+                    max_connections_per_host=self.connections, retry_policy=policy))
                 self._clients[key] = client
             return client
 
 
-__all__ = ["RegistryClients"]
+__all__ = ["RegistryClients", "auth_with_credentials"]

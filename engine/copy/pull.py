@@ -1,9 +1,10 @@
 """``pull``: every image of a request list into containers-storage, all at once, each blob streamed once.
 
 1. **Resolve** every image at once (:mod:`tether.engine.copy.sources`: transports, short names): one manifest
-   request each (``--pull missing``: none when the store has the name already; ``newer``/``always``: nothing
-   more when the store has the image with that digest under that name), then the platform's manifest and
-   the config (:func:`tether.registry.resolve.resolve_image`, the one resolution path).
+   request each (``--pull missing``/``never``: none when the store has the name already; ``newer``: nothing
+   more when the store has, under that name, the manifest the wanted platform gets: an index's entry is
+   chosen without a request, :func:`tether.registry.resolve.choose_instance`), then the platform's manifest
+   and the config (:func:`tether.registry.resolve.resolve_image`, the one resolution path).
 2. **Policy**: the signature policy is enforced right after an image is resolved, before any of its layers is
    fetched or published (:class:`tether.engine.copy.verify.PolicyCheck`; a failure to evaluate rejects).
 3. **Plan and execute** through the copy engine (:mod:`tether.engine.copy.execute`) into a
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import trio
@@ -30,17 +31,25 @@ from tether.engine.copy.plan import image_up_to_date
 from tether.engine.copy.progress import Progress
 from tether.engine.copy.sources import open_image_source
 from tether.engine.copy.verify import PolicyCheck
+from tether.engine.errors import EngineError
+from tether.registry.manifest import host_platform
+from tether.registry.resolve import choose_instance
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
     from tether.engine.options import CommonOptions
     from tether.registry.client import RegistryClient
+    from tether.registry.manifest import ImageConfig, Platform
     from tether.store.containers_storage import ImageRecord, LayerRecord, StagedLayer, Store
 
     StorageRun: TypeAlias = ImageRun[SourceImage, ImageRecord]
 
-PullPolicy = Literal["always", "missing", "newer"]
+PullPolicy = Literal["always", "missing", "newer", "never"]
+
+
+class PullPolicyError(EngineError):
+    """The pull policy forbids what the image needs (``never`` and the store does not have it)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class ImageResult:
     error: str | None
     layers_pulled: int = 0
     layers_reused: int = 0
+    warning: str | None = None  # e.g. the image is for another platform (podman warns too)
 
     @property
     def ok(self) -> bool:
@@ -109,25 +119,35 @@ async def pull(requests: Sequence[PullRequest | str], *, store: Store, options: 
                client: RegistryClient | None = None) -> PullReport:
     """Pull every image of ``requests`` into ``store``, all at once; never raises for one image's failure.
 
-    ``policy`` as podman's ``--pull``: ``missing`` makes no request for an image the store has by name;
-    ``newer`` and ``always`` fetch the manifest and stop there when the store has that digest under that
-    name. ``client`` replaces the registry clients (tests). Returns a :class:`PullReport` in request order.
+    ``policy`` as podman's ``--pull``: ``missing`` makes no request for an image the store has by name (unless
+    a platform is asked for: then as ``newer``); ``newer`` fetches what the name points at and stops there when
+    the store has, under that name, the manifest the wanted platform gets from it; ``always`` resolves and
+    copies every image (layers the store has are not fetched again; the name moves to the image); ``never``
+    asks no registry and fails an image the store does not have by name. ``client`` replaces the registry
+    clients (tests). Returns a :class:`PullReport` in request order.
     """
     reqs = [r if isinstance(r, PullRequest) else PullRequest(name=r) for r in requests]
+    registries = any(not r.name.startswith(("oci:", "oci-archive:")) for r in reqs)
     return await copy_into_store(reqs, _open_by_name, store=store, options=options, jobs=jobs, policy=policy,
-                                 progress=progress, client=client)
+                                 progress=progress, client=client, load_registries=registries)
 
 
 async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOpener, *, store: Store,
                           options: CommonOptions, jobs: int | None = None, policy: PullPolicy = "newer",
                           progress: Progress | None = None, client: RegistryClient | None = None,
-                          check_signatures: bool = True) -> PullReport:
+                          check_signatures: bool = True, load_registries: bool = False) -> PullReport:
     """The pull pipeline for sources ``open_source`` opens (by name for :func:`pull`; a store's images for
-    ``bound install``). ``check_signatures`` False: the sources were verified when they were stored."""
+    ``bound install``). ``check_signatures`` False: the sources were verified when they were stored.
+
+    ``load_registries``: read registries.conf before any image is tried, so that a broken one fails the whole
+    copy once (:class:`~tether.registry.errors.ConfigError`, naming the file and line or key) instead of every
+    image that needs it, each in its own words.
+    """
     reqs = list(requests)
     progress = progress if progress is not None else Progress()
     limit = jobs if jobs is not None and jobs > 0 else default_jobs()
     present: dict[int, ImageRecord] = {}
+    warnings: dict[int, str | None] = {}
     records: list[ImageRecord] = []
     layers: list[LayerRecord] = []
     listed = trio.Event()
@@ -141,6 +161,8 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
     try:
         async with AsyncExitStack() as stack:
             clients = RegistryClients(stack, options, connections=max(limit, 4), client=client)
+            if load_registries and client is None:
+                clients.registries()
 
             async def list_store() -> None:
                 # Read the store while the manifests are being fetched.
@@ -160,19 +182,32 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
                 try:
                     source = await open_source(request, clients, stack)
                     run.source = source
-                    if policy == "missing":
+                    wanted = request.platform or options.wanted_platform()
+                    # podman (c/common libimage pull.go): a platform asked for turns "missing" into "newer",
+                    # as the image stored under the name may be another platform's; "never" never asks.
+                    if policy == "never" or (policy == "missing" and wanted is None):
                         await listed.wait()
                         found = image_up_to_date(records, names=source.local_names, digest=None)
                         if found is not None:
                             finish_present(run, found)
                             return
+                        if policy == "never":
+                            raise PullPolicyError(f"not in the store {store.root} (pull policy never: no "
+                                                  "registry is asked)")
                     top = await source.read_top()
-                    await listed.wait()
-                    found = image_up_to_date(records, names=source.local_names, digest=top.digest)
-                    if found is not None:
-                        finish_present(run, found)
-                        return
-                    image = await source.resolve(platform=request.platform or options.wanted_platform(), top=top)
+                    if policy != "always":
+                        # Up to date only when the store has, under the name, the manifest this platform gets
+                        # from what the name points at now (an index's entry; the manifest itself otherwise):
+                        # the index digest alone would keep another platform's image.
+                        instance = choose_instance(top, wanted)
+                        await listed.wait()
+                        found = image_up_to_date(records, names=source.local_names,
+                                                 digest=instance.digest if instance is not None else top.digest)
+                        if found is not None:
+                            finish_present(run, found)
+                            return
+                    image = await source.resolve(platform=wanted, top=top)
+                    warnings[run.key] = platform_mismatch(image.config, wanted)
                     if check_signatures:
                         await policy_check.enforce(image=image, source=source, name=request.name)
                     executor.add(run.key, image)
@@ -192,8 +227,25 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
                     nursery.start_soon(resolve_one, run, request)
     finally:
         progress.close()
-    return PullReport(results=tuple(_result(request, run, present.get(run.key))
-                                    for request, run in zip(reqs, executor.runs, strict=True)))
+    return PullReport(results=tuple(
+        replace(_result(request, run, present.get(run.key)), warning=warnings.get(run.key))
+        for request, run in zip(reqs, executor.runs, strict=True)))
 
 
-__all__ = ["ImageResult", "PullPolicy", "PullReport", "PullRequest", "SourceOpener", "copy_into_store", "pull"]
+def platform_mismatch(config: ImageConfig, wanted: Platform | None) -> str | None:
+    """podman's warning when the image pulled is not for the platform asked for (a single-platform image for
+    another architecture, or an index entry without a platform): ``None`` when it matches.
+
+    c/common libimage (``matchesPlatform``) compares OS and architecture, and the variant only when both name
+    one."""
+    want = wanted or host_platform()
+    variant_differs = bool(want.variant and config.variant and want.variant != config.variant)
+    if (config.os, config.architecture) == (want.os, want.architecture) and not variant_differs:
+        return None
+    have = "/".join(p for p in (config.os, config.architecture, config.variant) if p)
+    expected = "/".join(p for p in (want.os, want.architecture, want.variant) if p)
+    return f"image platform ({have}) does not match the expected platform ({expected})"
+
+
+__all__ = ["ImageResult", "PullPolicy", "PullPolicyError", "PullReport", "PullRequest", "SourceOpener",
+           "copy_into_store", "platform_mismatch", "pull"]

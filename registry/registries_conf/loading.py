@@ -68,8 +68,45 @@ class _Parsed:
     aliases: dict[str, Alias]
 
 
+_KEY_PART = re.compile(r"([A-Za-z0-9_.-]+?)(?:\[(\d+)\])?(?:\.|$)")
+
+
+def key_line(text: str, key: str) -> int | None:
+    """The line (1-based) of ``text`` where ``key`` (``registry[1].mirror[0].location``,
+    ``unqualified-search-registries[2]``, ``short-name-mode``) is set, as far as a line-oriented look finds it:
+    tomllib reports no positions for valid TOML, and a message naming the line spares a search of the file."""
+    lines = text.splitlines()
+    start, end = 0, len(lines)
+    table = ""
+    found: int | None = None
+    for name, index in _KEY_PART.findall(key):
+        if index:
+            table = f"{table}.{name}" if table else name
+            header = re.compile(r"^\s*\[\[\s*" + re.escape(table).replace(r"\.", r"\s*\.\s*") + r"\s*\]\]")
+            hits = [i for i in range(start, end) if header.match(lines[i])]
+            if int(index) >= len(hits):
+                # an inline array (`key = [...]`) or array of inline tables: the key's own line
+                assign = re.compile(r'^\s*"?' + re.escape(name) + r'"?\s*=')
+                line = next((i for i in range(start, end) if assign.match(lines[i])), None)
+                return line + 1 if line is not None else found
+            start = hits[int(index)] + 1
+            nxt = [i for i in range(start, end) if re.match(r"^\s*\[\[?\s*" + re.escape(table.split(".")[0]) +
+                                                                r"\s*\]\]?", lines[i])]
+            end = nxt[0] if nxt else end
+            found = hits[int(index)] + 1
+            continue
+        assign = re.compile(r'^\s*"?' + re.escape(name) + r'"?\s*=')
+        line = next((i for i in range(start, end) if assign.match(lines[i])), None)
+        return line + 1 if line is not None else found
+    return found
+
+
 def _err(path: Path, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{path}: {key}: {message}")
+    try:
+        line = key_line(path.read_text(errors="replace"), key)
+    except OSError:
+        line = None
+    return ConfigError(f"{path}: {key}: {message}" + (f" (at line {line})" if line is not None else ""))
 
 
 def _get_bool(path: Path, table: Mapping[str, Any], key: str, where: str) -> bool:

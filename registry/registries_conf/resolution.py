@@ -148,6 +148,13 @@ def resolve_short_name_detailed(
                 f"short-name {text!r} did not resolve to an alias and no unqualified-search registries "
                 f"are defined in {str(where)!r}"
             )
+        if conf.sources:
+            # Files were read, none sets the key: name them (c/image's message says none was found, which
+            # misleads a user who passed --registries-conf).
+            raise ShortNameError(
+                f"short-name {text!r} did not resolve to an alias and no unqualified-search-registries are "
+                f"defined in {conf.describe_sources()}"
+            )
         raise ShortNameError(
             f"short-name {text!r} did not resolve to an alias and no containers-registries.conf(5) was found"
         )

@@ -29,7 +29,8 @@ async def open_image_source(request: PullRequest, *, clients: RegistryClients, s
     else:
         candidates = tuple(resolve_short_name(clients.registries(), parsed.name, tty=False))
     client = await clients.get(authfile=request.authfile, cert_dir=request.cert_dir, tls_verify=request.tls_verify,
-                               retries=request.retries, retry_delay=request.retry_delay)
+                               retries=request.retries, retry_delay=request.retry_delay,
+                               creds_for=tuple(ref.name for ref in candidates))
     return RegistrySource(client=client, candidates=candidates, name=request.name)
 
 
