@@ -41,7 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from tether.store.errors import HostileArchiveError, StoreError, UnsupportedError
+from tether.store.errors import (
+    DanglingLinkError,
+    HostileArchiveError,
+    StoreError,
+    UnsupportedError,
+    os_error_text,
+    shown,
+)
 from tether.store.tar.decompress import Decompressor
 from tether.store.tar.reader import (
     TYPE_BLOCK,
@@ -191,7 +198,7 @@ class TarApplier(TarReader):
             except OSError as err:
                 if err.errno == errno.ENOTSUP:
                     continue  # pkg/archive ignores ENOTSUP (filesystem without xattrs)
-                raise StoreError(f"setting xattr {k!r} on {e.name!r}: {err}") from None
+                raise StoreError(f"setting xattr {shown(k)} on {shown(e.name)}: {os_error_text(err)}") from None
 
     def _entry(self, e: Entry, data_size: int) -> None:
         name = e.name
@@ -207,7 +214,7 @@ class TarApplier(TarReader):
             self._apply_root(e)
             return
         if t not in _APPLIED_TYPES:
-            raise UnsupportedError(f"unsupported tar entry type {t!r} for {name!r} (containers/storage "
+            raise UnsupportedError(f"unsupported tar entry type {t!r} for {shown(name)} (containers/storage "
                                    "refuses it too)")
         hit = self._resolved.get(parent)  # the resolver's cache, looked up inline (hot path)
         dpath, sgid = hit if hit is not None else self._resolver.resolve_dir(parent, entry=name)
@@ -283,23 +290,26 @@ class TarApplier(TarReader):
     def _hardlink(self, e: Entry, path: bytes, name: bytes) -> None:
         target_rel = confine(e.linkname)
         if not target_rel:
-            raise HostileArchiveError(f"hardlink {name!r} points at the layer root")
+            raise HostileArchiveError(f"hardlink {shown(name)} points at the layer root")
         if target_rel.startswith(WH_META_PREFIX) or b"/" + WH_META_PREFIX in target_rel:
-            raise UnsupportedError(f"hardlink {name!r} into AUFS metadata ({e.linkname!r}) is not supported")
+            raise UnsupportedError(f"hardlink {shown(name)} into AUFS metadata ({shown(e.linkname)}) is not supported")
         tparent, _, tbase = target_rel.rpartition(b"/")
         try:
-            tdir, _ = self._resolver.resolve_dir(tparent, entry=name)
+            # os.Link (pkg/archive createTarFile) creates nothing on the target's side.
+            tdir, _ = self._resolver.resolve_dir(tparent, entry=name, create=False)
         except FileNotFoundError:
-            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target not in this layer") from None
+            raise HostileArchiveError(
+                f"hardlink {shown(name)} -> {shown(e.linkname)}: target not in this layer") from None
         target = tdir + tbase
         if target == path:
-            raise HostileArchiveError(f"hardlink {name!r} points at itself")
+            raise HostileArchiveError(f"hardlink {shown(name)} points at itself")
         try:
             tst = os.lstat(target)
         except FileNotFoundError:
-            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target not in this layer") from None
+            raise HostileArchiveError(
+                f"hardlink {shown(name)} -> {shown(e.linkname)}: target not in this layer") from None
         if stat.S_ISDIR(tst.st_mode):
-            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target is a directory")
+            raise HostileArchiveError(f"hardlink {shown(name)} -> {shown(e.linkname)}: target is a directory")
         try:
             os.link(target, path, follow_symlinks=False)
         except FileExistsError:
@@ -332,7 +342,7 @@ class TarApplier(TarReader):
     def _apply_root(self, e: Entry) -> None:
         """An entry whose name cleans to the root (``.``, ``./``, ``/``, ``..``)."""
         if e.type != TYPE_DIR:
-            raise HostileArchiveError(f"non-directory entry {e.name!r} would replace the layer root")
+            raise HostileArchiveError(f"non-directory entry {shown(e.name)} would replace the layer root")
         if self._overlay and go_clean(e.name) == b".":
             return  # archive.Unpack: `if fi.IsDir() && hdr.Name == "."` -> the root entry is skipped
         path = self._root
@@ -354,6 +364,10 @@ class TarApplier(TarReader):
             return  # inside an AUFS metadata directory
         try:
             dpath, _ = self._resolver.resolve_dir(parent, entry=name)
+        except DanglingLinkError as exc:
+            if self._overlay or not exc.final:
+                raise  # overlay: mknod/setxattr under the link fail with ENOENT; deeper: MkdirAll fails
+            return  # vfs (UnpackLayer): RemoveAll under a missing directory, or an opaque walk of a link, do nothing
         except HostileArchiveError:
             if not self._overlay:
                 raise
@@ -367,7 +381,7 @@ class TarApplier(TarReader):
                 os.mknod(victim, stat.S_IFCHR, 0)
             except FileExistsError:
                 raise HostileArchiveError(
-                    f"whiteout {name!r} conflicts with an entry of the same layer"
+                    f"whiteout {shown(name)} conflicts with an entry of the same layer"
                 ) from None
             except NotADirectoryError:
                 return
@@ -495,7 +509,8 @@ class LayerExtractor:
                 raise
         except OSError as e:
             self._fail(e)
-            raise StoreError(f"applying layer into {self.target_dir}: entry {self._applier.current!r}: {e}") from e
+            raise StoreError(f"applying layer into {self.target_dir}: entry {shown(self._applier.current)}: "
+                             f"{os_error_text(e)}") from e
         except BaseException as e:
             self._fail(e)
             raise
@@ -515,7 +530,8 @@ class LayerExtractor:
             self._ts.close()
         except OSError as e:
             self._fail(e)
-            raise StoreError(f"applying layer into {self.target_dir}: entry {self._applier.current!r}: {e}") from e
+            raise StoreError(f"applying layer into {self.target_dir}: entry {shown(self._applier.current)}: "
+                             f"{os_error_text(e)}") from e
         except BaseException as e:
             self._fail(e)
             raise

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from tether.store.errors import HostileArchiveError, StoreError, UnsupportedError
+from tether.store.errors import DanglingLinkError, HostileArchiveError, StoreError, UnsupportedError
 from tether.store.tar.apply import ExtractResult, LayerExtractor, Mode
 from tether.store.tar.decompress import CorruptCompressedStreamError
 from tether.store.tar.scheduling import BACKGROUND_NICE, Scheduler
@@ -354,6 +354,8 @@ class ProcessLayerExtractor:
                 raise CorruptCompressedStreamError(str(msg["message"]))
             if cls_name == "TarSplitError":
                 raise TarSplitError(str(msg["message"]))
+            if cls_name == "DanglingLinkError":
+                raise DanglingLinkError(str(msg["message"]), final=False)
             exc = _WORKER_ERRORS.get(cls_name, StoreError)
             text = str(msg["message"])
             if exc is StoreError and cls_name not in _WORKER_ERRORS:
