@@ -41,7 +41,8 @@ class Exporting(StoreBase):
         exactly what its tar-split describes (:mod:`tether.store.tar.treecheck`: nothing missing, nothing added,
         no file of another type); images' top layers, chains and big data are intact.  Returns the problems
         found (empty when healthy), each naming its layer or image and, for a tree, the path."""
-        # Imported here for the reason export_layer gives.
+        # Imported here, as in export_layer: the tar reader and tar-split with their libraries are ~14 ms of
+        # python -X importtime that every command opening a Store would pay otherwise.
         from tether.store.tar.treecheck import HeaderReader, TreeModel
 
         problems: list[str] = []

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from tether.store.diskspace import ENTRY_COST, SpaceGuard
 from tether.store.errors import (
     DanglingLinkError,
     HostileArchiveError,
@@ -147,6 +148,7 @@ class TarApplier(TarReader):
         self._cur_sgid = False
         self._dirs: list[tuple[bytes, int, int]] = []
         self._unpacked: set[bytes] | None = None if self._overlay else set()
+        self.entries = 0  # members applied (for the disk space estimate of LayerExtractor)
 
     def end(self) -> None:
         """End of the uncompressed stream: refuse truncation, write the last segment, set directory times."""
@@ -201,6 +203,7 @@ class TarApplier(TarReader):
                 raise StoreError(f"setting xattr {shown(k)} on {shown(e.name)}: {os_error_text(err)}") from None
 
     def _entry(self, e: Entry, data_size: int) -> None:
+        self.entries += 1
         name = e.name
         t = e.type
         if t == TYPE_XGLOBAL:  # pragma: no cover - TarReader._end_special handles it
@@ -451,11 +454,16 @@ class LayerExtractor:
     tar-split (the caller removes ``target_dir``).  Raises :class:`~tether.store.errors.HostileArchiveError` for
     refused archives, :class:`~tether.store.tar.decompress.CorruptCompressedStreamError` for bad compression,
     :class:`~tether.store.errors.UnsupportedError` for sparse files and exotic entry types.  Memory is bounded
-    whatever the layer size.  Not thread-safe; one thread at a time.
+    whatever the layer size.  ``space``: checked as the uncompressed bytes come (before they are applied), raises
+    :class:`~tether.store.errors.DiskReserveError` before the filesystem falls below its reserve.  Not
+    thread-safe; one thread at a time.
     """
 
-    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path, threaded: bool = False) -> None:
+    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path, threaded: bool = False,
+                 space: SpaceGuard | None = None) -> None:
         self.target_dir = Path(target_dir)
+        self._space = space
+        self._entries_counted = 0
         self._ts = TarSplitWriter(Path(tar_split_path))
         try:
             self._applier = TarApplier(self.target_dir, mode=mode, tar_split=self._ts)
@@ -478,17 +486,28 @@ class LayerExtractor:
     def _sink(self, data: bytes) -> None:
         self._sha.update(data)
         self._size += len(data)
+        if self._space is not None:
+            self._count_space(len(data))
         self._applier.consume(data)
 
     def _sink_threaded(self, data: bytes) -> None:
         self._sha.update(data)  # hashlib releases the GIL for large updates: runs beside the applier
         self._size += len(data)
+        if self._space is not None:
+            self._count_space(len(data))
         assert self._pipe is not None
         if len(data) <= _PIPE_PIECE:
             self._pipe.put(data)
         else:  # an uncompressed blob passes through in the caller's chunks: keep the queue's memory bounded
             for i in range(0, len(data), _PIPE_PIECE):
                 self._pipe.put(data[i : i + _PIPE_PIECE])
+
+    def _count_space(self, n: int) -> None:
+        """Estimated disk use so far (see :mod:`tether.store.diskspace`): checked before the bytes are applied."""
+        assert self._space is not None
+        entries = self._applier.entries  # read from the applying thread's counter: a slight lag is harmless
+        self._space.wrote(n + (entries - self._entries_counted) * ENTRY_COST)
+        self._entries_counted = entries
 
     def _drain(self) -> None:
         """Threaded mode: wait until the applier thread consumed everything queued (re-raises its error)."""
