@@ -99,7 +99,8 @@ def test_dotdot_is_clamped_at_the_layer_root(apply: Runner, sandbox: dict[str, P
 
 def test_write_through_absolute_symlink_stays_inside(apply: Runner, sandbox: dict[str, Path]) -> None:
     inner_rel = str(sandbox["outside"]).lstrip("/")
-    apply(member(inner_rel, type=tarfile.DIRTYPE) + member("evil", type=tarfile.SYMTYPE, linkname=str(sandbox["outside"]))
+    apply(member(inner_rel, type=tarfile.DIRTYPE)
+          + member("evil", type=tarfile.SYMTYPE, linkname=str(sandbox["outside"]))
           + member("evil/victim", data=b"overwritten?") + member("evil/new", data=b"new") + END)
     inner = sandbox["target"] / inner_rel
     assert (inner / "victim").read_bytes() == b"overwritten?"
