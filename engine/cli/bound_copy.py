@@ -51,7 +51,7 @@ def run_bound_sync(args: argparse.Namespace) -> int:
     report = trio.run(
         lambda: sync_deployments(
             deployments, store=store, options=options, jobs=args.jobs, progress=progress, gc=not args.no_gc,
-            source=args.source,
+            source=args.source, crash_at=crash_at,
         )
     )
     if options.format == "json":

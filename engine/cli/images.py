@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from tether.engine.arguments import check_common_options, store_root
-from tether.store.containers_storage import Store, lookup_image
+from tether.store.containers_storage import CRASH_ENV, Store, lookup_image
 from tether.store.errors import StoreError
 
 __all__ = ["image_json", "run_check", "run_images", "run_rmi"]
@@ -22,7 +23,8 @@ def _open(args: argparse.Namespace) -> Store:
     imports :mod:`tether.registry` (~30 ms).
     """
     check_common_options(args)
-    return Store.open(store_root(args), runroot=args.runroot, driver=args.storage_driver)
+    return Store.open(store_root(args), runroot=args.runroot, driver=args.storage_driver,
+                      crash_at=os.environ.get(CRASH_ENV))  # the kill -9 tests' hook (tests/test_store_crash.py)
 
 
 def _repository(name: str) -> str:
