@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from typing import Final, Literal
 
+from tether.engine.errors import EngineError
+
 __all__ = ["GVariantError", "parse_asv"]
 
 _ORDER: Final[Literal["little", "big"]] = sys.byteorder
@@ -27,7 +29,7 @@ _MAX_DEPTH: Final = 8
 Value = str | bool | bytes | list[str] | dict[str, "Value"]
 
 
-class GVariantError(ValueError):
+class GVariantError(EngineError):
     """Not a well-formed serialized GVariant of the expected type."""
 
 

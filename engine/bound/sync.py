@@ -52,6 +52,15 @@ class SyncError(EngineError):
     """One or more deployments could not be made ready; the message lists which images failed and why."""
 
 
+#: The steps of a sync at which ``crash_at`` kills it (see :func:`sync_deployments`).
+SYNC_CRASH_POINTS = ("sync-before-records",)
+
+
+def _crash_point(crash_at: str | None, name: str) -> None:
+    if name == crash_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------- sync
 
 
@@ -212,15 +221,6 @@ async def sync_deployments(
         gc_error=gc_error,
         reused=len(plan.reused),
     )
-
-
-#: The steps of a sync at which ``crash_at`` kills it (see :func:`sync_deployments`).
-SYNC_CRASH_POINTS = ("sync-before-records",)
-
-
-def _crash_point(crash_at: str | None, name: str) -> None:
-    if name == crash_at:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _requests_from_layout(source: str, requests: Sequence[PullRequest]) -> list[PullRequest]:
