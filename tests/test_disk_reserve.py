@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -137,6 +138,7 @@ def podman_image_ids(root: Path, driver: str) -> set[str]:
         return {i["Id"] for i in podman.images()}
     finally:
         release_podman(podman.root, podman.runroot)
+        shutil.rmtree(podman.runroot, ignore_errors=True)
 
 
 @pytest.mark.parametrize("driver", ["overlay", "vfs"])

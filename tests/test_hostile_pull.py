@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,6 +76,14 @@ def assert_store_sound(root: Path, driver: str, *, ok_ids: set[str]) -> None:
 
 
 _RUNROOTS: dict[Path, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def _remove_runroots() -> Iterator[None]:
+    yield
+    for runroot in _RUNROOTS.values():
+        shutil.rmtree(runroot, ignore_errors=True)
+    _RUNROOTS.clear()
 
 
 UNSAVEABLE = {"link-to-own-dir", "link-to-lower-dir"}

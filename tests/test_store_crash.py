@@ -84,6 +84,7 @@ def podman_reads_copy(root: Path, driver: str, work: Path) -> list[dict[str, Any
         return listed
     finally:
         release_podman(podman.root, podman.runroot)
+        shutil.rmtree(podman.runroot, ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
 
 
