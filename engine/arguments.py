@@ -163,7 +163,8 @@ def add_platform_parts(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pull_options(parser: argparse.ArgumentParser) -> None:
-    """``--jobs``, ``--progress`` and ``--progress-fd``: shared by ``pull`` and ``bound sync``."""
+    """``--jobs``, ``--progress``, ``--progress-fd`` and ``--disk-reserve``: shared by ``pull`` and ``bound
+    sync`` (the verb parses ``--disk-reserve``: its type is the store's)."""
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                         help="layers fetched and extracted at once, across all images (default: sized for the "
                              "machine)")
@@ -172,6 +173,10 @@ def add_pull_options(parser: argparse.ArgumentParser) -> None:
                              "JSON lines on stdout, which then carries nothing else (see --progress-fd)")
     parser.add_argument("--progress-fd", type=int, default=None, metavar="FD",
                         help="write progress as bootc's JSON lines (progress-v0 schema) to this file descriptor")
+    parser.add_argument("--disk-reserve", default="default", metavar="SIZE",
+                        help="free space layer extraction leaves on the store's filesystem: a size (512M, 2G), "
+                             "a percentage of the filesystem (5%%), 0 to turn the check off, or default "
+                             "(max(1 GiB, 5%%), at most 10 GiB)")
 
 
 def check_common_options(args: argparse.Namespace) -> None:

@@ -47,7 +47,9 @@ def _cli_pull(tmp: Path, host: str, name: str, capsys: pytest.CaptureFixture[str
     conf = tmp / "registries.conf"
     conf.write_text(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
     code = main(["pull", "--root", str(root or tmp / "store"), "--runroot", str(tmp / "run"), "--registries-conf",
-                 str(conf), "--progress", "none", "--format", "json", name])
+                 str(conf), "--progress", "none", "--format", "json",
+                 # a full disk, not the disk reserve (test_disk_reserve.py), is the cause under test
+                 "--disk-reserve", "0", name])
     out, err = capsys.readouterr()
     assert code == 1
     (result,) = json.loads(out)

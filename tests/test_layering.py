@@ -205,6 +205,7 @@ LAZY_IMPORTS = {
     ("engine/copy/progress.py", "__init__"): "rich (~55 ms) only for a terminal display",
     ("registry/trust/evaluate.py", "_evaluate_requirement"): "cryptography (50-70 ms) only for sigstore policies",
     ("store/containers_storage/export.py", "export_layer"): "tar-split only when a layer is exported (~4 ms)",
+    ("store/containers_storage/export.py", "check"): "the tree check (tar reader, tar-split: ~14 ms) only for check",
     ("store/containers_storage/layers.py", "process_extractor"): "the worker pool only when a layer is staged",
     ("store/tar/decompress.py", "__init__"): "zstandard only for zstd layers (~2 ms per extraction child)",
 }

@@ -49,7 +49,8 @@ def test_writing_commands_refuse_a_read_only_store_and_reading_ones_work(
     args = StoreArgs(root=tmpfs / "store", runroot=tmp_path / "run",
                      registries_conf=StoreArgs.make(tmp_path, registry.host).registries_conf)
     root = make_root(tmp_path / "deploy", {"app.image": ref})
-    bound = ["--deployment-root", str(root), *args.pull]
+    # the 64 MiB tmpfs is far below the default disk reserve (1 GiB): off, this test is about read-only mounts
+    bound = ["--deployment-root", str(root), *args.pull, "--disk-reserve", "0"]
     assert tether("bound", "sync", *bound, "--progress", "none").returncode == 0
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     mount = mount_of(args.root)
@@ -83,7 +84,7 @@ def test_a_read_only_bind_mount_on_a_booted_ostree_host_is_remounted_for_tether_
     sysroot.mkdir()
     store = sysroot / "ostree/bootc/storage"
     pull = " ".join([sys.executable, "-m", "tether", "pull", "--root", str(store), "--runroot", str(args.runroot),
-                     "--registries-conf", str(args.registries_conf), "--progress", "none", ref])
+                     "--registries-conf", str(args.registries_conf), "--progress", "none", "--disk-reserve", "0", ref])
     # As on a bootc host: /sysroot a read-only bind mount of a writable file system, /run/ostree-booted present.
     script = f"""
 set -e

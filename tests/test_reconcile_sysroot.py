@@ -24,6 +24,7 @@ from tether.engine.bound.deployments import list_sysroot_deployments
 from tether.engine.bound.gc import collect_garbage
 from tether.engine.bound.records import compute_status, load_record
 from tether.engine.bound.sync import sync_deployments
+from tether.engine.cli.main import main
 from tether.engine.options import CommonOptions
 from tether.store.containers_storage import Store
 
@@ -179,3 +180,50 @@ async def test_sysroot_upgrade_failure_retry_rollback_gc(
 
     # podman on an empty store sees the bootc store's images as an additional image store, as hosts use it.
     assert podman_additional_ids(tmp_path / "empty", store_root, runroot) == stored
+
+
+def test_gc_keeps_what_only_the_staged_deployment_binds(tmp_path: Path, registry: RunningRegistry,
+                                                        runroot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bootc upgrade`` stages the new deployment (ostree itself, here: /run/ostree/staged-deployment is its
+    GVariant): an image bound by it alone survives ``bound gc``, which removes what nothing binds; an
+    unreadable staged-deployment file stops GC instead of guessing."""
+    host = registry.host
+    for seed, ref in enumerate(["gcs/app:1", "gcs/app:2", "gcs/stray:1", "gcs/stray:2"], start=1901):
+        push_image(host, ref, simple_image(seed, files=2, layers=1))
+    sysroot = make_sysroot(tmp_path)
+    sysroot.commit({"app.image": f"{host}/gcs/app:1"}, tag="v1")
+    sysroot.deploy()
+    store = tmp_path / "store"
+    run_dir = tmp_path / "run"
+    args = ["--sysroot", str(sysroot.path), "--root", str(store)]
+    staged_args = [*args, "--run-dir", str(run_dir)]
+    assert main(["bound", "sync", *staged_args, "--tls-verify=false", "--progress", "none"]) == 0
+
+    # The upgrade moves app to :2; ostree stages it (no boot entry until shutdown) and tether syncs it.
+    c2 = sysroot.commit({"app.image": f"{host}/gcs/app:2"}, tag="v2")
+    assert sysroot.stage(run_dir).startswith(c2)
+    deployments = list_sysroot_deployments(sysroot.path, run_dir=run_dir)
+    assert (deployments[0].checksum, deployments[0].role) == (c2, "staged")
+    assert main(["bound", "sync", *staged_args, "--tls-verify=false", "--progress", "none"]) == 0
+    podman_pull = ["podman", "--root", str(store), "--runroot", str(runroot), "--storage-driver", "overlay", "pull",
+                   "-q", "--tls-verify=false"]
+    subprocess.run([*podman_pull, f"{host}/gcs/stray:1"], check=True, capture_output=True)
+    assert podman_names(store, runroot) == {f"{host}/gcs/app:1", f"{host}/gcs/app:2", f"{host}/gcs/stray:1"}
+    capsys.readouterr()
+
+    # Blind to the staged deployment, GC would take app:2 with the stray image.
+    assert main(["bound", "gc", *args, "--dry-run", "--format", "json"]) == 0
+    blind = json.loads(capsys.readouterr().out)
+    assert sorted(n for i in blind["remove"] for n in i["names"]) == [f"{host}/gcs/app:2", f"{host}/gcs/stray:1"]
+    # Reading ostree's file, it keeps app:2, bound by the staged deployment only.
+    assert main(["bound", "gc", *staged_args]) == 0
+    assert podman_names(store, runroot) == {f"{host}/gcs/app:1", f"{host}/gcs/app:2"}
+    assert Store.open(store).check() == []
+
+    # A staged-deployment file tether cannot read: nothing is removed (the staged bound set is unknown).
+    subprocess.run([*podman_pull, f"{host}/gcs/stray:2"], check=True, capture_output=True)
+    marker = run_dir / "ostree" / "staged-deployment"
+    marker.write_bytes(marker.read_bytes()[:-5])
+    assert main(["bound", "gc", *staged_args]) == 1
+    assert "cannot read the staged deployment" in capsys.readouterr().err
+    assert f"{host}/gcs/stray:2" in podman_names(store, runroot)

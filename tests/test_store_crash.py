@@ -1,10 +1,12 @@
-"""kill -9 at injected points through a layer commit and an image commit: podman still loads the store,
-a rerun completes, and nothing is left orphaned."""
+"""kill -9 of the real ``tether pull`` (and ``tether rmi``) at every injected point of the store's write protocol:
+podman reads the state each kill left, the rerun is the real ``tether pull`` and completes, ``tether check``
+passes after every recovery, and nothing is left orphaned."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,22 +16,12 @@ from typing import Any
 import pytest
 
 from tests.harness import images as factory
-from tests.harness.podman import Podman, podman_for
+from tests.harness.podman import Podman, podman_for, short_runroot
 from tests.harness.registry import RunningRegistry
-from tests.harness.store_pull import pull_into_store, release_podman
-from tether.store.containers_storage import Store, chain_id
+from tests.harness.store_pull import release_podman
+from tether.store.containers_storage import CRASH_ENV, Store, chain_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-PULL_SCRIPT = """
-import sys
-from pathlib import Path
-from tether.store.containers_storage import Store
-from tests.harness.store_pull import pull_into_store
-store = Store.open(Path(sys.argv[1]), driver=sys.argv[4], crash_at=sys.argv[5] or None)
-record = pull_into_store(store, sys.argv[2], sys.argv[3])
-print(record.id)
-"""
 
 POINTS = [
     "layer-writing",
@@ -47,14 +39,53 @@ POINTS = [
     "image-before-record",
     "image-after-record",
 ]
+DELETE_POINTS = ["delete-after-journal", "delete-after-image-record", "delete-after-layer"]
 
 
-def run_pull(root: Path, host: str, ref: str, driver: str, crash_at: str | None = None
-             ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-c", PULL_SCRIPT, str(root), host, ref, driver, crash_at or ""],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+def tether(*args: str, crash_at: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real ``tether`` command; ``crash_at``: the store step at which it SIGKILLs itself."""
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    if crash_at is not None:
+        env[CRASH_ENV] = crash_at
+    return subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=timeout)
 
+
+def store_args(root: Path, driver: str) -> list[str]:
+    return ["--root", str(root), "--runroot", str(root.parent / "tether-run"), "--storage-driver", driver]
+
+
+def tether_pull(root: Path, driver: str, registry: RunningRegistry, *names: str,
+                crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    conf = root.parent / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    return tether("pull", *store_args(root, driver), "--registries-conf", str(conf), "--tls-verify=false",
+                  "--progress", "none", *(f"{registry.host}/{name}" for name in names), crash_at=crash_at)
+
+
+def assert_check_passes(root: Path, driver: str) -> None:
+    proc = tether("check", *store_args(root, driver))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def podman_reads_copy(root: Path, driver: str, work: Path) -> list[dict[str, Any]]:
+    """podman's view of exactly what a kill left, read from a copy (podman's first write-locked load cleans the
+    store as c/storage does, and the original is left for tether's own recovery)."""
+    copy = work / "podman-copy"
+    subprocess.run(["cp", "-a", str(root), str(copy)], check=True)
+    podman = Podman(root=copy, runroot=short_runroot(), driver=driver)
+    try:
+        listed: list[dict[str, Any]] = podman.images()
+        for image in listed:
+            podman.run("image", "inspect", image["Id"])
+        layers_json = copy / f"{driver}-layers" / "layers.json"
+        if layers_json.exists():  # c/storage deletes incomplete layers when it loads under the write lock
+            assert not [r for r in json.loads(layers_json.read_text()) if r.get("flags", {}).get("incomplete")]
+        return listed
+    finally:
+        release_podman(podman.root, podman.runroot)
+        shutil.rmtree(podman.runroot, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -93,29 +124,25 @@ def test_kill_during_pull(point: str, registry: RunningRegistry, crash_image: fa
     driver = "vfs" if point in ("layer-after-install", "image-before-record") else "overlay"
     podman = podman_for(tmp_path, driver=driver)
     try:
-        _kill_and_recover(point, driver, podman, registry, crash_image)
+        _kill_and_recover(point, driver, podman, registry, crash_image, tmp_path)
     finally:
         release_podman(podman.root, podman.runroot)
 
 
 def _kill_and_recover(point: str, driver: str, podman: Podman, registry: RunningRegistry,
-                      image: factory.BuiltImage) -> None:
-    proc = run_pull(podman.root, registry.host, "store/crash:v1", driver, crash_at=point)
+                      image: factory.BuiltImage, work: Path) -> None:
+    proc = tether_pull(podman.root, driver, registry, "store/crash:v1", crash_at=point)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    listed: list[dict[str, Any]]
-    podman_first = POINTS.index(point) % 2 == 0
-    if podman_first:
-        # podman loads what the killed writer left (and removes incomplete layers itself)
-        listed = podman.images()
-        assert [i["Id"] for i in listed] in ([], [image.image_id])
-        podman.run("image", "ls", "--all")
-        layers_json = podman.root / f"{driver}-layers" / "layers.json"
-        if layers_json.exists():  # c/storage deletes incomplete layers when it loads under the write lock
-            assert not [r for r in json.loads(layers_json.read_text()) if r.get("flags", {}).get("incomplete")]
-    record = pull_into_store(Store.open(podman.root, driver=driver), registry.host, "store/crash:v1")
-    assert record.id == image.image_id
-    listed = podman.images()
-    assert [i["Id"] for i in listed] == [image.image_id]
+    listed = podman_reads_copy(podman.root, driver, work)
+    assert [i["Id"] for i in listed] == ([image.image_id] if point == "image-after-record" else [])
+    if POINTS.index(point) % 2 == 0:
+        # podman's own load of the original cleans what the kill left; at the other points tether's does
+        assert [i["Id"] for i in podman.images()] in ([], [image.image_id])
+    rerun = tether_pull(podman.root, driver, registry, "store/crash:v1")
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.split() == [image.image_id]
+    assert_check_passes(podman.root, driver)
+    assert [i["Id"] for i in podman.images()] == [image.image_id]
     inspect = podman.json("image", "inspect", image.image_id)[0]
     assert inspect["RootFS"]["Layers"] == [layer.diff_id for layer in image.layers]
     Store.open(podman.root)  # a further open cleans nothing more and finds the store healthy
@@ -123,15 +150,7 @@ def _kill_and_recover(point: str, driver: str, podman: Podman, registry: Running
     assert len(Store.open(podman.root).list_layers()) == 3
 
 
-DELETE_SCRIPT = """
-import sys
-from pathlib import Path
-from tether.store.containers_storage import Store
-print(",".join(Store.open(Path(sys.argv[1]), crash_at=sys.argv[3]).delete_image(sys.argv[2])))
-"""
-
-
-@pytest.mark.parametrize("point", ["delete-after-journal", "delete-after-image-record", "delete-after-layer"])
+@pytest.mark.parametrize("point", DELETE_POINTS)
 def test_kill_during_delete(point: str, registry: RunningRegistry, tmp_path: Path) -> None:
     base = factory.build_layer([factory.file("base", "shared")])
     keep = factory.build_image([base, factory.build_layer([factory.file("keep", "k")])])
@@ -141,19 +160,23 @@ def test_kill_during_delete(point: str, registry: RunningRegistry, tmp_path: Pat
     factory.push_image(registry.host, "store/del-gone:v1", gone)
     podman = podman_for(tmp_path)
     try:
-        for ref in ("store/del-keep:v1", "store/del-gone:v1"):
-            pull_into_store(Store.open(podman.root), registry.host, ref)
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        proc = subprocess.run([sys.executable, "-c", DELETE_SCRIPT, str(podman.root), gone.image_id, point],
-                              capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+        pulled = tether_pull(podman.root, "overlay", registry, "store/del-keep:v1", "store/del-gone:v1")
+        assert pulled.returncode == 0, pulled.stderr
+        proc = tether("rmi", *store_args(podman.root, "overlay"), gone.image_id, crash_at=point)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
+        assert keep.image_id in {i["Id"] for i in podman_reads_copy(podman.root, "overlay", tmp_path)}
         ids = {i["Id"] for i in podman.images()}  # podman loads whatever the kill left
         assert keep.image_id in ids
-        store = Store.open(podman.root)  # finishes (or forgets) the interrupted delete
-        if gone.image_id in {i.id for i in store.list_images()}:
+        # The next tether command finishes (or forgets) the interrupted delete; rmi again if the record stayed.
+        listed = tether("images", *store_args(podman.root, "overlay"), "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+        if gone.image_id in {i["Id"] for i in json.loads(listed.stdout)}:
             assert point == "delete-after-journal"
-            assert len(store.delete_image(gone.image_id)) == 2
+            again = tether("rmi", *store_args(podman.root, "overlay"), gone.image_id)
+            assert again.returncode == 0, again.stderr
+        assert_check_passes(podman.root, "overlay")
         assert {i["Id"] for i in podman.images()} == {keep.image_id}
+        store = Store.open(podman.root)
         assert len(store.list_layers()) == 2  # the shared base and keep's own layer
         assert not (podman.root / "tether" / "pending-deletes").exists() or \
             os.listdir(podman.root / "tether" / "pending-deletes") == []
@@ -166,7 +189,7 @@ def test_dangling_layers_of_a_killed_pull_are_collected(registry: RunningRegistr
                                                         tmp_path: Path) -> None:
     podman = podman_for(tmp_path)
     try:
-        proc = run_pull(podman.root, registry.host, "store/crash:v1", "overlay", crash_at="image-before-record")
+        proc = tether_pull(podman.root, "overlay", registry, "store/crash:v1", crash_at="image-before-record")
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         store = Store.open(podman.root)
         chain_ids = [layer.id for layer in store.list_layers()]

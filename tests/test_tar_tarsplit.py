@@ -151,7 +151,8 @@ def test_reassembly_detects_a_modified_file(tmp_path: Path) -> None:
 def test_reassembly_never_reads_through_symlinks_out_of_the_layer(tmp_path: Path) -> None:
     # A layer with "evil -> /etc" then "evil/hostname": the file lives at <diff>/etc/hostname (chroot semantics);
     # reading the tar back must read that file, never the host's /etc/hostname.
-    tar = images.build_tar([images.symlink("evil", "/etc"), images.file("evil/hostname", b"layer's own")])
+    tar = images.build_tar([images.directory("etc"), images.symlink("evil", "/etc"),
+                            images.file("evil/hostname", b"layer's own")])
     extract(tar, tmp_path / "diff")
     assert (tmp_path / "diff" / "etc" / "hostname").read_bytes() == b"layer's own"
     assert rebuilt(tmp_path / "diff") == tar

@@ -11,9 +11,11 @@ An ostree sysroot is read as libostree lays it out (ostree ``src/libostree/ostre
 - ``ostree/deploy/<osname>/deploy/<csum>.<serial>.origin`` (a GKeyFile): ``[origin] refspec=`` or
   ``container-image-reference=``; ``[libostree-transient] pinned=true`` marks a pinned deployment.
 - A staged deployment (``ostree admin deploy --stage``, what ``bootc upgrade`` does) has its directory
-  checked out but no boot entry until shutdown; ``/run/ostree/staged-deployment`` (a GVariant ``a{sv}``
-  whose ``target`` dict holds ``name`` = ``CSUM.SERIAL``, ``osname``, ``bootcsum``) says which. We look for
-  that NUL-terminated string inside the file among the deployment directories no boot entry references.
+  checked out but no boot entry until shutdown; ``/run/ostree/staged-deployment`` (a serialized GVariant
+  ``a{sv}`` whose ``target`` holds ``name`` = ``CSUM.SERIAL``, ``osname``, ``bootcsum``; read by
+  :mod:`tether.engine.bound.gvariant`, as ``_ostree_sysroot_reload_staged`` reads it) says which.  A file that
+  cannot be parsed is an error, not "nothing staged": garbage collection must not remove what an upgrade
+  waiting for the next boot binds.
 - The booted deployment (live sysroot only, ``/run/ostree-booted`` present): the one whose directory is
   ``/`` (same device and inode, as ``ostree_sysroot_get_booted_deployment`` compares). ``pending`` is
   the first deployment of the same OS before it, ``rollback`` the first after it
@@ -33,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tether.engine.bound.discovery import resolve_in_root
+from tether.engine.bound.gvariant import GVariantError, parse_asv
 from tether.engine.bound.quadlet import parse_unit
 from tether.engine.errors import BoundImageError, DeploymentError
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _DEPLOY_DIR = re.compile(r"^(?P<csum>[0-9a-f]{64})\.(?P<serial>\d+)$")
 _OSTREE_ARG = re.compile(r"(?:^|\s)ostree=(\S+)")
+_MAX_STAGED = 1024 * 1024  # ostree's file is a few hundred bytes (kernel arguments included)
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,24 @@ def _make(sysroot: Path, osname: str, csum: str, serial: int, **flags: object) -
     )
 
 
+def _staged_identity(marker: Path, data: bytes) -> tuple[str, str, int]:
+    """``(osname, csum, serial)`` of ``target`` in ostree's staged-deployment file."""
+    try:
+        doc = parse_asv(data)
+        target = doc.get("target")
+        if not isinstance(target, dict):
+            raise GVariantError("no target deployment")
+        name, osname = target.get("name"), target.get("osname")
+        if not isinstance(name, str) or not isinstance(osname, str):
+            raise GVariantError("the target has no name or osname")
+        match = _DEPLOY_DIR.match(name)
+        if match is None or not osname or "/" in osname or osname.startswith("."):
+            raise GVariantError(f"unexpected target {osname!r} {name!r}")
+    except GVariantError as exc:
+        raise DeploymentError(f"cannot read the staged deployment from {marker}: {exc}") from None
+    return osname, match.group("csum"), int(match.group("serial"))
+
+
 def is_live_sysroot(sysroot: Path) -> bool:
     """Whether ``sysroot`` is the running system's (``/`` or ``/sysroot`` of a booted ostree host)."""
     try:
@@ -245,19 +267,16 @@ def list_sysroot_deployments(
     if run_dir is not None:
         marker = run_dir / "ostree" / "staged-deployment"
         try:
-            data = marker.read_bytes()
+            with open(marker, "rb") as handle:
+                data = handle.read(_MAX_STAGED)
         except FileNotFoundError:
             data = b""
         if data:
-            unreferenced = [d for d in _all_deployment_dirs(sysroot) if d not in ordered]
-            # ostree-sysroot-deploy.c serialize_deployment_to_variant: target["name"] = "CSUM.SERIAL", a
-            # GVariant string (NUL-terminated); fall back to the checksum alone.
-            matching = [d for d in unreferenced if f"{d[1]}.{d[2]}".encode() + b"\0" in data]
-            if not matching:
-                matching = [d for d in unreferenced if d[1].encode() in data]
-            if matching:
-                ident = max(matching, key=lambda d: d[2])
+            ident = _staged_identity(marker, data)
+            if ident not in ordered and ident in _all_deployment_dirs(sysroot):
                 staged.append(_make(sysroot, *ident, staged=True))
+            elif ident not in ordered:
+                log.warning("%s names %s-%s.%d, which is not checked out in %s", marker, *ident, sysroot)
 
     booted_index: int | None = None
     booted_stat: os.stat_result | None = None

@@ -15,6 +15,8 @@ store takes per operation).
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -48,6 +50,15 @@ if TYPE_CHECKING:
 
 class SyncError(EngineError):
     """One or more deployments could not be made ready; the message lists which images failed and why."""
+
+
+#: The steps of a sync at which ``crash_at`` kills it (see :func:`sync_deployments`).
+SYNC_CRASH_POINTS = ("sync-before-records",)
+
+
+def _crash_point(crash_at: str | None, name: str) -> None:
+    if name == crash_at:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- sync
@@ -103,6 +114,7 @@ async def sync_deployments(
     gc: bool = True,
     pull_function: PullFunction | None = None,
     source: str | None = None,
+    crash_at: str | None = None,
 ) -> SyncReport:
     """Make every deployment ready (new first); see the module docstring. Never raises for a pull failure:
     the report says what failed. Raises :class:`~tether.engine.storelock.StoreBusyError` if another tether holds
@@ -111,6 +123,9 @@ async def sync_deployments(
     ``source`` (``oci:DIR`` or ``oci-archive:FILE``) takes every bound image from that layout instead of its
     registry (bootc-dev/bootc#1166: switching offline); the images are still recorded under their bound
     names, so status and GC match them. A layout that lacks one of them fails before anything is pulled.
+
+    ``crash_at`` is the kill -9 tests' hook (as :class:`~tether.store.containers_storage.Store` takes one):
+    :data:`SYNC_CRASH_POINTS` names the steps at which the process SIGKILLs itself.
     """
     pull_fn = pull_function or pull
     with hold_store(store.root):
@@ -150,6 +165,9 @@ async def sync_deployments(
             pulled = report.results
             for request, result in zip(requests, report.results, strict=True):
                 results[request] = result
+        # Committed images are in the store, no record says so yet: a kill here must end in a rerun that
+        # records them without pulling again (tests/test_reconcile_kill.py).
+        _crash_point(crash_at, "sync-before-records")
         images = await trio.to_thread.run_sync(store.list_images)
         by_id = {i.id: i for i in images}
         now = datetime.now(UTC).isoformat(timespec="seconds")

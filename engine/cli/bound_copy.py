@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from tether.engine.bound.deployments import list_sysroot_deployments
 from tether.engine.bound.install import install_pulled, install_stored, record_installed
 from tether.engine.bound.sync import sync_deployments
 from tether.engine.cli.bound import bound_store_root, deployments_from_args
+from tether.engine.cli.pull import disk_reserve_from_args
 from tether.engine.copy.progress import make_progress
 from tether.engine.errors import UsageError
 from tether.engine.options import CommonOptions, common_options_from_args
 from tether.engine.writable import require_writable_store
-from tether.store.containers_storage import Store
+from tether.store.containers_storage import CRASH_ENV, Store
 
 
 def _options(args: argparse.Namespace) -> CommonOptions:
@@ -47,7 +49,9 @@ def run_bound_sync(args: argparse.Namespace) -> int:
     options = _options(args)
     deployments = deployments_from_args(args)
     require_writable_store(options.root, verb="bound sync")
-    store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver)
+    crash_at = os.environ.get(CRASH_ENV)  # the kill -9 tests' hook (tests/test_reconcile_kill.py)
+    store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver, crash_at=crash_at,
+                       disk_reserve=disk_reserve_from_args(args))
     progress = make_progress(args.progress, progress_fd=args.progress_fd)
     # With the progress JSON lines on stdout, stdout carries nothing else: the readiness lines are left out
     # (a deployment's readiness is the exit status and `bound status`), failures still go to stderr.
@@ -55,7 +59,7 @@ def run_bound_sync(args: argparse.Namespace) -> int:
     report = trio.run(
         lambda: sync_deployments(
             deployments, store=store, options=options, jobs=args.jobs, progress=progress, gc=not args.no_gc,
-            source=args.source,
+            source=args.source, crash_at=crash_at,
         )
     )
     if options.format == "json":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from tether.engine.arguments import check_common_options, store_root
 from tether.engine.cli.gotemplate import NilList, NilMap, is_json_format, parse_template, tabulate
 from tether.engine.errors import EngineError, UsageError
 from tether.engine.writable import require_writable_store
-from tether.store.containers_storage import ImageRecord, Store, detect_driver, lookup_image
+from tether.store.containers_storage import CRASH_ENV, ImageRecord, Store, detect_driver, lookup_image
 from tether.store.errors import StoreError
 
 __all__ = ["compile_filters", "find_local_image", "human_age", "human_size", "image_json", "open_existing_store",
@@ -54,15 +55,17 @@ def open_existing_store(args: argparse.Namespace) -> Store | None:
     reach no registry, and that module imports :mod:`tether.registry` (~30 ms)."""
     check_common_options(args)
     return open_store_if_exists(store_root(args), runroot=getattr(args, "runroot", None),
-                                driver=getattr(args, "storage_driver", None))
+                                driver=getattr(args, "storage_driver", None),
+                                crash_at=os.environ.get(CRASH_ENV))  # the kill -9 tests' hook (test_store_crash.py)
 
 
-def open_store_if_exists(root: Path, *, runroot: Path | None = None, driver: str | None = None) -> Store | None:
+def open_store_if_exists(root: Path, *, runroot: Path | None = None, driver: str | None = None,
+                         crash_at: str | None = None) -> Store | None:
     """The store at ``root``, or ``None`` when there is none (no ``<driver>-layers``: nothing is created)."""
     found = detect_driver(root)
     if found is None or (driver is not None and not (root / f"{driver}-layers").is_dir()):
         return None
-    return Store.open(root, runroot=runroot, driver=driver)
+    return Store.open(root, runroot=runroot, driver=driver, crash_at=crash_at)
 
 
 def split_name(name: str) -> tuple[str, str]:

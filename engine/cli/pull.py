@@ -22,7 +22,15 @@ from tether.engine.errors import UsageError
 from tether.engine.options import common_options_from_args
 from tether.engine.storelock import hold_store
 from tether.engine.writable import require_writable_store
-from tether.store.containers_storage import CRASH_ENV, Store
+from tether.store.containers_storage import CRASH_ENV, DiskReserve, Store
+
+
+def disk_reserve_from_args(args: argparse.Namespace) -> DiskReserve:
+    """``--disk-reserve`` as the store takes it (:class:`UsageError` for a bad spelling)."""
+    try:
+        return DiskReserve.parse(args.disk_reserve)
+    except ValueError as exc:
+        raise UsageError(f"--disk-reserve: {exc}") from None
 
 
 def run_pull(args: argparse.Namespace) -> int:
@@ -38,7 +46,8 @@ def run_pull(args: argparse.Namespace) -> int:
     require_writable_store(options.root, verb="pull")
     progress = make_progress(mode, progress_fd=args.progress_fd)
     store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver,
-                       crash_at=os.environ.get(CRASH_ENV))  # the kill -9 tests' hook (tests/test_gc.py)
+                       crash_at=os.environ.get(CRASH_ENV),  # the kill -9 tests' hook (tests/test_gc.py)
+                       disk_reserve=disk_reserve_from_args(args))
     requests = [PullRequest(name=name, retries=args.retry, retry_delay=args.retry_delay) for name in names]
     # Shared: several pulls may add to the store at once, but a gc or bound sync (exclusive) never runs
     # while this one has reused a layer it has not yet committed an image on.

@@ -31,16 +31,20 @@ from tether.store.containers_storage.files import atomic_write
 from tether.store.containers_storage.layers import LayerWriter
 from tether.store.containers_storage.records import ImageRecord, LayerRecord, StagedLayer, chain_id, lookup_image
 from tether.store.containers_storage.store import Store, detect_driver
+from tether.store.diskspace import DEFAULT_DISK_RESERVE, DiskReserve, SpaceGuard
 
 __all__ = [
     "CRASH_ENV",
+    "DEFAULT_DISK_RESERVE",
     "DRIVERS",
     "STAGING_SUBDIR",
+    "DiskReserve",
     "Extractor",
     "ExtractorFactory",
     "ImageRecord",
     "LayerRecord",
     "LayerWriter",
+    "SpaceGuard",
     "StagedLayer",
     "Store",
     "atomic_write",

@@ -31,6 +31,7 @@ from tether.store.containers_storage.records import (
     ordered,
 )
 from tether.store.containers_storage.staging import StagingDir
+from tether.store.diskspace import DEFAULT_DISK_RESERVE, DiskReserve, SpaceGuard
 from tether.store.errors import (
     CorruptStoreError,
     ImageUnknownError,
@@ -63,8 +64,9 @@ class Extractor(Protocol):
     def abort(self) -> None: ...
 
 
-#: ``(target_dir, driver, tar_split_path, background) -> Extractor``.
-ExtractorFactory = Callable[[Path, str, Path, bool], Extractor]
+#: ``(target_dir, driver, tar_split_path, background, space) -> Extractor``; ``space`` (a
+#: :class:`~tether.store.diskspace.SpaceGuard` or None) must be checked as the extractor writes.
+ExtractorFactory = Callable[[Path, str, Path, bool, SpaceGuard | None], Extractor]
 
 
 @dataclass
@@ -108,6 +110,8 @@ class StoreBase:
 
     ``crash_at`` names a step of the write protocol at which the process SIGKILLs itself (the kill -9 tests;
     see :data:`CRASH_ENV`); ``extractor_factory`` replaces the tar applier that staged layers are fed to.
+    ``disk_reserve``: the free space layer writers leave on the store's filesystem (see
+    :mod:`tether.store.diskspace`; ``DiskReserve.fixed(0)`` disables it).
     """
 
     root: Path
@@ -124,6 +128,7 @@ class StoreBase:
         read_only: bool = False,
         crash_at: str | None = None,
         extractor_factory: ExtractorFactory | None = None,
+        disk_reserve: DiskReserve = DEFAULT_DISK_RESERVE,
     ) -> None:
         if driver not in DRIVERS:
             raise UnsupportedError(f"storage driver {driver!r} is not supported (use overlay or vfs): {root}")
@@ -143,6 +148,7 @@ class StoreBase:
         self._session: StagingDir | None = None
         self._crash_at = crash_at
         self._extractor_factory = extractor_factory
+        self.disk_reserve = disk_reserve
 
     def _crash_point(self, name: str) -> None:
         """The kill -9 test hook: SIGKILL this process at the step ``name`` when it is ``crash_at``."""

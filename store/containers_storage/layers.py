@@ -34,21 +34,23 @@ from tether.store.containers_storage.records import (
     new_layer_raw,
 )
 from tether.store.containers_storage.staging import StagingDir
+from tether.store.diskspace import SpaceGuard
 from tether.store.errors import DiffIDMismatchError, LayerUnknownError, StoreError
 
 __all__ = ["LayerWriter", "LayerWriting", "process_extractor"]
 
 
-def process_extractor(target: Path, mode: str, tar_split_path: Path, background: bool) -> Extractor:
+def process_extractor(target: Path, mode: str, tar_split_path: Path, background: bool,
+                      space: SpaceGuard | None) -> Extractor:
     """The tar applier of :mod:`tether.store.tar`: a child process per layer (``background``: at a lower CPU
-    priority, see :class:`tether.store.tar.workers.ProcessLayerExtractor`)."""
+    priority, see :class:`tether.store.tar.workers.ProcessLayerExtractor`), checking ``space`` as it writes."""
     # Imported on the first staged layer: tether images/inspect/rmi/bound status open a Store but never
     # stage a layer, and the applier, its worker pool and their libraries would add ~3.6 ms to each of their
     # start-ups (python -X importtime; the store's own import is ~34 ms).
     from tether.store.tar.workers import ProcessLayerExtractor
 
     return ProcessLayerExtractor(target, mode=mode,  # type: ignore[arg-type]
-                                 tar_split_path=tar_split_path, background=background)
+                                 tar_split_path=tar_split_path, background=background, space=space)
 
 
 class LayerWriting(StoreBase):
@@ -61,10 +63,16 @@ class LayerWriting(StoreBase):
         vfs: the parent must already be published (its tree is copied first).
         ``background``: the layer is off the caller's critical path (smaller than the layers that decide
         when it ends): extracted at a lower CPU priority, on one thread, leaving the CPU to the others.
+        The store's :attr:`disk_reserve` is checked now and as the layer is written: the writer raises
+        :class:`~tether.store.errors.DiskReserveError` before the filesystem falls below it.
         """
         staging = StagingDir(self.staging_base)
         self._live_staging[str(staging.path)] = staging
         try:
+            # The reserve is checked as the child writes; fail at once when the filesystem is already below it.
+            space = self.disk_reserve.guard(staging.path, where=self.root)
+            if space is not None:
+                space.check()
             tar_split = staging.path / "tar-split.gz"
             if self.driver == "overlay":
                 target = staging.path / "diff"
@@ -87,13 +95,17 @@ class LayerWriting(StoreBase):
                         raise LayerUnknownError(
                             f"staging vfs layer {layer_id} in {self.root}: parent {parent} is not published yet"
                         )
+                    # A copy of the parent's whole tree: about the chain's uncompressed size.
+                    chain_size = sum(link.diff_size or 0 for link in self.layer_chain(parent))
+                    self.disk_reserve.check(staging.path, needed=chain_size, where=self.root)
                     vfs_copy_tree(self.layer_directory(parent_layer), target)
                 else:
                     target.mkdir()
                     os.chmod(target, 0o555)
                 preset = not parent
             (staging.path / "preset").write_text("1" if preset else "0")
-            extractor = (self._extractor_factory or process_extractor)(target, self.driver, tar_split, background)
+            extractor = (self._extractor_factory or process_extractor)(target, self.driver, tar_split, background,
+                                                                       space)
         except BaseException:
             self._live_staging.pop(str(staging.path), None)
             staging.remove()

@@ -23,6 +23,7 @@ from tether.store.containers_storage.layers import LayerWriting
 from tether.store.containers_storage.lockfile import get_lockfile
 from tether.store.containers_storage.records import layer_incomplete
 from tether.store.containers_storage.staging import clean_staging
+from tether.store.diskspace import DEFAULT_DISK_RESERVE, DiskReserve
 from tether.store.errors import CorruptStoreError, StoreError
 
 __all__ = ["Store", "detect_driver"]
@@ -48,11 +49,14 @@ class Store(LayerWriting, ImageWriting, Exporting):
         additional_image_stores: Sequence[Path] = (),
         crash_at: str | None = None,
         extractor_factory: ExtractorFactory | None = None,
+        disk_reserve: DiskReserve = DEFAULT_DISK_RESERVE,
     ) -> Store:
         """Open (creating if needed) the store at ``root``; clean what a killed writer left.
 
         ``driver``: the argument, else what the store already holds, else ``overlay``.  ``crash_at`` and
         ``extractor_factory``: the test hooks of :class:`~tether.store.containers_storage.base.StoreBase`.
+        ``disk_reserve``: what layer writers leave free on the store's filesystem (default ``max(1 GiB, 5%)``,
+        at most 10 GiB; ``DiskReserve.fixed(0)`` disables it; see :mod:`tether.store.diskspace`).
         """
         root = Path(os.path.abspath(root))
         chosen = driver or detect_driver(root) or "overlay"
@@ -60,9 +64,11 @@ class Store(LayerWriting, ImageWriting, Exporting):
             # A store on a read-only filesystem (or not ours to write): readable, like c/storage's
             # read-only stores; every write then fails naming the store.
             return cls(root, driver=chosen, runroot=runroot, additional_image_stores=additional_image_stores,
-                       read_only=True, crash_at=crash_at, extractor_factory=extractor_factory)
+                       read_only=True, crash_at=crash_at, extractor_factory=extractor_factory,
+                       disk_reserve=disk_reserve)
         store = cls(root, driver=chosen, runroot=runroot, additional_image_stores=additional_image_stores,
-                    crash_at=crash_at, extractor_factory=extractor_factory)
+                    crash_at=crash_at, extractor_factory=extractor_factory,
+                       disk_reserve=disk_reserve)
         try:
             store._create_layout()
             store._recover()
@@ -70,7 +76,8 @@ class Store(LayerWriting, ImageWriting, Exporting):
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not (root / f"{chosen}-layers").is_dir():
                 raise StoreError(f"opening store {root}: {exc}") from exc
             store = cls(root, driver=chosen, runroot=runroot, additional_image_stores=additional_image_stores,
-                        read_only=True, crash_at=crash_at, extractor_factory=extractor_factory)
+                        read_only=True, crash_at=crash_at, extractor_factory=extractor_factory,
+                       disk_reserve=disk_reserve)
         return store
 
     def _create_layout(self) -> None:

@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from tether.store.errors import HostileArchiveError, StoreError, UnsupportedError
+from tether.store.diskspace import ENTRY_COST, SpaceGuard
+from tether.store.errors import (
+    DanglingLinkError,
+    HostileArchiveError,
+    StoreError,
+    UnsupportedError,
+    os_error_text,
+    shown,
+)
 from tether.store.tar.decompress import Decompressor
 from tether.store.tar.reader import (
     TYPE_BLOCK,
@@ -140,6 +148,7 @@ class TarApplier(TarReader):
         self._cur_sgid = False
         self._dirs: list[tuple[bytes, int, int]] = []
         self._unpacked: set[bytes] | None = None if self._overlay else set()
+        self.entries = 0  # members applied (for the disk space estimate of LayerExtractor)
 
     def end(self) -> None:
         """End of the uncompressed stream: refuse truncation, write the last segment, set directory times."""
@@ -191,9 +200,10 @@ class TarApplier(TarReader):
             except OSError as err:
                 if err.errno == errno.ENOTSUP:
                     continue  # pkg/archive ignores ENOTSUP (filesystem without xattrs)
-                raise StoreError(f"setting xattr {k!r} on {e.name!r}: {err}") from None
+                raise StoreError(f"setting xattr {shown(k)} on {shown(e.name)}: {os_error_text(err)}") from None
 
     def _entry(self, e: Entry, data_size: int) -> None:
+        self.entries += 1
         name = e.name
         t = e.type
         if t == TYPE_XGLOBAL:  # pragma: no cover - TarReader._end_special handles it
@@ -207,7 +217,7 @@ class TarApplier(TarReader):
             self._apply_root(e)
             return
         if t not in _APPLIED_TYPES:
-            raise UnsupportedError(f"unsupported tar entry type {t!r} for {name!r} (containers/storage "
+            raise UnsupportedError(f"unsupported tar entry type {t!r} for {shown(name)} (containers/storage "
                                    "refuses it too)")
         hit = self._resolved.get(parent)  # the resolver's cache, looked up inline (hot path)
         dpath, sgid = hit if hit is not None else self._resolver.resolve_dir(parent, entry=name)
@@ -283,23 +293,26 @@ class TarApplier(TarReader):
     def _hardlink(self, e: Entry, path: bytes, name: bytes) -> None:
         target_rel = confine(e.linkname)
         if not target_rel:
-            raise HostileArchiveError(f"hardlink {name!r} points at the layer root")
+            raise HostileArchiveError(f"hardlink {shown(name)} points at the layer root")
         if target_rel.startswith(WH_META_PREFIX) or b"/" + WH_META_PREFIX in target_rel:
-            raise UnsupportedError(f"hardlink {name!r} into AUFS metadata ({e.linkname!r}) is not supported")
+            raise UnsupportedError(f"hardlink {shown(name)} into AUFS metadata ({shown(e.linkname)}) is not supported")
         tparent, _, tbase = target_rel.rpartition(b"/")
         try:
-            tdir, _ = self._resolver.resolve_dir(tparent, entry=name)
+            # os.Link (pkg/archive createTarFile) creates nothing on the target's side.
+            tdir, _ = self._resolver.resolve_dir(tparent, entry=name, create=False)
         except FileNotFoundError:
-            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target not in this layer") from None
+            raise HostileArchiveError(
+                f"hardlink {shown(name)} -> {shown(e.linkname)}: target not in this layer") from None
         target = tdir + tbase
         if target == path:
-            raise HostileArchiveError(f"hardlink {name!r} points at itself")
+            raise HostileArchiveError(f"hardlink {shown(name)} points at itself")
         try:
             tst = os.lstat(target)
         except FileNotFoundError:
-            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target not in this layer") from None
+            raise HostileArchiveError(
+                f"hardlink {shown(name)} -> {shown(e.linkname)}: target not in this layer") from None
         if stat.S_ISDIR(tst.st_mode):
-            raise HostileArchiveError(f"hardlink {name!r} -> {e.linkname!r}: target is a directory")
+            raise HostileArchiveError(f"hardlink {shown(name)} -> {shown(e.linkname)}: target is a directory")
         try:
             os.link(target, path, follow_symlinks=False)
         except FileExistsError:
@@ -332,7 +345,7 @@ class TarApplier(TarReader):
     def _apply_root(self, e: Entry) -> None:
         """An entry whose name cleans to the root (``.``, ``./``, ``/``, ``..``)."""
         if e.type != TYPE_DIR:
-            raise HostileArchiveError(f"non-directory entry {e.name!r} would replace the layer root")
+            raise HostileArchiveError(f"non-directory entry {shown(e.name)} would replace the layer root")
         if self._overlay and go_clean(e.name) == b".":
             return  # archive.Unpack: `if fi.IsDir() && hdr.Name == "."` -> the root entry is skipped
         path = self._root
@@ -354,6 +367,10 @@ class TarApplier(TarReader):
             return  # inside an AUFS metadata directory
         try:
             dpath, _ = self._resolver.resolve_dir(parent, entry=name)
+        except DanglingLinkError as exc:
+            if self._overlay or not exc.final:
+                raise  # overlay: mknod/setxattr under the link fail with ENOENT; deeper: MkdirAll fails
+            return  # vfs (UnpackLayer): RemoveAll under a missing directory, or an opaque walk of a link, do nothing
         except HostileArchiveError:
             if not self._overlay:
                 raise
@@ -367,7 +384,7 @@ class TarApplier(TarReader):
                 os.mknod(victim, stat.S_IFCHR, 0)
             except FileExistsError:
                 raise HostileArchiveError(
-                    f"whiteout {name!r} conflicts with an entry of the same layer"
+                    f"whiteout {shown(name)} conflicts with an entry of the same layer"
                 ) from None
             except NotADirectoryError:
                 return
@@ -437,11 +454,16 @@ class LayerExtractor:
     tar-split (the caller removes ``target_dir``).  Raises :class:`~tether.store.errors.HostileArchiveError` for
     refused archives, :class:`~tether.store.tar.decompress.CorruptCompressedStreamError` for bad compression,
     :class:`~tether.store.errors.UnsupportedError` for sparse files and exotic entry types.  Memory is bounded
-    whatever the layer size.  Not thread-safe; one thread at a time.
+    whatever the layer size.  ``space``: checked as the uncompressed bytes come (before they are applied), raises
+    :class:`~tether.store.errors.DiskReserveError` before the filesystem falls below its reserve.  Not
+    thread-safe; one thread at a time.
     """
 
-    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path, threaded: bool = False) -> None:
+    def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path, threaded: bool = False,
+                 space: SpaceGuard | None = None) -> None:
         self.target_dir = Path(target_dir)
+        self._space = space
+        self._entries_counted = 0
         self._ts = TarSplitWriter(Path(tar_split_path))
         try:
             self._applier = TarApplier(self.target_dir, mode=mode, tar_split=self._ts)
@@ -464,17 +486,28 @@ class LayerExtractor:
     def _sink(self, data: bytes) -> None:
         self._sha.update(data)
         self._size += len(data)
+        if self._space is not None:
+            self._count_space(len(data))
         self._applier.consume(data)
 
     def _sink_threaded(self, data: bytes) -> None:
         self._sha.update(data)  # hashlib releases the GIL for large updates: runs beside the applier
         self._size += len(data)
+        if self._space is not None:
+            self._count_space(len(data))
         assert self._pipe is not None
         if len(data) <= _PIPE_PIECE:
             self._pipe.put(data)
         else:  # an uncompressed blob passes through in the caller's chunks: keep the queue's memory bounded
             for i in range(0, len(data), _PIPE_PIECE):
                 self._pipe.put(data[i : i + _PIPE_PIECE])
+
+    def _count_space(self, n: int) -> None:
+        """Estimated disk use so far (see :mod:`tether.store.diskspace`): checked before the bytes are applied."""
+        assert self._space is not None
+        entries = self._applier.entries  # read from the applying thread's counter: a slight lag is harmless
+        self._space.wrote(n + (entries - self._entries_counted) * ENTRY_COST)
+        self._entries_counted = entries
 
     def _drain(self) -> None:
         """Threaded mode: wait until the applier thread consumed everything queued (re-raises its error)."""
@@ -495,7 +528,8 @@ class LayerExtractor:
                 raise
         except OSError as e:
             self._fail(e)
-            raise StoreError(f"applying layer into {self.target_dir}: entry {self._applier.current!r}: {e}") from e
+            raise StoreError(f"applying layer into {self.target_dir}: entry {shown(self._applier.current)}: "
+                             f"{os_error_text(e)}") from e
         except BaseException as e:
             self._fail(e)
             raise
@@ -515,7 +549,8 @@ class LayerExtractor:
             self._ts.close()
         except OSError as e:
             self._fail(e)
-            raise StoreError(f"applying layer into {self.target_dir}: entry {self._applier.current!r}: {e}") from e
+            raise StoreError(f"applying layer into {self.target_dir}: entry {shown(self._applier.current)}: "
+                             f"{os_error_text(e)}") from e
         except BaseException as e:
             self._fail(e)
             raise

@@ -23,7 +23,7 @@ from typing import Final, Protocol
 
 from fastcrc import crc64
 
-from tether.store.errors import HostileArchiveError, UnsupportedError
+from tether.store.errors import HostileArchiveError, UnsupportedError, shown
 
 __all__ = [
     "BLOCK",
@@ -299,7 +299,7 @@ class TarReader:
         """End of the uncompressed stream: refuse truncation, write the last segment."""
         if self._file_left:
             raise HostileArchiveError(
-                f"layer tar truncated: {self._cur_name!r} is {self._file_left} bytes short of its header's size"
+                f"layer tar truncated: {shown(self._cur_name)} is {self._file_left} bytes short of its header's size"
             )
         if self._special is not None:
             raise HostileArchiveError("layer tar truncated inside a PAX or GNU long-name header")
@@ -350,7 +350,7 @@ class TarReader:
         except ValueError:
             size = parse_numeric(size_f, "size")
         if size < 0:
-            raise HostileArchiveError(f"negative size in tar header {cstr(block[:100])!r}")
+            raise HostileArchiveError(f"negative size in tar header {shown(cstr(block[:100]))}")
         # Meta headers: their data is collected (raw-accounted: part of the segment).
         if typeflag in (TYPE_XHEADER, TYPE_XGLOBAL, TYPE_GNU_LONGNAME, TYPE_GNU_LONGLINK):
             if size > MAX_SPECIAL:
@@ -424,7 +424,7 @@ class TarReader:
                 if v:
                     gid = int(v)
             except ValueError:
-                raise HostileArchiveError(f"invalid numeric PAX record for {name!r}") from None
+                raise HostileArchiveError(f"invalid numeric PAX record for {shown(name)}") from None
             v = pax.get(b"mtime")
             if v:
                 mtime_ns = parse_pax_time(v)
@@ -445,9 +445,9 @@ class TarReader:
         if typeflag == TYPE_REGA:
             typeflag = TYPE_DIR if name.endswith(b"/") else TYPE_REG
         if size < 0:
-            raise HostileArchiveError(f"negative size for {name!r}")
+            raise HostileArchiveError(f"negative size for {shown(name)}")
         if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID):
-            raise HostileArchiveError(f"uid/gid out of range for {name!r}")
+            raise HostileArchiveError(f"uid/gid out of range for {shown(name)}")
         e.name = name
         e.type = typeflag
         e.mode = mode
@@ -462,7 +462,7 @@ class TarReader:
             self.uids.add(uid)
             self.gids.add(gid)
         if typeflag == TYPE_GNU_SPARSE:
-            raise UnsupportedError(f"sparse file {name!r} in a layer tar is not supported")
+            raise UnsupportedError(f"sparse file {shown(name)} in a layer tar is not supported")
         data_size = 0 if typeflag in HEADER_ONLY_TYPES else size
         self._flush_segment()
         self._cur_name = name

@@ -9,6 +9,13 @@ cleaned lexically (``confine``) and directories are resolved component by compon
 ``readlink`` (like openat2's ``RESOLVE_IN_ROOT``), so nothing is ever created, written, linked or removed
 outside the root.  Resolutions are cached per lexical directory; the cache is dropped whenever a
 directory or symlink is removed or replaced.
+
+Missing directories are created as c/storage creates them, and only those (pkg/archive ``Unpack`` and
+``UnpackLayer``): when ``Lstat`` of an entry's parent says it does not exist, ``MkdirAll`` creates each
+missing component of the entry's *own* name, following symlinks that resolve to existing directories; a
+symlink whose target is missing is never completed (``mkdir`` of the link fails with EEXIST, and when the link
+is the parent itself ``open``/``mkdir`` under it fail with ENOENT).  So ``l -> /missing/dir`` followed by
+``l/x`` is refused (:class:`~tether.store.errors.DanglingLinkError`), as podman refuses it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import os
 import stat
 from typing import Final
 
-from tether.store.errors import HostileArchiveError
+from tether.store.errors import DanglingLinkError, HostileArchiveError, shown
 
 __all__ = ["RootResolver", "confine"]
 
@@ -72,12 +79,19 @@ class RootResolver:
         """Record a directory we just created or verified (``real_abs`` without trailing slash)."""
         self._cache[rel] = (real_abs + b"/", sgid)
 
-    def resolve_dir(self, rel: bytes, *, entry: bytes = b"") -> tuple[bytes, bool]:
+    def resolve_dir(self, rel: bytes, *, entry: bytes = b"", create: bool | None = None) -> tuple[bytes, bool]:
+        """The real directory ``rel`` names (absolute, with a trailing slash) and whether it is set-group-ID.
+
+        ``create`` (default: the resolver's) creates the missing components of ``rel`` itself; without it a
+        missing component raises :class:`FileNotFoundError`.  A symlink whose target is missing raises
+        :class:`~tether.store.errors.DanglingLinkError` when creating, :class:`FileNotFoundError` otherwise.
+        """
         hit = self._cache.get(rel)
         if hit is not None:
             return hit
         if len(rel) > _MAX_PATH:
-            raise HostileArchiveError(f"path of {entry!r} is longer than PATH_MAX")
+            raise HostileArchiveError(f"path of {shown(entry)} is longer than PATH_MAX")
+        make = self._create if create is None else create
         cache = self._cache
         root_hit = cache.get(b"")
         if root_hit is None:
@@ -96,20 +110,35 @@ class RootResolver:
                 cur = anc
                 break
             i -= 1
+        last = len(parts) - 1
         for j in range(i, len(parts)):
-            cur = self._walk(cur[0], [parts[j]], entry)
+            try:
+                cur = self._walk(cur[0], [parts[j]], entry, make)
+            except DanglingLinkError as exc:
+                if j != last:
+                    exc.final = False
+                raise
             cache[b"/".join(parts[: j + 1])] = cur
         return cur
 
-    def _walk(self, start: bytes, comps: list[bytes], entry: bytes) -> tuple[bytes, bool]:
-        """Physically resolve ``comps`` from the real directory ``start`` (trailing slash) inside the root."""
+    def _walk(self, start: bytes, comps: list[bytes], entry: bytes, create: bool = False) -> tuple[bytes, bool]:
+        """Physically resolve ``comps`` from the real directory ``start`` (trailing slash) inside the root.
+
+        ``create``: a missing component of ``comps`` is made; one of a symlink's target never is.
+        """
         root_dir = self.root + b"/" if self.root != b"/" else b"/"
         cur = start
         sgid = False
         hops = 0
         todo = list(reversed(comps))
+        # The components on top of ``todo`` that came from symlink targets (always above the caller's own).
+        linked = 0
+        link = link_target = b""  # the first symlink met from ``comps`` (for the message)
         while todo:
             comp = todo.pop()
+            from_link = linked > 0
+            if from_link:
+                linked -= 1
             if not comp or comp == b".":
                 continue
             if comp == b"..":
@@ -124,8 +153,13 @@ class RootResolver:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
-                if not self._create:
+                if not create:
                     raise
+                if from_link:
+                    raise DanglingLinkError(
+                        f"{shown(entry)}: its parent goes through the symbolic link {shown(link)} -> "
+                        f"{shown(link_target)}, whose target does not exist in the layer (containers/storage's "
+                        "applier fails there too: it never creates a link's missing target)", final=True) from None
                 os.mkdir(path, 0o755)
                 # MkdirAll's umask-filtered 0755; chmod in case our umask is stricter or the parent is setgid.
                 os.chmod(path, 0o755)
@@ -140,15 +174,19 @@ class RootResolver:
                 hops += 1
                 if hops > _MAX_SYMLINKS:
                     raise HostileArchiveError(
-                        f"too many levels of symbolic links resolving the parent of {entry!r}"
+                        f"too many levels of symbolic links resolving the parent of {shown(entry)}"
                     )
                 target = os.readlink(path)
+                if not from_link:
+                    link, link_target = path[len(root_dir) :], target
                 if target.startswith(b"/"):
                     cur = root_dir
-                todo.extend(reversed(target.split(b"/")))
+                pieces = target.split(b"/")
+                todo.extend(reversed(pieces))
+                linked += len(pieces)
             else:
                 raise HostileArchiveError(
-                    f"a parent of {entry!r} is not a directory ({path[len(root_dir):]!r})"
+                    f"a parent of {shown(entry)} is not a directory ({shown(path[len(root_dir):])})"
                 )
         return cur, sgid
 
@@ -173,7 +211,7 @@ class RootResolver:
                 return path
             hops += 1
             if hops > _MAX_SYMLINKS:
-                raise HostileArchiveError(f"too many levels of symbolic links resolving {entry!r}")
+                raise HostileArchiveError(f"too many levels of symbolic links resolving {shown(entry)}")
             target = os.readlink(path)
             start = d if not target.startswith(b"/") else self.root + b"/"
             comps = target.split(b"/")

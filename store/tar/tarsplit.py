@@ -38,7 +38,7 @@ from typing import Final
 from fastcrc import crc64
 from isal import igzip, isal_zlib
 
-from tether.store.errors import HostileArchiveError, StoreError
+from tether.store.errors import HostileArchiveError, StoreError, os_error_text, shown
 from tether.store.tar.rootpath import RootResolver, confine
 
 __all__ = [
@@ -139,7 +139,7 @@ class TarSplitWriter:
             field = _name_field(name)
         seen = self._seen
         if key in seen:
-            raise HostileArchiveError(f"duplicate path in layer tar: {name!r} (tar-split refuses duplicates)")
+            raise HostileArchiveError(f"duplicate path in layer tar: {shown(name)} (tar-split refuses duplicates)")
         seen.add(key)
         if size:
             line = b'{"type":1%s,"size":%d,"payload":"%s","position":%d}\n' % (
@@ -237,7 +237,7 @@ def assemble_tar(tar_split: Path, layer_dir: Path, *, chunk_size: int = 1024 * 1
         elif entry.type == FILE_TYPE:
             key = go_clean(entry.name)
             if key in seen:
-                raise TarSplitError(f"{tar_split}: duplicate path {entry.name!r}")
+                raise TarSplitError(f"{tar_split}: duplicate path {shown(entry.name)}")
             seen.add(key)
             if entry.size <= 0:
                 continue
@@ -247,7 +247,8 @@ def assemble_tar(tar_split: Path, layer_dir: Path, *, chunk_size: int = 1024 * 1
                 path = resolver.resolve_follow(rel, entry=entry.name)
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except (OSError, HostileArchiveError) as e:
-                raise TarSplitError(f"{layer_dir}: cannot open {entry.name!r} for the layer tar: {e}") from None
+                raise TarSplitError(f"{layer_dir}: cannot open {shown(entry.name)} for the layer tar: "
+                                    f"{os_error_text(e) if isinstance(e, OSError) else e}") from None
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
@@ -255,11 +256,11 @@ def assemble_tar(tar_split: Path, layer_dir: Path, *, chunk_size: int = 1024 * 1
                     # CRC of no content (Go's reader reads no data for those).
                     if expected == b"\0" * 8:
                         continue
-                    raise TarSplitError(f"{layer_dir}: {entry.name!r} is not a regular file")
+                    raise TarSplitError(f"{layer_dir}: {shown(entry.name)} is not a regular file")
                 if st.st_size > entry.size:
                     # Bytes appended after extraction would not change the CRC of the recorded prefix.
                     raise TarSplitError(
-                        f"{layer_dir}: {entry.name!r} is longer than the {entry.size} bytes recorded"
+                        f"{layer_dir}: {shown(entry.name)} is longer than the {entry.size} bytes recorded"
                     )
                 crc = 0
                 left = entry.size
@@ -271,7 +272,7 @@ def assemble_tar(tar_split: Path, layer_dir: Path, *, chunk_size: int = 1024 * 1
                     piece = os.read(fd, min(left, chunk_size))
                     if not piece:
                         raise TarSplitError(
-                            f"{layer_dir}: {entry.name!r} is shorter than the {entry.size} bytes recorded"
+                            f"{layer_dir}: {shown(entry.name)} is shorter than the {entry.size} bytes recorded"
                         )
                     crc = crc64_iso(piece, crc)
                     out.append(piece)
@@ -280,7 +281,7 @@ def assemble_tar(tar_split: Path, layer_dir: Path, *, chunk_size: int = 1024 * 1
             finally:
                 os.close(fd)
             if crc.to_bytes(8, "big") != expected:
-                raise TarSplitError(f"{layer_dir}: file integrity checksum failed for {entry.name!r}")
+                raise TarSplitError(f"{layer_dir}: file integrity checksum failed for {shown(entry.name)}")
         else:
             raise TarSplitError(f"{tar_split}: unknown entry type {entry.type}")
         if out_len >= chunk_size:

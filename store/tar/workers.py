@@ -22,7 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from tether.store.errors import HostileArchiveError, StoreError, UnsupportedError
+from tether.store.diskspace import SpaceGuard
+from tether.store.errors import (
+    DanglingLinkError,
+    DiskReserveError,
+    HostileArchiveError,
+    StoreError,
+    UnsupportedError,
+)
 from tether.store.tar.apply import ExtractResult, LayerExtractor, Mode
 from tether.store.tar.decompress import CorruptCompressedStreamError
 from tether.store.tar.scheduling import BACKGROUND_NICE, Scheduler
@@ -231,12 +238,12 @@ class ProcessLayerExtractor:
     while a critical layer of the same pool is being extracted (:mod:`tether.store.tar.scheduling`).
 
     ``pool``: the :class:`WorkerPool` whose children do the work (default: this process's, see
-    :func:`default_pool`).
+    :func:`default_pool`).  ``space``: the child checks it as it writes (see :class:`LayerExtractor`).
     """
 
     def __init__(self, target_dir: Path, *, mode: Mode, tar_split_path: Path,
                  spawn_threshold: int = 4 * 1024 * 1024, background: bool = False,
-                 pool: WorkerPool | None = None) -> None:
+                 pool: WorkerPool | None = None, space: SpaceGuard | None = None) -> None:
         if mode not in ("overlay", "vfs"):
             raise ValueError(f"mode must be 'overlay' or 'vfs', not {mode!r}")
         self.target_dir = Path(target_dir)
@@ -244,6 +251,7 @@ class ProcessLayerExtractor:
         self._mode: Mode = mode
         self._tar_split_path = Path(tar_split_path)
         self._threshold = spawn_threshold
+        self._space = space
         self._pool = pool if pool is not None else _DEFAULT_POOL
         self._held: list[bytes] = []
         self._held_len = 0
@@ -262,7 +270,8 @@ class ProcessLayerExtractor:
         self._stdin_fd = w.stdin_fd
         params = json.dumps({"target_dir": os.fspath(os.path.abspath(self.target_dir)), "mode": self._mode,
                              "tar_split_path": os.fspath(os.path.abspath(self._tar_split_path)),
-                             "threaded": not self.background})
+                             "threaded": not self.background,
+                             "space": self._space.to_json() if self._space is not None else None})
         self._send(params.encode())
 
     def feed(self, chunk: bytes) -> None:
@@ -314,7 +323,8 @@ class ProcessLayerExtractor:
             raise StoreError("ProcessLayerExtractor.finish after finish/abort or a failure")
         self._done = True
         if self._proc is None:
-            local = LayerExtractor(self.target_dir, mode=self._mode, tar_split_path=self._tar_split_path)
+            local = LayerExtractor(self.target_dir, mode=self._mode, tar_split_path=self._tar_split_path,
+                                   space=self._space)
             held, self._held = self._held, []
             try:
                 for piece in held:
@@ -354,6 +364,10 @@ class ProcessLayerExtractor:
                 raise CorruptCompressedStreamError(str(msg["message"]))
             if cls_name == "TarSplitError":
                 raise TarSplitError(str(msg["message"]))
+            if cls_name == "DiskReserveError":
+                raise DiskReserveError(str(msg["message"]))  # names the filesystem itself
+            if cls_name == "DanglingLinkError":
+                raise DanglingLinkError(str(msg["message"]), final=False)
             exc = _WORKER_ERRORS.get(cls_name, StoreError)
             text = str(msg["message"])
             if exc is StoreError and cls_name not in _WORKER_ERRORS:

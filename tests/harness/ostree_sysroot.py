@@ -4,6 +4,13 @@
 ``usr/lib/modules/VERSION``, ``usr/lib/bootc/bound-images.d`` symlinks to quadlet files), then
 ``ostree admin deploy --sysroot``. ``OSTREE_SYSROOT_DEBUG=mutable-deployments`` keeps deployment
 directories free of the immutable bit so pytest can remove them.
+
+Staging (``ostree admin deploy --stage``, what ``bootc upgrade`` does) is done by ostree itself, which only
+stages on a booted system: :meth:`Sysroot.stage` boots the default deployment the way ostree recognizes one, in
+a new mount and PID namespace (``/`` is the deployment's directory, the sysroot bind-mounted at ``/sysroot``
+and reached through the deployment's ``/ostree -> sysroot/ostree``, ``/run/ostree-booted``), so ostree writes
+the real ``/run/ostree/staged-deployment`` GVariant and checks out the staged deployment as on a host.  Every
+committed tree carries what that needs (the top-level directories and links of an ostree OS tree).
 """
 
 from __future__ import annotations
@@ -17,6 +24,11 @@ from pathlib import Path
 OSNAME = "testos"
 BRANCH = f"{OSNAME}/stable"
 ENV = {**os.environ, "OSTREE_SYSROOT_DEBUG": "mutable-deployments"}
+#: Directories of an OS tree that booting it (and so :meth:`Sysroot.stage`) mounts over.
+MOUNT_POINTS = ("sysroot", "boot", "proc", "dev", "tmp", "run")
+#: The top-level links of an ostree OS tree (the deployment's /ostree reaches the sysroot's repo and deploy/).
+TOP_LINKS = {"ostree": "sysroot/ostree", "bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib",
+             "lib64": "usr/lib64"}
 
 
 def run(*args: str) -> str:
@@ -45,8 +57,11 @@ class Sysroot:
             "usr/lib/modules/5.0",
             "usr/lib/bootc/bound-images.d",
             "usr/share/containers/systemd",
+            *MOUNT_POINTS,
         ):
             (tree / d).mkdir(parents=True, exist_ok=True)
+        for link, target in TOP_LINKS.items():
+            os.symlink(target, tree / link)
         release = "NAME=test\nID=test\nPRETTY_NAME=Test\n"
         (tree / "usr/etc/os-release").write_text(release)
         (tree / "usr/lib/os-release").write_text(release)
@@ -96,26 +111,47 @@ class Sysroot:
         base = self.path / "ostree" / "deploy" / OSNAME / "deploy"
         return sorted(p for p in base.iterdir() if p.is_dir())
 
+    def default_deployment(self) -> Path:
+        """The directory of the deployment the next boot starts (the first ``ostree admin status`` lists)."""
+        for line in self.status().splitlines():
+            fields = line.replace("*", " ").split()
+            if len(fields) >= 2 and fields[0] == OSNAME:
+                return self.path / "ostree" / "deploy" / OSNAME / "deploy" / fields[1]
+        raise AssertionError(f"no deployment in {self.path}")
+
     def stage(self, run_dir: Path) -> str:
-        """Emulate ``ostree admin deploy --stage`` (which needs a booted host): deploy, keep the checkout,
-        drop its boot entry, and write ``run_dir/ostree/staged-deployment`` naming its checksum.
-        Returns the staged deployment directory name."""
+        """``ostree admin deploy --stage`` of the branch's head, run by ostree on the default deployment booted
+        (see the module docstring); ``run_dir`` is that system's ``/run``, where ostree writes
+        ``ostree/staged-deployment``.  Returns the staged deployment's directory name."""
         before = set(self.deploy_dirs())
-        self.deploy()
+        booted = self.default_deployment()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stub = self.work / "stub-bin"
+        stub.mkdir(exist_ok=True)
+        # ostree starts ostree-finalize-staged.service (to finalize at shutdown): there is no systemd here.
+        (stub / "systemctl").write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(stub / "systemctl", 0o755)
+        script = "\n".join([
+            "set -e",
+            f'D="{booted}"',
+            "mount --bind /usr \"$D/usr\"",  # ostree and its libraries, from the host
+            f'mount --bind "{self.path}" "$D/sysroot"',
+            f'mount --bind "{self.path}/boot" "$D/boot"',
+            "mount -t proc proc \"$D/proc\"",  # this PID namespace's: ostree reads /proc/1/ns/mnt
+            "mount --bind /dev \"$D/dev\"",
+            "mount -t tmpfs tmpfs \"$D/tmp\"",
+            f'mount --bind "{run_dir}" "$D/run"',
+            f'mkdir "$D/tmp/bin" && cp "{stub}/systemctl" "$D/tmp/bin/"',
+            "touch \"$D/run/ostree-booted\"",
+            f"chroot \"$D\" env PATH=/tmp/bin:/usr/bin:/bin OSTREE_SYSROOT_DEBUG=mutable-deployments "
+            f"ostree admin deploy --stage --os={OSNAME} {BRANCH}",
+        ])
+        proc = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c",
+                               script], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise AssertionError(f"ostree admin deploy --stage failed ({proc.returncode}): {proc.stderr.strip()}")
         (new,) = set(self.deploy_dirs()) - before
-        keep = self.work / "staged-copy"
-        shutil.copytree(new, keep, symlinks=True)
-        origin = new.parent / (new.name + ".origin")
-        origin_text = origin.read_text()
-        self.undeploy(0)
-        shutil.move(str(keep), str(new))
-        origin.write_text(origin_text)
-        marker = run_dir / "ostree" / "staged-deployment"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        csum, serial = new.name.split(".")
-        # Not a real GVariant, but the strings are there as in one: target = {name: "CSUM.SERIAL", ...}.
-        marker.write_bytes(b"target\x00name\x00" + f"{csum}.{serial}".encode() + b"\x00osname\x00"
-                           + OSNAME.encode() + b"\x00")
+        assert (run_dir / "ostree" / "staged-deployment").exists()
         return new.name
 
     def status(self) -> str:
