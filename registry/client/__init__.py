@@ -19,10 +19,12 @@ docker/body_reader.go), and why:
 Modules, one concern each: ``core`` (httpx clients, endpoints, pings, retries), ``auth`` (credentials, Basic and
 Bearer, the token cache), ``manifests`` (GETs with caps, first success over endpoints, resolution), ``blobs``
 (the verified, resuming stream), ``push``, ``registry_client`` (the class delegating to them); ``_http`` (the one
-boundary with httpx), ``_retry`` and ``_tokens`` (sans-IO).
+boundary with httpx), ``_retry``, ``_ratelimit`` (its :class:`RateLimit` and ``TokenBucket``) and ``_tokens`` (sans-IO).
 """
 
+from tether.registry.client._ratelimit import RateLimit, parse_rate
 from tether.registry.client._retry import RetryPolicy
+from tether.registry.client.blobs import Hasher
 from tether.registry.client.manifests import MAX_SIGNATURE_LIST_SIZE, FetchedManifest, RegistryImage
 from tether.registry.client.registry_client import DEFAULT_RETRY_POLICY, RegistryClient, open_registry_client
 
@@ -30,8 +32,11 @@ __all__ = [
     "DEFAULT_RETRY_POLICY",
     "MAX_SIGNATURE_LIST_SIZE",
     "FetchedManifest",
+    "Hasher",
+    "RateLimit",
     "RegistryClient",
     "RegistryImage",
     "RetryPolicy",
     "open_registry_client",
+    "parse_rate",
 ]

@@ -10,7 +10,12 @@ why:
 * when an endpoint keeps failing mid-blob, the next source (mirror or primary) serves the rest of that blob
   (c/image takes every blob of an image from the endpoint that served the manifest);
 * a descriptor's ``urls`` (image-spec descriptor.md, "foreign" layers) are tried first, anonymously, as c/image
-  ``getExternalBlob`` does; unlike c/image the registry endpoints follow.
+  ``getExternalBlob`` does; unlike c/image the registry endpoints follow;
+* a caller that kept the first bytes of a blob from an earlier run (c/image keeps nothing across runs, podman#14616)
+  passes them in as ``offset`` and the hash of those bytes: the stream continues with ``Range`` and verifies the
+  digest over the whole blob;
+* a :class:`~tether.registry.client._ratelimit.RateLimit` caps the bytes per second of every stream of a run
+  together (``--limit-rate``); time spent waiting on it is not held against the registry by the low-speed limit.
 
 Never more than ``descriptor.size`` bytes are accepted and the digest is checked when the last byte arrived.
 """
@@ -23,11 +28,13 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 import trio
 
 import tether.registry.client._http as _http
+from tether.registry.client._ratelimit import RateLimit
 from tether.registry.client._retry import RETRYABLE_STATUSES, parse_retry_after
 from tether.registry.client.auth import MAX_REDIRECTS, REDIRECT_STATUSES, Authenticator
 from tether.registry.client.core import Connections, gave_up, repository_scope, with_message
@@ -41,11 +48,22 @@ from tether.registry.errors import (
 from tether.registry.manifest import Descriptor
 from tether.registry.registries_conf import PullSource
 
-__all__ = ["Blobs"]
+__all__ = ["Blobs", "Hasher"]
 
 logger = logging.getLogger("tether.registry.client")
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class Hasher(Protocol):
+    """A running digest (``hashlib.new(...)``): what a caller resuming a blob hands over with its offset."""
+
+    @property
+    def name(self) -> str: ...
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -94,23 +112,39 @@ class _SourceFailed(Exception):
 class Blobs:
     """Blob GETs of one client: the verified stream and the whole-blob convenience."""
 
-    def __init__(self, connections: Connections, auth: Authenticator) -> None:
+    def __init__(self, connections: Connections, auth: Authenticator, *, rate_limit: RateLimit | None = None) -> None:
         self._connections = connections
         self._auth = auth
+        self.rate_limit = rate_limit
 
     def open(
-        self, sources: Sequence[PullSource], descriptor: Descriptor, *, chunk_size: int = 0
+        self,
+        sources: Sequence[PullSource],
+        descriptor: Descriptor,
+        *,
+        chunk_size: int = 0,
+        offset: int = 0,
+        hasher: Hasher | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """See :meth:`tether.registry.client.RegistryClient.open_blob`."""
-        return self._open(tuple(sources), descriptor, chunk_size)
+        if not 0 <= offset <= descriptor.size:
+            raise ValueError(f"blob {descriptor.digest}: offset {offset} outside its {descriptor.size} bytes")
+        if offset and hasher is None:
+            raise ValueError(f"blob {descriptor.digest}: resuming at {offset} needs the hash of the bytes before it")
+        return self._open(tuple(sources), descriptor, chunk_size, offset, hasher)
 
     @asynccontextmanager
     async def _open(
-        self, sources: tuple[PullSource, ...], descriptor: Descriptor, chunk_size: int
+        self,
+        sources: tuple[PullSource, ...],
+        descriptor: Descriptor,
+        chunk_size: int,
+        offset: int,
+        hasher: Hasher | None,
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         if not sources:
             raise RegistryError(f"no endpoint to fetch blob {descriptor.digest} from")
-        reader = _BlobReader(self, self._connections, sources, descriptor, chunk_size)
+        reader = _BlobReader(self, self._connections, sources, descriptor, chunk_size, offset=offset, hasher=hasher)
         chunks = reader.chunks()
         try:
             yield chunks
@@ -183,6 +217,9 @@ class _BlobReader:
         sources: tuple[PullSource, ...],
         descriptor: Descriptor,
         chunk_size: int,
+        *,
+        offset: int = 0,
+        hasher: Hasher | None = None,
     ) -> None:
         self.blobs = blobs
         self.connections = connections
@@ -190,8 +227,12 @@ class _BlobReader:
         self.descriptor = descriptor
         self.chunk_size = chunk_size
         self.algorithm = descriptor.digest.split(":", 1)[0]
-        self.hasher = hashlib.new(self.algorithm)
-        self.offset = 0
+        if hasher is not None and hasher.name != self.algorithm:
+            raise ValueError(f"blob {descriptor.digest}: a {hasher.name} hash cannot check a {self.algorithm} digest")
+        self.hasher: Hasher = hasher if hasher is not None else hashlib.new(self.algorithm)
+        #: bytes the caller had before this stream (kept from an earlier run): hashed, never fetched
+        self.kept = offset
+        self.offset = offset
         self.response: httpx.Response | None = None
         #: (source domain, bytes it served) in order, for messages and tests
         self.served: list[tuple[str, int]] = []
@@ -297,10 +338,12 @@ class _BlobReader:
             raise with_message(last, f"fetching blob {self.descriptor.digest} failed at every endpoint: {detail}")
         digest = f"{self.algorithm}:{self.hasher.hexdigest()}"
         if digest != self.descriptor.digest:
-            served = ", ".join(f"{d} ({n} bytes)" for d, n in self.served)
+            served = [f"{d} ({n} bytes)" for d, n in self.served]
+            if self.kept:
+                served.insert(0, f"an earlier transfer ({self.kept} bytes kept)")
             raise DigestMismatchError(
                 f"blob {self.descriptor.digest} ({size} bytes): the bytes received have digest {digest} "
-                f"(served by {served})"
+                f"(served by {', '.join(served)})"
             )
 
     async def _stream_from(self, source: _BlobSource) -> AsyncGenerator[bytes, None]:
@@ -354,6 +397,10 @@ class _BlobReader:
         pending: list[bytes] = []
         pending_size = 0
         policy = self.connections.retry_policy
+        limit = self.blobs.rate_limit
+        # The low-speed limit judges the registry, not our own rate limit: it runs on a clock that stops
+        # while this stream waits on the limit (curl, by contrast, lets --speed-limit override --limit-rate).
+        paused = 0.0
         floor = policy.speed_floor(trio.current_time())
         try:
             async with aclosing(_http.aiter_raw(response)) as raw_chunks:
@@ -361,7 +408,7 @@ class _BlobReader:
                     if floor is None:
                         chunk = await anext(raw_chunks, None)
                     else:
-                        with trio.move_on_at(floor.deadline()) as waited:
+                        with trio.move_on_at(floor.deadline() + paused) as waited:
                             chunk = await anext(raw_chunks, None)
                         if waited.cancelled_caught:
                             raise _TooSlow(
@@ -370,9 +417,11 @@ class _BlobReader:
                                 f"at byte {self.offset} of {size})"
                             )
                         if chunk is not None:
-                            floor.add(trio.current_time(), len(chunk))
+                            floor.add(trio.current_time() - paused, len(chunk))
                     if chunk is None:
                         break
+                    if limit is not None:
+                        paused += await limit.take(len(chunk))
                     if skip:
                         if len(chunk) <= skip:
                             skip -= len(chunk)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -118,8 +119,11 @@ class Connections:
         retry_policy: RetryPolicy,
         exit_stack: AsyncExitStack,
         transport: httpx.AsyncBaseTransport | None,
+        receive_buffer: int | None = None,
     ) -> None:
         self.retry_policy = retry_policy
+        #: SO_RCVBUF of blob connections (set under a rate limit, see :func:`receive_buffer_for`)
+        self.receive_buffer = receive_buffer
         self._cert_dir = cert_dir
         self._cert_search_dirs = tuple(cert_search_dirs) if cert_search_dirs is not None else None
         self._tls_verify = tls_verify
@@ -155,12 +159,19 @@ class Connections:
                 cert_host, cert_dir=self._cert_dir, verify=not insecure, search_dirs=self._cert_search_dirs
             )
             policy = self.retry_policy
+            connections = self._max_connections
+            limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+            transport = self._transport
+            if transport is None and bulk and self.receive_buffer is not None:
+                # A rate-limited reader leaves bytes in the kernel: a small receive buffer keeps the link from
+                # bursting ahead of the limit (Linux's autotuning would let each connection queue megabytes).
+                transport = httpx.AsyncHTTPTransport(
+                    verify=context, http2=False, limits=limits, trust_env=not is_loopback(host),
+                    socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)])
             client = httpx.AsyncClient(
                 http2=not bulk,
                 verify=context,
-                limits=httpx.Limits(
-                    max_connections=self._max_connections, max_keepalive_connections=self._max_connections
-                ),
+                limits=limits,
                 # pool=None: tasks beyond the connection limit wait for a connection, they do not fail.
                 timeout=httpx.Timeout(
                     connect=policy.connect_timeout, read=policy.read_timeout, write=policy.read_timeout, pool=None
@@ -169,7 +180,7 @@ class Connections:
                 follow_redirects=False,
                 # HTTP(S)_PROXY/NO_PROXY as Go's ProxyFromEnvironment (c/image): never for loopback hosts
                 trust_env=not is_loopback(host),
-                transport=self._transport,
+                transport=transport,
             )
             self._exit_stack.push_async_callback(client.aclose)
             self._clients[key] = client
