@@ -50,6 +50,7 @@ class Store(LayerWriting, ImageWriting, Exporting):
         crash_at: str | None = None,
         extractor_factory: ExtractorFactory | None = None,
         disk_reserve: DiskReserve = DEFAULT_DISK_RESERVE,
+        read_only: bool = False,
     ) -> Store:
         """Open (creating if needed) the store at ``root``; clean what a killed writer left.
 
@@ -57,10 +58,12 @@ class Store(LayerWriting, ImageWriting, Exporting):
         ``extractor_factory``: the test hooks of :class:`~tether.store.containers_storage.base.StoreBase`.
         ``disk_reserve``: what layer writers leave free on the store's filesystem (default ``max(1 GiB, 5%)``,
         at most 10 GiB; ``DiskReserve.fixed(0)`` disables it; see :mod:`tether.store.diskspace`).
+        ``read_only``: open it for reading only, creating and cleaning nothing (a dry run must change no file;
+        a store that does not exist reads as empty).
         """
         root = Path(os.path.abspath(root))
         chosen = driver or detect_driver(root) or "overlay"
-        if root.is_dir() and not os.access(root, os.W_OK):
+        if read_only or (root.is_dir() and not os.access(root, os.W_OK)):
             # A store on a read-only filesystem (or not ours to write): readable, like c/storage's
             # read-only stores; every write then fails naming the store.
             return cls(root, driver=chosen, runroot=runroot, additional_image_stores=additional_image_stores,
