@@ -163,8 +163,9 @@ def add_platform_parts(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pull_options(parser: argparse.ArgumentParser) -> None:
-    """``--jobs``, ``--progress``, ``--progress-fd`` and ``--disk-reserve``: shared by ``pull`` and ``bound
-    sync`` (the verb parses ``--disk-reserve``: its type is the store's)."""
+    """``--jobs``, ``--progress``, ``--progress-fd``, ``--disk-reserve``, ``--limit-rate``, ``--download-only``
+    and ``--dry-run``: shared by ``pull`` and ``bound sync`` (the verb parses ``--disk-reserve`` and
+    ``--limit-rate``: their types are the store's and the registry client's)."""
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                         help="layers fetched and extracted at once, across all images (default: sized for the "
                              "machine)")
@@ -174,9 +175,19 @@ def add_pull_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-fd", type=int, default=None, metavar="FD",
                         help="write progress as bootc's JSON lines (progress-v0 schema) to this file descriptor")
     parser.add_argument("--disk-reserve", default="default", metavar="SIZE",
-                        help="free space layer extraction leaves on the store's filesystem: a size (512M, 2G), "
-                             "a percentage of the filesystem (5%%), 0 to turn the check off, or default "
+                        help="free space downloads and layer extraction leave on the store's filesystem: a size "
+                             "(512M, 2G), a percentage of the filesystem (5%%), 0 to turn the check off, or default "
                              "(max(1 GiB, 5%%), at most 10 GiB)")
+    parser.add_argument("--limit-rate", default=None, metavar="RATE",
+                        help="at most RATE bytes per second for all downloads together, curl's spelling: 500K, "
+                             "10M, 1G (1024-based)")
+    parser.add_argument("--download-only", action="store_true",
+                        help="fetch and verify every blob into the store's download cache, commit nothing; a "
+                             "later run without it applies the download without the network")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve and plan only: per image what the store has, the layers and exact bytes "
+                             "that would be fetched, the disk it would take; writes nothing (with --format json: "
+                             "one JSON document)")
 
 
 def check_common_options(args: argparse.Namespace) -> None:
@@ -194,9 +205,12 @@ def check_common_options(args: argparse.Namespace) -> None:
 
 
 def check_pull_options(args: argparse.Namespace) -> None:
-    """Refuse a ``--jobs`` below 1 and a ``--progress-fd`` that is not open, before any work starts."""
+    """Refuse a ``--jobs`` below 1, a ``--progress-fd`` that is not open and a ``--dry-run`` with JSON progress
+    lines on stdout, before any work starts."""
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if getattr(args, "dry_run", False) and getattr(args, "progress", None) == "json":
+        raise UsageError("--dry-run fetches nothing: it has no progress to report (use --format json for its plan)")
     if args.progress_fd is not None:
         try:
             os.fstat(args.progress_fd)

@@ -13,7 +13,9 @@ image that is still bound. Here an image is kept when any present deployment bin
 
 If discovery fails for any present deployment nothing is removed (its bound set is unknown). Images go
 with :meth:`tether.store.containers_storage.Store.delete_image`, which also removes the layers no other image
-(or container) uses. Records of deployments that no longer exist are removed too.
+(or container) uses. Records of deployments that no longer exist are removed too, and so is what the download
+cache keeps for images no present deployment binds (:func:`tether.engine.copy.downloads.clean_cache`: download
+records by image name, then every blob file no remaining record lists).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +35,7 @@ from tether.engine.bound.records import (
     list_record_files,
     load_record,
 )
+from tether.engine.copy.downloads import CleanReport, blob_cache, clean_cache
 from tether.engine.errors import EngineError
 from tether.engine.storelock import hold_store
 
@@ -53,6 +56,7 @@ class GCPlan:
     layers: tuple[str, ...]  # layer ids that go with the removed images
     stale_records: tuple[Path, ...]
     orphans: tuple[str, ...] = ()  # layers no image or container uses (left by an interrupted writer)
+    bound_names: tuple[str, ...] = ()  # every image a present deployment binds, as written
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class GCResult:
     removed_image_ids: tuple[str, ...]
     removed_layer_ids: tuple[str, ...]
     dry_run: bool
+    downloads: CleanReport | None = None   # what went (would go) from the download cache
 
 
 def _split_digest(name: str) -> tuple[str, str | None]:
@@ -72,14 +77,20 @@ def _split_digest(name: str) -> tuple[str, str | None]:
 
 def image_matches(record: ImageRecord, bound: str) -> bool:
     """Whether a store image is (one of) the images ``bound`` designates; see the module docstring."""
-    base, digest = _split_digest(bound)
+    _, digest = _split_digest(bound)
     if digest is not None and (digest == record.digest or digest in record.digests):
         return True
+    return names_match(record.names, bound)
+
+
+def names_match(names: Sequence[str], bound: str) -> bool:
+    """Whether an image with ``names`` is the one ``bound`` designates by name (normalised, or as a short name)."""
+    base, digest = _split_digest(bound)
     normalized = normalize_image_name(bound)
-    names = set(record.names) | {normalize_image_name(n) for n in record.names}
-    if bound in names or normalized in names:
+    known = set(names) | {normalize_image_name(n) for n in names}
+    if bound in known or normalized in known:
         return True
-    return digest is None and short_name_matches(names, base)
+    return digest is None and short_name_matches(known, base)
 
 
 def _layer_chain(layer_id: str | None, layers: dict[str, LayerRecord]) -> set[str]:
@@ -138,7 +149,13 @@ def plan_gc(deployments: Sequence[Deployment], store: Store) -> GCPlan:
     # Reported, not removed: the store offers no layer deletion, and such a layer may be one a concurrent
     # podman pull has published but not yet committed an image for.
     orphans = tuple(sorted(lid for lid, layer in layers.items() if lid not in used and not layer.incomplete))
-    return GCPlan(keep=keep, remove=remove, layers=tuple(sorted(gone)), stale_records=stale, orphans=orphans)
+    return GCPlan(keep=keep, remove=remove, layers=tuple(sorted(gone)), stale_records=stale, orphans=orphans,
+                  bound_names=tuple(dict.fromkeys(image.image for _, image in bound_by)))
+
+
+def downloads_wanted(bound_names: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a download record's image name is bound (by name, normalised or short: as images are kept)."""
+    return lambda name: any(names_match((name,), bound) for bound in bound_names)
 
 
 def _container_layers(store: Store) -> set[str]:
@@ -167,8 +184,11 @@ def collect_garbage(
         if not locked:
             stack.enter_context(hold_store(store.root))
         plan = plan_gc(deployments, store)
+        cache = blob_cache(store)
+        wanted = downloads_wanted(plan.bound_names)
         if dry_run:
-            return GCResult(plan=plan, removed_image_ids=(), removed_layer_ids=(), dry_run=True)
+            return GCResult(plan=plan, removed_image_ids=(), removed_layer_ids=(), dry_run=True,
+                            downloads=clean_cache(cache, wanted=wanted, dry_run=True))
         removed_images: list[str] = []
         removed_layers: list[str] = []
         for image in plan.remove:
@@ -185,4 +205,5 @@ def collect_garbage(
             removed_image_ids=tuple(removed_images),
             removed_layer_ids=tuple(removed_layers),
             dry_run=False,
+            downloads=clean_cache(cache, wanted=wanted),
         )

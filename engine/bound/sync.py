@@ -11,10 +11,16 @@ deployment keeps the exact ids its record pins, even if the tag has moved since.
 Only one tether at a time works on a store's bound images: :func:`tether.engine.storelock.hold_store` takes an
 exclusive ``flock`` on ``STORE/tether/tether.lock`` (independent of c/storage's own lock files, which the
 store takes per operation).
+
+``mode="download"`` (``--download-only``) fetches what the not-ready deployments need into the store's download
+cache and records nothing (a later sync applies it without the network); ``mode="preview"`` (``--dry-run``)
+resolves and plans, takes no lock and writes nothing. ``lock`` (``--lock FILE``) pins every image to its lock
+file's digest: a deployment whose recorded images differ from the lock is synced again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -25,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from tether.engine.bound.deployments import Deployment
-from tether.engine.bound.discovery import group_bound_images, pull_request_for
-from tether.engine.bound.gc import collect_garbage
+from tether.engine.bound.discovery import BoundImage, group_bound_images, pull_request_for
+from tether.engine.bound.gc import collect_garbage, downloads_wanted
+from tether.engine.bound.lockfile import LockFile
 from tether.engine.bound.records import (
     DeploymentStatus,
     ImageState,
@@ -37,7 +44,7 @@ from tether.engine.bound.records import (
     write_record,
 )
 from tether.engine.copy.image import PullRequest
-from tether.engine.copy.pull import ImageResult, PullReport, pull
+from tether.engine.copy.pull import ImageResult, PullMode, PullReport, pull
 from tether.engine.copy.sources.layout import layout_pull_names
 from tether.engine.errors import EngineError
 from tether.engine.storelock import hold_store
@@ -45,7 +52,8 @@ from tether.engine.storelock import hold_store
 if TYPE_CHECKING:
     from tether.engine.copy.progress import Progress
     from tether.engine.options import CommonOptions
-    from tether.store.containers_storage import Store
+    from tether.registry.client import RateLimit
+    from tether.store.containers_storage import ImageRecord, Store
 
 
 class SyncError(EngineError):
@@ -102,6 +110,44 @@ PullFunction = Callable[..., Any]
 class _Plan:
     requests: dict[PullRequest, list[tuple[int, str]]] = field(default_factory=dict)
     reused: dict[tuple[int, str], ImageState] = field(default_factory=dict)
+    unlocked: set[tuple[int, str]] = field(default_factory=set)   # bindings a --lock file does not pin
+
+
+def _request(image: BoundImage, deployment: Deployment, pin: str | None) -> PullRequest:
+    request = pull_request_for(image, root=deployment.root)
+    return replace(request, digest=pin) if pin is not None else request
+
+
+def _pinned(digest: str, image_id: str, images: Sequence[ImageRecord]) -> bool:
+    record = next((i for i in images if i.id == image_id), None)
+    return record is not None and digest in (record.digest, *record.digests)
+
+
+def _agrees(status: DeploymentStatus, lock: LockFile, images: Sequence[ImageRecord]) -> bool:
+    """Whether a ready deployment's recorded images are the ones ``lock`` pins."""
+    for image in status.images:
+        pin = lock.entry_for(image.key)
+        if pin is None or image.id is None or not _pinned(pin.digest, image.id, images):
+            return False
+    return True
+
+
+def _unlocked(plan: _Plan, statuses: Sequence[DeploymentStatus], lock: LockFile | None) -> list[ImageFailure]:
+    where = lock.path if lock is not None else ""
+    out = []
+    for index, key in sorted(plan.unlocked):
+        status = statuses[index]
+        image = next((i.image for i in status.images if i.key == key), key)
+        out.append(ImageFailure(status.deployment.name, image, f"not in the lock file {where}"))
+    return out
+
+
+def _bound_name_test(statuses: Sequence[DeploymentStatus]) -> Callable[[str], bool]:
+    """Whether an image name (a download record's) is bound by one of the deployments (as GC decides)."""
+    if any(status.error is not None for status in statuses):
+        # A deployment whose bound set is unknown may want anything: keep every download (GC refuses too).
+        return lambda name: True
+    return downloads_wanted([image.image for status in statuses for image in status.bound])
 
 
 async def sync_deployments(
@@ -115,6 +161,9 @@ async def sync_deployments(
     pull_function: PullFunction | None = None,
     source: str | None = None,
     crash_at: str | None = None,
+    mode: PullMode = "pull",
+    rate_limit: RateLimit | None = None,
+    lock: LockFile | None = None,
 ) -> SyncReport:
     """Make every deployment ready (new first); see the module docstring. Never raises for a pull failure:
     the report says what failed. Raises :class:`~tether.engine.storelock.StoreBusyError` if another tether holds
@@ -126,15 +175,20 @@ async def sync_deployments(
 
     ``crash_at`` is the kill -9 tests' hook (as :class:`~tether.store.containers_storage.Store` takes one):
     :data:`SYNC_CRASH_POINTS` names the steps at which the process SIGKILLs itself.
+
+    ``mode``, ``rate_limit`` and ``lock``: see the module docstring; in ``download`` and ``preview`` modes the
+    report's ``statuses`` are those before the sync (nothing changed them) and ``pulled`` says what was fetched
+    or would be.
     """
     pull_fn = pull_function or pull
-    with hold_store(store.root):
+    with contextlib.nullcontext() if mode == "preview" else hold_store(store.root):
         before = await trio.to_thread.run_sync(compute_status, deployments, store)
+        images_before = await trio.to_thread.run_sync(store.list_images) if lock is not None else []
         failures: list[ImageFailure] = []
         plan = _Plan()
         todo: list[int] = []
         for index, status in enumerate(before):
-            if status.ready:
+            if status.ready and (lock is None or _agrees(status, lock, images_before)):
                 continue
             if status.error is not None:
                 failures.append(ImageFailure(status.deployment.name, "(discovery)", status.error))
@@ -146,11 +200,16 @@ async def sync_deployments(
                 key = binding_key(group.image)
                 state = previous.get(key)
                 image_status = next(s for s in status.images if s.key == key)
-                if state is not None and state.id is not None and image_status.recorded and image_status.present:
+                pin = lock.entry_for(key) if lock is not None else None
+                if lock is not None and pin is None:
+                    plan.unlocked.add((index, key))
+                    continue
+                if (state is not None and state.id is not None and image_status.recorded and image_status.present
+                        and (pin is None or _pinned(pin.digest, state.id, images_before))):
                     # Committed by an earlier (partly failed) sync: keep exactly that image.
                     plan.reused[(index, key)] = state
                     continue
-                request = pull_request_for(group.image, root=status.deployment.root)
+                request = _request(group.image, status.deployment, pin.digest if pin is not None else None)
                 plan.requests.setdefault(request, []).append((index, key))
         results: dict[PullRequest, ImageResult] = {}
         pulled: tuple[ImageResult, ...] = ()
@@ -159,12 +218,25 @@ async def sync_deployments(
             to_pull = requests
             if source is not None:
                 to_pull = await trio.to_thread.run_sync(_requests_from_layout, source, requests)
+            extra: dict[str, Any] = {}
+            if mode != "pull" or rate_limit is not None:
+                extra = {"mode": mode, "rate_limit": rate_limit}
+            if mode != "preview":
+                extra["keep_downloads"] = _bound_name_test(before)
             report: PullReport = await pull_fn(
-                to_pull, store=store, options=options, jobs=jobs, policy="newer", progress=progress
+                to_pull, store=store, options=options, jobs=jobs, policy="newer", progress=progress, **extra
             )
             pulled = report.results
             for request, result in zip(requests, report.results, strict=True):
                 results[request] = result
+        if mode != "pull":
+            for request, result in results.items():
+                for index, _ in plan.requests[request]:
+                    if result.error is not None:
+                        failures.append(ImageFailure(before[index].deployment.name, request.name, result.error))
+            failures.extend(_unlocked(plan, before, lock))
+            return SyncReport(statuses=before, synced=tuple(before[i].deployment.name for i in todo),
+                              failures=tuple(failures), pulled=pulled, reused=len(plan.reused))
         # Committed images are in the store, no record says so yet: a kill here must end in a rerun that
         # records them without pulling again (tests/test_reconcile_kill.py).
         _crash_point(crash_at, "sync-before-records")
@@ -181,7 +253,13 @@ async def sync_deployments(
                 if reused is not None:
                     states.append(reused)
                     continue
-                request = pull_request_for(group.image, root=status.deployment.root)
+                if (index, key) in plan.unlocked:
+                    why = f"not in the lock file {lock.path if lock is not None else ''}"
+                    failures.append(ImageFailure(status.deployment.name, group.image.image, why))
+                    states.append(ImageState(group.image.image, key, None, None, error=why, entries=entries))
+                    continue
+                pin = lock.entry_for(key) if lock is not None else None
+                request = _request(group.image, status.deployment, pin.digest if pin is not None else None)
                 result = results[request]
                 error = result.error
                 if error is None and (result.image_id is None or result.image_id not in by_id):

@@ -26,10 +26,12 @@ from typing import Any
 from tether.engine.arguments import DEFAULT_ROOT
 from tether.engine.bound.deployments import Deployment, find_deployment, list_sysroot_deployments, root_deployments
 from tether.engine.bound.gc import collect_garbage
+from tether.engine.bound.lockfile import differences, load_lock
 from tether.engine.bound.records import DeploymentStatus, compute_status
 from tether.engine.errors import UsageError
 from tether.engine.writable import OSTREE_BOOTED, require_writable_store
 from tether.store.containers_storage import Store, detect_driver
+from tether.store.diskspace import human_size
 
 BOOTC_STORE_IN_SYSROOT = Path("ostree/bootc/storage")
 
@@ -88,22 +90,42 @@ def run_bound_status(args: argparse.Namespace) -> int:
     root = bound_store_root(args)
     deployments = deployments_from_args(args)
     wanted = find_deployment(deployments, args.check) if args.check else None
+    lock = load_lock(args.lock) if args.lock is not None else None
+    store: Any
     if not _store_exists(root, args):
         # Status must not create the store: without one, no image is present.
         print(f"tether: bound status: no store at {root}: no bound image is present", file=sys.stderr)
-        statuses = compute_status(deployments, _EmptyStore(root))  # type: ignore[arg-type]
+        store = _EmptyStore(root)
     else:
-        statuses = compute_status(deployments, open_bound_store(args))
+        store = open_bound_store(args)
+    statuses = compute_status(deployments, store)
+    drift: dict[str, list[str]] = {}
+    if lock is not None:
+        images = store.list_images()
+        drift = {s.deployment.name: differences(s, lock, images) for s in statuses
+                 if wanted is None or s.deployment.name == wanted.name}
     if args.format == "json":
-        print(json.dumps([s.to_json() for s in statuses], indent=2))
+        out = [s.to_json() for s in statuses]
+        for item in out:
+            if item["deployment"] in drift:
+                item["lock"] = {"file": str(args.lock), "matches": not drift[item["deployment"]],
+                                "differences": drift[item["deployment"]]}
+        print(json.dumps(out, indent=2))
     elif wanted is None:
         _print_statuses(statuses)
+    if args.format != "json":
+        for name, lines in drift.items():
+            if not lines:
+                print(f"{name}: matches the lock file {args.lock}")
+            for line in lines:
+                print(f"{name}: differs from the lock file: {line}")
+    drifted = any(drift.values())
     if wanted is not None:
         status = next(s for s in statuses if s.deployment.name == wanted.name)
         if args.format != "json":
             print(f"{wanted.name}: {'ready' if status.ready else 'not ready'}")
-        return 0 if status.ready else 1
-    return 0
+        return 0 if status.ready and not drifted else 1
+    return 1 if drifted else 0
 
 
 class _EmptyStore:
@@ -159,6 +181,11 @@ def run_bound_gc(args: argparse.Namespace) -> int:
                     "layers": list(result.removed_layer_ids if not result.dry_run else plan.layers),
                     "stale_records": [str(p) for p in plan.stale_records],
                     "orphan_layers": list(plan.orphans),
+                    "downloads": {
+                        "images": list(result.downloads.names if result.downloads else ()),
+                        "blobs": list(result.downloads.blobs if result.downloads else ()),
+                        "bytes": result.downloads.freed_bytes if result.downloads else 0,
+                    },
                 },
                 indent=2,
             )
@@ -169,4 +196,9 @@ def run_bound_gc(args: argparse.Namespace) -> int:
         print(f"{verb} {image.id[:12]} {' '.join(image.names) or '<none>'}")
     layers = plan.layers if result.dry_run else result.removed_layer_ids
     print(f"{verb} {len(plan.remove)} image(s), {len(layers)} layer(s); kept {len(plan.keep)} image(s)")
+    downloads = result.downloads
+    if downloads is not None and (downloads.records or downloads.blobs):
+        names = f" ({', '.join(downloads.names)})" if downloads.names else ""
+        print(f"{verb} {len(downloads.records)} download(s){names} and {len(downloads.blobs)} downloaded blob(s), "
+              f"{human_size(downloads.freed_bytes)}")
     return 0

@@ -1,4 +1,5 @@
-"""``tether bound sync`` and ``tether bound install``: the ``bound`` subcommands that run the copy engine.
+"""``tether bound sync``, ``tether bound install`` and ``tether bound lock``: the ``bound`` subcommands that run
+the copy engine (or, ``lock``, its registry sources).
 
 Apart from :mod:`tether.engine.cli.bound` because they import trio, httpx and the copy engine, which
 ``bound status`` and ``bound gc`` do not need; the deployment and store arguments are read as there.
@@ -19,14 +20,22 @@ import trio
 from tether.engine.arguments import check_output_streams, check_pull_options, progress_on_stdout
 from tether.engine.bound.deployments import list_sysroot_deployments
 from tether.engine.bound.install import install_pulled, install_stored, record_installed
+from tether.engine.bound.lock import lock_deployments
+from tether.engine.bound.lockfile import LockFile, load_lock, write_lock
 from tether.engine.bound.sync import sync_deployments
 from tether.engine.cli.bound import bound_store_root, deployments_from_args
-from tether.engine.cli.pull import disk_reserve_from_args
+from tether.engine.cli.pull import (
+    open_store_for,
+    print_downloads,
+    print_preview,
+    pull_mode_from_args,
+    rate_limit_from_args,
+)
 from tether.engine.copy.progress import make_progress
 from tether.engine.errors import UsageError
 from tether.engine.options import CommonOptions, common_options_from_args
 from tether.engine.writable import require_writable_store
-from tether.store.containers_storage import CRASH_ENV, Store
+from tether.store.containers_storage import CRASH_ENV
 
 
 def _options(args: argparse.Namespace) -> CommonOptions:
@@ -47,21 +56,32 @@ def run_bound_sync(args: argparse.Namespace) -> int:
     check_pull_options(args)
     check_output_streams(args)
     options = _options(args)
+    limit = rate_limit_from_args(args)
+    mode = pull_mode_from_args(args)
+    lock: LockFile | None = load_lock(args.lock) if args.lock is not None else None
+    if lock is not None and args.source is not None:
+        raise UsageError("--lock pins registry digests; --source takes the images from a layout: give one of them")
     deployments = deployments_from_args(args)
-    require_writable_store(options.root, verb="bound sync")
     crash_at = os.environ.get(CRASH_ENV)  # the kill -9 tests' hook (tests/test_reconcile_kill.py)
-    store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver, crash_at=crash_at,
-                       disk_reserve=disk_reserve_from_args(args))
-    progress = make_progress(args.progress, progress_fd=args.progress_fd)
+    store = open_store_for(args, options.root, verb="bound sync", runroot=options.runroot,
+                           driver=options.storage_driver)
+    progress = make_progress("none" if mode == "preview" else args.progress, progress_fd=args.progress_fd)
     # With the progress JSON lines on stdout, stdout carries nothing else: the readiness lines are left out
     # (a deployment's readiness is the exit status and `bound status`), failures still go to stderr.
     quiet_stdout = progress_on_stdout(args)
     report = trio.run(
         lambda: sync_deployments(
             deployments, store=store, options=options, jobs=args.jobs, progress=progress, gc=not args.no_gc,
-            source=args.source, crash_at=crash_at,
+            source=args.source, crash_at=crash_at, mode=mode, rate_limit=limit, lock=lock,
         )
     )
+    if mode == "preview":
+        code = print_preview(report.pulled, store, json_format=options.format == "json",
+                             download_only=args.download_only)
+        return _report_unlocked(report.failures, lock) or code
+    if mode == "download":
+        code = print_downloads(report.pulled, json_format=options.format == "json", quiet=quiet_stdout)
+        return _report_unlocked(report.failures, lock) or code
     if options.format == "json":
         out = {
             "deployments": [s.to_json() for s in report.statuses],
@@ -83,6 +103,34 @@ def run_bound_sync(args: argparse.Namespace) -> int:
         if summary:
             print("  " + summary.replace("\n", "\n  "), file=sys.stderr)
         return 1
+    return 0
+
+
+def _report_unlocked(failures: Any, lock: LockFile | None) -> int:
+    """Bindings a ``--lock`` file does not pin, on stderr (1 when any; the images' own failures are printed
+    with the results)."""
+    missing = [f for f in failures if lock is not None and f.error.startswith("not in the lock file")]
+    for f in missing:
+        print(f"tether: {f.deployment}: {f.image}: {f.error}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def run_bound_lock(args: argparse.Namespace) -> int:
+    """``tether bound lock``: the lock file on stdout, or written to ``--output``."""
+    options = dataclasses.replace(common_options_from_args(args), auth_lookup="bootc")
+    sysroot: Path | None = getattr(args, "sysroot", None)
+    if sysroot is not None:
+        options = dataclasses.replace(options, sysroot=sysroot)
+    deployments = deployments_from_args(args)
+    entries = trio.run(lambda: lock_deployments(deployments, options=options))
+    if args.output is None:
+        sys.stdout.write(LockFile(entries).dumps())
+    else:
+        write_lock(args.output, entries)
+        print(f"{args.output}: {len(entries)} image(s) pinned", file=sys.stderr)
     return 0
 
 

@@ -92,6 +92,10 @@ def dispatch(args: argparse.Namespace) -> int:
             from tether.engine.cli.bound_copy import run_bound_install
 
             return run_bound_install(args)
+        case "bound lock":
+            from tether.engine.cli.bound_copy import run_bound_lock
+
+            return run_bound_lock(args)
         case "mirror sync":
             from tether.engine.cli.mirror import run_mirror_sync
 

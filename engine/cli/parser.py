@@ -45,7 +45,7 @@ from tether.engine.arguments import (
 #: Every verb the parser sets, in the order it defines them.
 VERBS = (
     "pull", "inspect", "images", "rmi", "check",
-    "bound list", "bound sync", "bound status", "bound gc", "bound install",
+    "bound list", "bound sync", "bound status", "bound gc", "bound install", "bound lock",
     "mirror sync", "mirror prune",
 )
 
@@ -266,6 +266,9 @@ def _add_bound(subparsers: Subparsers) -> None:
     p.add_argument("--no-gc", action="store_true", help="do not collect garbage after the sync")
     p.add_argument("--source", default=None, metavar="oci:DIR|oci-archive:FILE",
                    help="take every bound image from this OCI layout or archive instead of its registry")
+    p.add_argument("--lock", type=Path, default=None, metavar="FILE",
+                   help="pull exactly the digests this lock file (tether bound lock) pins, under the bound names, "
+                        "even after their tags moved; a deployment whose images differ from it is synced again")
     _verb(p, "bound sync")
 
     p = sub.add_parser("status", help="show each deployment, its bound images and whether it is ready")
@@ -280,6 +283,9 @@ def _add_bound(subparsers: Subparsers) -> None:
         help="exit 0 only if DEPLOYMENT is ready (name, CSUM.SERIAL, checksum prefix, index, or "
         "staged/booted/pending/rollback/default/new)",
     )
+    p.add_argument("--lock", type=Path, default=None, metavar="FILE",
+                   help="compare the store with this lock file: each bound image's stored digest against its pin; "
+                        "exit 1 when any differs or is missing (with --check: that deployment's images only)")
     _verb(p, "bound status")
 
     p = sub.add_parser("gc", help="remove images no present deployment binds")
@@ -330,6 +336,21 @@ def _add_bound(subparsers: Subparsers) -> None:
     add_common_options(p, store=False, nested=True)
     p.add_argument("--jobs", "-j", type=int, default=None, metavar="N", help="layers fetched at once (pull)")
     _verb(p, "bound install")
+
+    p = sub.add_parser(
+        "lock",
+        help="pin every image the deployments bind to the digest its tag points at now (a lock file)",
+        description="Resolve every image the deployments bind (one manifest request each) to the digest its "
+        "tag points at now (the index digest of a multi-platform image) and write a lock file: JSON, sorted, "
+        "with each image as the quadlet writes it and its binding. `tether bound sync --lock FILE` then pulls "
+        "exactly those digests on every host, and `tether bound status --lock FILE` compares a store with it. "
+        "Nothing is written when any image cannot be resolved.",
+    )
+    _deployment_options(p)
+    add_common_options(p, store=False, nested=True, output_format=False)
+    p.add_argument("--output", "-o", type=Path, default=None, metavar="FILE",
+                   help="write the lock file here (atomically) instead of stdout")
+    _verb(p, "bound lock")
 
 
 def _deployment_options(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from tether.registry.auth import AuthEntry, AuthFile, AuthFiles, AuthPath, Credentials, load_auth_files
-from tether.registry.client import DEFAULT_RETRY_POLICY, RegistryClient, open_registry_client
+from tether.registry.client import DEFAULT_RETRY_POLICY, RateLimit, RegistryClient, open_registry_client
 from tether.registry.registries_conf import load_registries_conf
 
 if TYPE_CHECKING:
@@ -44,11 +44,13 @@ def auth_with_credentials(auth: AuthFiles, credentials: Credentials, names: Sequ
 
 
 class RegistryClients:
-    """Clients opened lazily into ``stack`` (closed with it). ``client`` replaces them all (tests)."""
+    """Clients opened lazily into ``stack`` (closed with it). ``client`` replaces them all (tests).
+    ``rate_limit`` is shared by every client: one cap for all the copy's blob streams (``--limit-rate``)."""
 
     def __init__(self, stack: AsyncExitStack, options: CommonOptions, *, connections: int,
-                 client: RegistryClient | None = None) -> None:
+                 client: RegistryClient | None = None, rate_limit: RateLimit | None = None) -> None:
         self.stack = stack
+        self.rate_limit = rate_limit
         self.options = options
         self.connections = connections
         self._injected = client
@@ -101,7 +103,7 @@ class RegistryClients:
                     auth = auth_with_credentials(auth, options.creds, key[5])
                 client = await self.stack.enter_async_context(open_registry_client(
                     registries=self.registries(), auth=auth, cert_dir=key[1], tls_verify=key[2],
-                    max_connections_per_host=self.connections, retry_policy=policy))
+                    max_connections_per_host=self.connections, retry_policy=policy, rate_limit=self.rate_limit))
                 self._clients[key] = client
             return client
 

@@ -12,6 +12,7 @@ image is resolved a job whose images have all failed is cancelled; the other ima
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import os
@@ -28,7 +29,9 @@ from tether.engine.copy.progress import Progress
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource
+    from tether.registry.client import Hasher
     from tether.registry.manifest import Descriptor
+    from tether.store.blobcache import CachedBlob
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ WRITE_GROUP_BYTES = 1 << 20
 #: nothing measurable (benchmarks' five images).  Memory bound: ~3 MiB per job (the group being filled,
 #: this one, the one being written).
 CHANNEL_GROUPS = 1
+#: Bytes of a kept blob prefix fed per thread hop (progress is reported between hops).
+FEED_GROUP = 8 << 20
 
 
 def default_jobs() -> int:
@@ -99,27 +104,36 @@ class LargestFirst:
             self._grant()
 
 
-async def stream_blob(source: ImageSource, descriptor: Descriptor, write: Callable[[bytes], object],
-                      on_written: Callable[[int], None]) -> None:
+async def stream_blob(source: ImageSource, descriptor: Descriptor, write: Callable[[bytes], object] | None,
+                      on_written: Callable[[int], None], *, offset: int = 0, hasher: Hasher | None = None,
+                      tee: Callable[[list[bytes]], object] | None = None) -> None:
     """Network -> ``write`` (blocking, run in worker threads ~1 MiB at a time) with a bounded channel between
-    them: backpressure both ways, no spooling, one thread hop per group instead of per chunk."""
+    them: backpressure both ways, no spooling, one thread hop per group instead of per chunk.
+
+    ``offset``/``hasher``: the first ``offset`` bytes were already written (and hashed) from elsewhere; only the
+    rest is asked of ``source``. ``tee`` gets every group too, before ``write`` (``write`` ``None``: only it).
+    """
     send, receive = trio.open_memory_channel[list[bytes]](CHANNEL_GROUPS)
 
     def write_all(group: list[bytes]) -> int:
-        n = 0
-        for chunk in group:
-            write(chunk)
-            n += len(chunk)
-        return n
+        # The copy kept for a later run first: a kill then loses the least (the consumer starts over anyway).
+        if tee is not None:
+            tee(group)
+        if write is not None:
+            for chunk in group:
+                write(chunk)
+        return sum(len(chunk) for chunk in group)
 
     async def writer() -> None:
         async with receive:
             async for group in receive:
                 on_written(await trio.to_thread.run_sync(write_all, group))
 
+    opened = (source.open_blob(descriptor, offset=offset, hasher=hasher) if offset or hasher is not None
+              else source.open_blob(descriptor))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
-        async with send, source.open_blob(descriptor) as chunks:
+        async with send, opened as chunks:
             group: list[bytes] = []
             size = 0
             async for chunk in chunks:
@@ -131,6 +145,42 @@ async def stream_blob(source: ImageSource, descriptor: Descriptor, write: Callab
                     size = 0
             if group:
                 await send.send(group)
+
+
+async def stream_cached(source: ImageSource, descriptor: Descriptor, *, write: Callable[[bytes], object] | None,
+                        on_written: Callable[[int], None], blob: CachedBlob | None) -> None:
+    """Stream ``descriptor``'s blob to ``write`` (blocking; ``None``: to ``blob`` only), resuming from ``blob``.
+
+    The bytes ``blob`` holds are fed first (hashed: the registry stream continues that hash with ``Range`` and
+    checks the digest over the whole blob), then the rest comes from ``source`` and is appended to ``blob``
+    as it is written. A prefix that is not the blob's fails the digest at the end (or the consumer earlier).
+    """
+    hasher = hashlib.new(descriptor.digest.split(":", 1)[0])
+    offset = 0
+    if blob is not None and blob.held:
+        pieces = blob.read()
+
+        def feed() -> int:
+            n = 0
+            for data in pieces:
+                if write is not None:
+                    write(data)
+                hasher.update(data)
+                n += len(data)
+                if n >= FEED_GROUP:
+                    break
+            return n
+
+        while offset < blob.held:
+            n = await trio.to_thread.run_sync(feed)
+            if not n:
+                break
+            offset += n
+            on_written(n)
+        log.debug("blob %s: %d bytes kept from an earlier transfer, %d to fetch", descriptor.digest, offset,
+                  descriptor.size - offset)
+    await stream_blob(source, descriptor, write, on_written, offset=offset, hasher=hasher,
+                      tee=blob.append if blob is not None else None)
 
 
 class _ImageFailed(Exception):
@@ -320,4 +370,5 @@ __all__ = [
     "default_jobs",
     "describe_error",
     "stream_blob",
+    "stream_cached",
 ]

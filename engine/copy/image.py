@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from tether.engine.errors import EngineError
 
 if TYPE_CHECKING:
+    from tether.registry.client import Hasher
     from tether.registry.manifest import Descriptor, ImageConfig, ImageManifest, Platform
     from tether.registry.reference import Reference
     from tether.registry.registries_conf import PullSource
@@ -44,6 +45,9 @@ class PullRequest:
     cert_dir: Path | None = None
     retries: int | None = None
     retry_delay: float | None = None  # seconds; quadlet RetryDelay=, podman pull --retry-delay
+    #: fetch exactly this manifest (or index) digest, still recording the image under ``name`` (a lock file's
+    #: pin: ``bound sync --lock``); registry names only
+    digest: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,8 +165,13 @@ class ImageSource(Protocol):
         """The image for ``platform`` (default: the host's), verified; ``top`` when :meth:`read_top` ran."""
         ...
 
-    def open_blob(self, descriptor: Descriptor) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """Stream a blob; the stream checks digest and size and raises at its end on a mismatch."""
+    def open_blob(self, descriptor: Descriptor, *, offset: int = 0, hasher: Hasher | None = None
+                  ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream a blob; the stream checks digest and size and raises at its end on a mismatch.
+
+        ``offset``: the caller holds the first ``offset`` bytes, which ``hasher`` has hashed (kept from an
+        earlier run): only the rest is streamed, and the digest is checked over the whole. Sources that cannot
+        resume (layouts, stores) raise :class:`SourceError` for an ``offset``."""
         ...
 
 

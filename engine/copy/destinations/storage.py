@@ -5,6 +5,11 @@ into ``Store.stage_layer``'s writer from worker threads; ``publish_layer`` check
 layer once its parent is published; the image record is committed when all its layers are (containers/image
 ``storageImageDestination``: layers first, the image last, so a reader never sees an image without layers).
 Overlay stages every layer concurrently; vfs stages a child only on its published parent (the plan says so).
+
+A blob fetched from a registry is also kept in the store's download cache as it streams
+(:mod:`tether.engine.copy.downloads`): a later run resumes it from there, and it is removed once its layer is
+published. Before an image's blobs are fetched, :meth:`StorageDestination.plan` refuses the image when the
+store's filesystem cannot hold them above the disk reserve.
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
-from tether.engine.copy.execute import stream_blob
+from tether.engine.copy.execute import stream_blob, stream_cached
 from tether.engine.copy.plan import ImagePlan, LayerJob, PlanError, PullPlan, plan_pull
+from tether.registry.errors import DigestMismatchError, TransportError
 from tether.store.containers_storage import copy_image
+from tether.store.errors import DiskReserveError, StoreError
 from tether.store.tar.workers import prewarm_workers
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage
+    from tether.store.blobcache import BlobCache, CachedBlob
     from tether.store.containers_storage import ImageRecord, LayerRecord, StagedLayer, Store
 
 log = logging.getLogger(__name__)
@@ -51,18 +60,74 @@ def parse_created(value: object) -> datetime | None:
         return None
 
 
+class NoSpaceError(PlanError):
+    """The store's filesystem cannot hold an image's downloads above the disk reserve."""
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def keeps_partial(exc: BaseException) -> bool:
+    """Whether the bytes a failed stream kept are worth keeping: it was stopped (cancelled, interrupted, killed
+    by the pull) or the network failed; anything else (a digest, a full disk, a refused layer) discards them."""
+    return all(isinstance(leaf, TransportError | KeyboardInterrupt | trio.Cancelled) for leaf in _leaves(exc))
+
+
+def blames_prefix(exc: BaseException) -> bool:
+    """Whether a failure of a blob resumed from kept bytes may be those bytes' fault: the whole blob's digest
+    failed, or the layer's bytes could not be applied (a full disk is not their fault)."""
+    leaves = _leaves(exc)
+    return any(isinstance(leaf, DigestMismatchError) or (isinstance(leaf, StoreError)
+                                                         and not isinstance(leaf, DiskReserveError))
+               for leaf in leaves) and not any(isinstance(leaf, KeyboardInterrupt | trio.Cancelled) for leaf in leaves)
+
+
+def preflight(store: Store, cache: BlobCache | None, *, label: str, jobs: Sequence[LayerJob],
+              pending: int = 0) -> int:
+    """Refuse (:class:`NoSpaceError`) an image whose blobs (``jobs``' fetched ones, less what the cache holds)
+    and ``pending`` bytes of earlier images still to come would leave the store's filesystem below its disk
+    reserve; returns the bytes ``jobs`` will download."""
+    needed = 0
+    for job in jobs:
+        if job.copy_from is None:
+            held = cache.held(job.descriptor.digest) if cache is not None else 0
+            needed += max(0, job.descriptor.size - held)
+    root = Path(store.root)
+    probe = root if root.exists() else root.parent
+    try:
+        store.disk_reserve.check(probe, needed=needed + pending, where=root)
+    except DiskReserveError as exc:
+        raise NoSpaceError(f"{label}: its layers cannot be downloaded: {exc}") from None
+    except FileNotFoundError:
+        pass
+    return needed
+
+
 class StorageDestination:
     """A containers-storage store; ``layers`` is the store's layer list, read (by the caller, while manifests
-    are fetched) before the first image is planned."""
+    are fetched) before the first image is planned. ``cache``: the store's download cache (registry blobs are
+    kept there while they stream, resumed from there), ``None`` to keep nothing."""
 
-    def __init__(self, store: Store, *, layers: Sequence[LayerRecord]) -> None:
+    def __init__(self, store: Store, *, layers: Sequence[LayerRecord], cache: BlobCache | None = None) -> None:
         self.store = store
         self.layers = layers
+        self.cache = cache
         self.description = f"containers-storage:[{store.driver}@{store.root}]"
+        self._downloading: dict[str, int] = {}   # layer id -> bytes its job still has to download
 
     def plan(self, key: int, image: SourceImage, *, scheduled: Mapping[str, LayerJob]) -> PullPlan:
-        return plan_pull([(key, image)], existing_layers=self.layers, sequential=not self.store.concurrent_layers,
+        plan = plan_pull([(key, image)], existing_layers=self.layers, sequential=not self.store.concurrent_layers,
                          scheduled=scheduled)
+        if image.stored is None and plan.jobs:
+            label = "/".join(image.names) or image.description
+            preflight(self.store, self.cache, label=label, jobs=plan.jobs, pending=sum(self._downloading.values()))
+            for job in plan.jobs:
+                if job.copy_from is None:
+                    self._downloading[job.layer_id] = job.descriptor.size
+        return plan
 
     async def prepare(self, jobs: Sequence[LayerJob]) -> None:
         # Start the extraction children now, while the blobs' first bytes are in flight, instead of when a
@@ -76,27 +141,82 @@ class StorageDestination:
 
     async def stage(self, job: LayerJob, image: SourceImage, source: ImageSource, *,
                     on_bytes: Callable[[int], None], background: bool) -> StagedLayer:
+        # A layer with the same diffID in this store, or a containers-storage source's own layer: the exact
+        # tar, rebuilt from its tar-split and its files.
+        exporter: tuple[Store, str] | None = None
+        if job.copy_from is not None:
+            exporter = (self.store, job.copy_from)
+        elif image.stored is not None:
+            exporter = (image.stored.store, job.layer_id)
+        try:
+            if exporter is not None:
+                return await self._stage_export(job, exporter, background)
+            if self.cache is None or source.transport != "docker":
+                return await self._stage_stream(job, source, on_bytes, background, None)
+            cache = self.cache
+            digest, size = job.descriptor.digest, job.descriptor.size
+            for attempt in (1, 2):
+                blob: CachedBlob | None = await trio.to_thread.run_sync(lambda: cache.open_blob(digest, size=size))
+                resumed = blob.held if blob is not None else 0
+                done = 0
+
+                def count(n: int) -> None:
+                    nonlocal done
+                    done += n
+                    on_bytes(n)
+
+                try:
+                    staged = await self._stage_stream(job, source, count, background, blob)
+                except BaseException as exc:
+                    retry = attempt == 1 and resumed > 0 and blames_prefix(exc)
+                    if blob is not None:
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(
+                                blob.truncate if retry else blob.close if keeps_partial(exc) else blob.discard)
+                    if not retry:
+                        raise
+                    log.info("layer %s: the %d bytes kept from an earlier transfer are not its own (%s); fetching "
+                             "it whole", digest, resumed, exc)
+                    on_bytes(-done)
+                    if blob is not None:
+                        await trio.to_thread.run_sync(blob.close)
+                    continue
+                if blob is not None:
+                    await trio.to_thread.run_sync(blob.close)
+                return staged
+            raise AssertionError("unreachable: the second attempt returns or raises")
+        finally:
+            self._downloading.pop(job.layer_id, None)
+
+    async def _stage_stream(self, job: LayerJob, source: ImageSource, on_bytes: Callable[[int], None],
+                            background: bool, blob: CachedBlob | None) -> StagedLayer:
         store = self.store
         writer = await trio.to_thread.run_sync(
             lambda: store.stage_layer(layer_id=job.layer_id, parent=job.parent, background=background))
         try:
-            # A layer with the same diffID in this store, or a containers-storage source's own layer: the exact
-            # tar, rebuilt from its tar-split and its files.
-            exporter: tuple[Store, str] | None = None
-            if job.copy_from is not None:
-                exporter = (store, job.copy_from)
-            elif image.stored is not None:
-                exporter = (image.stored.store, job.layer_id)
-            if exporter is None:
+            if blob is None:
                 await stream_blob(source, job.descriptor, writer.write, on_bytes)
             else:
-                from_store, layer_id = exporter
+                await stream_cached(source, job.descriptor, write=writer.write, on_written=on_bytes, blob=blob)
+            staged: StagedLayer = await trio.to_thread.run_sync(writer.finish)
+            return staged
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(writer.abort)
+            raise
 
-                def copy() -> None:
-                    for chunk in from_store.export_layer(layer_id):
-                        writer.write(chunk)
+    async def _stage_export(self, job: LayerJob, exporter: tuple[Store, str], background: bool) -> StagedLayer:
+        store = self.store
+        writer = await trio.to_thread.run_sync(
+            lambda: store.stage_layer(layer_id=job.layer_id, parent=job.parent, background=background))
+        try:
+            from_store, layer_id = exporter
 
-                await trio.to_thread.run_sync(copy)
+            def copy() -> None:
+                for chunk in from_store.export_layer(layer_id):
+                    writer.write(chunk)
+
+            await trio.to_thread.run_sync(copy)
             staged: StagedLayer = await trio.to_thread.run_sync(writer.finish)
             return staged
         except BaseException:
@@ -117,6 +237,10 @@ class StorageDestination:
         await trio.to_thread.run_sync(lambda: self.store.publish_layer(
             staged, expected_diff_digest=job.diff_id, compressed_digest=compressed_digest,
             compressed_size=compressed_size))
+        cache = self.cache
+        if cache is not None and job.copy_from is None and image.stored is None:
+            # The layer is in the store: its kept blob bytes have served their purpose.
+            await trio.to_thread.run_sync(cache.remove_blob, job.descriptor.digest)
 
     async def discard(self, staged: StagedLayer) -> None:
         await trio.to_thread.run_sync(self.store.discard_staged, staged)
@@ -143,4 +267,5 @@ class StorageDestination:
         return record
 
 
-__all__ = ["PREWARM_ABOVE", "StorageDestination", "parse_created"]
+__all__ = ["PREWARM_ABOVE", "NoSpaceError", "StorageDestination", "blames_prefix", "keeps_partial", "parse_created",
+           "preflight"]

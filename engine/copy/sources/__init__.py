@@ -18,7 +18,8 @@ async def open_image_source(request: PullRequest, *, clients: RegistryClients, s
     """The source ``request.name`` names (containers-transports(5)); layouts stay open until ``stack`` closes.
 
     A reference without tag or digest means ``:latest`` (c/image ``reference.TagNameOnly``); a short name is
-    resolved through registries.conf into its candidates, tried in order.
+    resolved through registries.conf into its candidates, tried in order. ``request.digest`` pins what a
+    registry name is fetched by (:class:`~tether.engine.copy.sources.registry.RegistrySource`'s ``pin``).
     """
     parsed = parse_image_name(request.name)
     if not isinstance(parsed, DockerName):
@@ -31,7 +32,7 @@ async def open_image_source(request: PullRequest, *, clients: RegistryClients, s
     client = await clients.get(authfile=request.authfile, cert_dir=request.cert_dir, tls_verify=request.tls_verify,
                                retries=request.retries, retry_delay=request.retry_delay,
                                creds_for=tuple(ref.name for ref in candidates))
-    return RegistrySource(client=client, candidates=candidates, name=request.name)
+    return RegistrySource(client=client, candidates=candidates, name=request.name, pin=request.digest)
 
 
 __all__ = ["open_image_source"]

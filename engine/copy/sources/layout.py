@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import trio
 
@@ -43,6 +43,9 @@ from tether.registry.reference import (
 )
 from tether.registry.resolve import RawManifest, resolve_image
 from tether.store.oci import MAX_MANIFEST_SIZE, IndexEntry, LayoutError, OCIArchive, OCILayout
+
+if TYPE_CHECKING:
+    from tether.registry.client import Hasher
 
 __all__ = [
     "LayoutReader",
@@ -231,8 +234,11 @@ class LayoutSource:
         return SourceImage(transport=self.transport, description=self.description, names=self.local_names,
                            reference=None, resolved=resolved)
 
-    def open_blob(self, descriptor: Descriptor) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """Stream a layer blob from the layout (verified)."""
+    def open_blob(self, descriptor: Descriptor, *, offset: int = 0, hasher: Hasher | None = None
+                  ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream a layer blob from the layout (verified); a local file is never resumed."""
+        if offset or hasher is not None:
+            raise SourceError(f"{self.description}: blob {descriptor.digest} is read whole from the layout")
         return self.reader.open_blob(descriptor)
 
 

@@ -17,23 +17,29 @@ from tether.registry.errors import RegistryError
 from tether.registry.resolve import RawManifest
 
 if TYPE_CHECKING:
-    from tether.registry.client import FetchedManifest, RegistryClient
+    from tether.registry.client import FetchedManifest, Hasher, RegistryClient
     from tether.registry.manifest import Descriptor, Platform
     from tether.registry.reference import Reference
     from tether.registry.registries_conf import PullSource
 
 
 class RegistrySource:
-    """An image in a registry; ``candidates`` are the fully qualified references to try, in order."""
+    """An image in a registry; ``candidates`` are the fully qualified references to try, in order.
+
+    ``pin`` (a lock file's digest): what each candidate is fetched by, while the image keeps the candidate's
+    name (its tag) in the store, so that a tag that moved since the lock was made still names the locked image.
+    """
 
     transport: Transport = "docker"
 
-    def __init__(self, *, client: RegistryClient, candidates: Sequence[Reference], name: str) -> None:
+    def __init__(self, *, client: RegistryClient, candidates: Sequence[Reference], name: str,
+                 pin: str | None = None) -> None:
         if not candidates:
             raise SourceError(f"{name}: no registry to pull from")
         self.client = client
         self.candidates = tuple(candidates)
         self.name = name
+        self.pin = pin
         self.description = f"docker://{candidates[0]}" if len(candidates) == 1 else name
         self.local_names = tuple(str(ref) for ref in self.candidates)
         self._top: tuple[Reference, FetchedManifest] | None = None
@@ -56,19 +62,24 @@ class RegistrySource:
         last: RegistryError | None = None
         for ref in self.candidates:
             try:
-                fetched = await self.client.fetch_manifest(ref)
+                fetched = await self.client.fetch_manifest(self._by_digest(ref))
             except RegistryError as exc:  # next candidate (containers/image tries every candidate)
                 last = exc
                 if len(self.candidates) == 1:
                     raise
                 continue
-            if ref.digest is not None and fetched.digest != ref.digest:
-                raise SourceError(f"{ref}: the registry served a manifest with digest {fetched.digest}")
+            wanted = self.pin or ref.digest
+            if wanted is not None and fetched.digest != wanted:
+                raise SourceError(f"{self._by_digest(ref)}: the registry served a manifest with digest "
+                                  f"{fetched.digest}")
             self._top = (ref, fetched)
             self._endpoints = (fetched.source,)
             return self._top
         assert last is not None
         raise last
+
+    def _by_digest(self, ref: Reference) -> Reference:
+        return ref.with_digest(self.pin) if self.pin is not None else ref
 
     async def read_top(self) -> RawManifest:
         _, fetched = await self._fetch_top()
@@ -81,17 +92,18 @@ class RegistrySource:
 
     async def resolve(self, *, platform: Platform | None, top: RawManifest | None = None) -> SourceImage:
         ref, fetched = await self._fetch_top()
-        resolved = await self.client.resolve_image(ref, platform=platform, top=fetched)
+        resolved = await self.client.resolve_image(self._by_digest(ref), platform=platform, top=fetched)
         self._endpoints = resolved.sources
         # Recorded under the name the user gave, fully qualified, with the tag (podman records "host/repo:tag";
         # a digest-only reference is recorded as "host/repo@sha256:...").
         return SourceImage(transport="docker", description=self.description, names=(str(ref),), reference=ref,
                            resolved=resolved, endpoints=resolved.sources)
 
-    def open_blob(self, descriptor: Descriptor) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    def open_blob(self, descriptor: Descriptor, *, offset: int = 0, hasher: Hasher | None = None
+                  ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         if not self._endpoints:
             raise SourceError(f"{self.description}: open_blob before read_top")
-        return self.client.open_blob(self._endpoints, descriptor)
+        return self.client.open_blob(self._endpoints, descriptor, offset=offset, hasher=hasher)
 
 
 __all__ = ["RegistrySource"]

@@ -21,6 +21,7 @@ from tether.registry.manifest import MAX_CONFIG_SIZE, compute_digest, parse_mani
 from tether.registry.resolve import RawManifest, resolve_image
 
 if TYPE_CHECKING:
+    from tether.registry.client import Hasher
     from tether.registry.manifest import Descriptor, Platform
     from tether.store.containers_storage import ImageRecord, Store
 
@@ -72,7 +73,8 @@ class StorageSource:
                            reference=None, resolved=resolved,
                            stored=StoredImage(store=self.store, record=record, layers=layers))
 
-    def open_blob(self, descriptor: Descriptor) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    def open_blob(self, descriptor: Descriptor, *, offset: int = 0, hasher: Hasher | None = None
+                  ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         raise SourceError(f"{self.description}: a store holds no compressed blobs (its layers are copied)")
 
 
