@@ -88,7 +88,7 @@ def test_bash_completes_verbs_subverbs_and_flags() -> None:
     assert complete("tether", "bound", "sync", "--no") == ["--no-gc"]
     # a subcommand's own flags, after options and their values
     assert complete("tether", "bound", "sync", "--sysroot", "/tmp", "--jobs", "4", "--so") == ["--source"]
-    assert "--dry-run" not in complete("tether", "bound", "sync", "--")
+    assert "--check" not in complete("tether", "bound", "sync", "--")  # bound status's, not sync's
 
 
 def test_bash_completes_option_values_from_choices_files_and_directories() -> None:

@@ -64,7 +64,8 @@ def test_import_tether_names_the_version() -> None:
 # ---- the install story: sdist (with contrib/), RPM spec, the wheel under a /usr prefix as a Containerfile does
 
 SPEC = ROOT / "contrib" / "rpm" / "tether.spec"
-UNITS = ("tether-bound-sync.service", "tether-bound-sync.path", "tether-bound-sync.timer")
+UNITS = ("tether-bound-sync.service", "tether-bound-sync.path", "tether-bound-sync.timer",
+         "tether-bound-download.service", "tether-bound-download.timer")
 #: What Fedora's pyproject-rpm-macros and systemd-rpm-macros provide, stubbed: Debian's rpm lacks them, and with
 #: them defined every macro of the spec must expand (a misspelt one would be left as %name).
 FEDORA_MACROS = {
