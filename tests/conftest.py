@@ -31,6 +31,10 @@ ALLOWED_SKIPS: dict[tuple[str, str], str] = {
         "containers without CAP_SYS_ADMIN cannot mount the small filesystem that fills up",
     ("tests/test_registries_conf.py::", "shortnames.conf is not installed"):
         "containers-common's alias file is packaged separately on some distributions",
+    ("tests/test_resume.py::", "network namespaces need root"):
+        "the slow link is a veth pair into a network namespace: creating them needs root (CAP_NET_ADMIN)",
+    ("tests/test_limit_rate.py::", "network namespaces need root"):
+        "the slow link is a veth pair into a network namespace: creating them needs root (CAP_NET_ADMIN)",
 }
 
 
