@@ -1,8 +1,9 @@
 """``--limit-rate``: one cap across every blob stream of a run, measured where it matters, on the link.
 
 docker-registry sits in a network namespace behind a veth pair (tests/harness/slowlink.py) whose tbf rate is far
-above the limit; ``tc -s qdisc`` is sampled every 0.1 s while the real ``tether pull`` / ``tether bound sync``
-runs, and the rate is taken between the first and the last layer byte (process start-up and manifests left out).
+above the limit; the bytes that came through it (the host side's ``rx_bytes``, read from sysfs: ``tc -s qdisc``
+takes a process whose start-up, tens of ms on a busy machine, would blur 1-second windows) are sampled every 0.1 s
+while the real ``tether pull`` / ``tether bound sync`` runs, and the rate is taken between the first and the last layer byte (process start-up and manifests left out).
 The link carries TCP/IP headers too (~3.5% on a 1500-byte MTU) and the kernel's receive buffers fill once at the
 start: both are within the 10% the issue allows.
 
@@ -12,6 +13,7 @@ out of the default run (``pytest -m long tests/test_limit_rate.py``); the CI ver
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -57,12 +59,12 @@ class Sampler:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.base = self.link.sent_bytes()
+        self.base = self.link.received_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            self.samples.append((time.monotonic(), self.link.sent_bytes() - self.base))
+            self.samples.append((time.monotonic(), self.link.received_bytes() - self.base))
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -71,7 +73,7 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append((time.monotonic(), self.link.sent_bytes() - self.base))
+        self.samples.append((time.monotonic(), self.link.received_bytes() - self.base))
 
     def transfer(self, start_after: int) -> tuple[float, list[float]]:
         """The rate (bytes/s) from the first sample past ``start_after`` bytes (the manifests) to the one that
@@ -93,9 +95,25 @@ def run_limited(link: SlowLink, argv: list[str], *, rate: int) -> tuple[float, l
                               timeout=600)
     assert proc.returncode == 0, proc.stderr
     measured, windows = sampler.transfer(start_after=MIB // 2)
+    if os.environ.get("TETHER_TEST_WINDOWS"):
+        print(" ".join(f"{w / MIB:.2f}" for w in windows))
+    inside = sum(0.9 * rate <= w <= 1.1 * rate for w in windows)
     print(f"\nlimit {rate / MIB:g} MiB/s: {measured / MIB:.2f} MiB/s on the link ({measured / rate:.3f}x); "
-          f"1-second windows {min(windows) / MIB:.2f}-{max(windows) / MIB:.2f} MiB/s over {len(windows)} samples")
+          f"1-second windows {min(windows) / MIB:.2f}-{max(windows) / MIB:.2f} MiB/s, {inside} of {len(windows)} "
+          "within 10%")
     return measured, windows
+
+
+def assert_smooth(windows: list[float], rate: int) -> None:
+    """Smooth, not bursty: nine in ten 1-second windows within 10% of the rate, none above 1.4x. Two things
+    leave the 10%: a blob stream's connection starting fills its kernel receive buffer at the link's speed
+    (SO_RCVBUF ~0.05 s of the rate, which the kernel doubles: ~1 MiB each at 10 MiB/s, measured as a 1.2-1.3x
+    window when two start together), and the moment between one blob's end and the next one's start, when
+    nothing is read (a dip: the limit does not let a stream make up for time nobody asked for bytes, as curl's
+    does not)."""
+    inside = sum(0.9 * rate <= w <= 1.1 * rate for w in windows)
+    assert inside >= 0.9 * len(windows), f"{inside} of {len(windows)} 1-second windows within 10% of the rate"
+    assert max(windows) <= 1.4 * rate
 
 
 def test_pull_holds_the_limit_across_its_streams(tmp_path: Path, link: SlowLink) -> None:
@@ -107,8 +125,7 @@ def test_pull_holds_the_limit_across_its_streams(tmp_path: Path, link: SlowLink)
         link, ["pull", *args.pull, "--progress", "none", "--limit-rate", "10M", f"{link.host}/limit/app:1"],
         rate=rate)
     assert 0.9 * rate <= measured <= 1.1 * rate
-    # smooth, not bursty: no second carries a quarter more or less than the limit
-    assert 0.75 * rate <= min(windows) and max(windows) <= 1.25 * rate
+    assert_smooth(windows, rate)
 
 
 def test_bound_sync_takes_the_limit_too(tmp_path: Path, link: SlowLink) -> None:
@@ -134,7 +151,7 @@ def test_a_400_mb_pull_holds_10_mib_per_second(tmp_path: Path, link: SlowLink) -
         rate=rate)
     assert sum(layer.size for layer in image.layers) > 400 * 10**6
     assert 0.9 * rate <= measured <= 1.1 * rate
-    assert 0.75 * rate <= min(windows) and max(windows) <= 1.25 * rate
+    assert_smooth(windows, rate)
 
 
 def test_a_rate_is_spelled_as_curl_spells_it(tmp_path: Path) -> None:

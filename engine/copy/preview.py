@@ -14,8 +14,8 @@ knowable before its layers are decompressed: a layer's descriptor gives only the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ class LayerPreview:
     action: str
     held: int = 0         # bytes the download cache already holds
     unpacked: int | None = None   # the uncompressed size, when known (a copied layer)
+    key: str = field(default="", compare=False)   # the layer at the destination (the plan's layer id)
+    disk: int = field(default=0, compare=False)   # what this layer adds to its image's disk estimate
 
     @property
     def download(self) -> int:
@@ -82,29 +84,58 @@ def preview_of(plan: PullPlan, image: SourceImage, *, layers: Mapping[str, Layer
                download_only: bool = False) -> ImagePreview:
     """The preview of one image's plan (blocking: reads how much of each blob the cache holds)."""
     out: list[LayerPreview] = []
-    disk = 0.0
     jobs = {job.layer_id: job for job in plan.jobs}
     for step in plan.images[0].steps:
         desc = step.descriptor
         if step.action == "present":
-            out.append(LayerPreview(desc.digest, desc.size, "present"))
+            out.append(LayerPreview(desc.digest, desc.size, "present", key=step.layer_id))
             continue
         if not step.owner:
-            out.append(LayerPreview(desc.digest, desc.size, "shared"))
+            out.append(LayerPreview(desc.digest, desc.size, "shared", key=step.layer_id))
             continue
         job = jobs.get(step.layer_id)
         source = layers.get(job.copy_from) if job is not None and job.copy_from is not None else None
         if step.action == "copy":
             unpacked = source.diff_size if source is not None and source.diff_size is not None else None
-            out.append(LayerPreview(desc.digest, desc.size, "copy", unpacked=unpacked))
-            if not download_only:
-                disk += unpacked if unpacked is not None else desc.size * EXPANSION
+            disk = 0 if download_only else unpacked if unpacked is not None else int(desc.size * EXPANSION)
+            out.append(LayerPreview(desc.digest, desc.size, "copy", unpacked=unpacked, key=step.layer_id,
+                                    disk=disk))
             continue
-        held = cache.held(desc.digest) if cache is not None else 0
-        layer = LayerPreview(desc.digest, desc.size, "fetch", held=min(held, desc.size))
-        out.append(layer)
-        disk += layer.download if download_only else desc.size * EXPANSION + layer.download
-    return ImagePreview(layers=tuple(out), disk_estimate=int(disk))
+        held = min(cache.held(desc.digest) if cache is not None else 0, desc.size)
+        download = desc.size - held
+        disk = download if download_only else int(desc.size * EXPANSION) + download
+        out.append(LayerPreview(desc.digest, desc.size, "fetch", held=held, key=step.layer_id, disk=disk))
+    return ImagePreview(layers=tuple(out), disk_estimate=sum(layer.disk for layer in out))
 
 
-__all__ = ["EXPANSION", "ImagePreview", "LayerPreview", "preview_of"]
+def in_request_order(previews: Sequence[ImagePreview | None]) -> list[ImagePreview | None]:
+    """``previews`` with each layer several images need attributed to the first of them in request order.
+
+    Images are planned as they resolve, in whatever order their registries answer, so the image that happens
+    to plan a shared layer first owns it (``fetch``/``copy``) and the others show it ``shared``. A report
+    should not depend on that race: the owner's entry moves to the earliest image that needs the layer, and
+    the disk estimates follow it.
+    """
+    owned = {layer.key: layer for p in previews if p is not None for layer in p.layers
+             if layer.action in ("fetch", "copy")}
+    seen: set[str] = set()
+    out: list[ImagePreview | None] = []
+    for p in previews:
+        if p is None:
+            out.append(None)
+            continue
+        layers: list[LayerPreview] = []
+        for layer in p.layers:
+            owner = owned.get(layer.key)
+            if owner is None or layer.action == "present":
+                layers.append(layer)
+            elif layer.key in seen:
+                layers.append(LayerPreview(layer.digest, layer.size, "shared", key=layer.key))
+            else:
+                seen.add(layer.key)
+                layers.append(owner)  # the blob the owner would fetch (the same layer, maybe another blob of it)
+        out.append(ImagePreview(layers=tuple(layers), disk_estimate=sum(layer.disk for layer in layers)))
+    return out
+
+
+__all__ = ["EXPANSION", "ImagePreview", "LayerPreview", "in_request_order", "preview_of"]

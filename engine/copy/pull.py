@@ -44,7 +44,7 @@ from tether.engine.copy.downloads import (
 from tether.engine.copy.execute import Executor, ImageRun, default_jobs, describe_error
 from tether.engine.copy.image import ImageSource, PullRequest, SourceImage
 from tether.engine.copy.plan import image_up_to_date
-from tether.engine.copy.preview import ImagePreview
+from tether.engine.copy.preview import ImagePreview, in_request_order
 from tether.engine.copy.progress import Progress
 from tether.engine.copy.sources import open_image_source
 from tether.engine.copy.sources.cached import CachedRegistrySource
@@ -296,9 +296,12 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
             await _clean(cache, executor.runs, platforms, present, mode=mode, keep=keep_downloads)
     finally:
         progress.close()
-    return PullReport(results=tuple(
-        replace(_result(request, run, present.get(run.key)), warning=warnings.get(run.key))
-        for request, run in zip(reqs, executor.runs, strict=True)))
+    results = [replace(_result(request, run, present.get(run.key)), warning=warnings.get(run.key))
+               for request, run in zip(reqs, executor.runs, strict=True)]
+    if mode == "preview":
+        ordered = in_request_order([r.preview for r in results])
+        results = [replace(r, preview=p) for r, p in zip(results, ordered, strict=True)]
+    return PullReport(results=tuple(results))
 
 
 async def _clean(cache: Any, runs: Sequence[StorageRun], platforms: dict[int, str], present: dict[int, ImageRecord],

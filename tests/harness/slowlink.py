@@ -109,6 +109,12 @@ class SlowLink:
             raise RuntimeError(f"no byte counter in tc's output: {out!r}")
         return int(match.group(1))
 
+    def received_bytes(self) -> int:
+        """Bytes the host side of the pair has received so far (its ``rx_bytes``): what :meth:`sent_bytes`
+        counts once it is through the link, read from sysfs (microseconds, where ``tc`` takes a process that can
+        take tens of milliseconds on a busy machine: for sampling rates over short windows)."""
+        return int(Path(f"/sys/class/net/{self.host_if}/statistics/rx_bytes").read_text())
+
     def start_registry(self, workdir: Path, *, timeout: float = 15.0) -> None:
         """docker-registry in the namespace on ``ns_ip:port``, its data, config and log under ``workdir``
         (kept when it is stopped and started again)."""
