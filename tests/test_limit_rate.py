@@ -3,7 +3,8 @@
 docker-registry sits in a network namespace behind a veth pair (tests/harness/slowlink.py) whose tbf rate is far
 above the limit; the bytes that came through it (the host side's ``rx_bytes``, read from sysfs: ``tc -s qdisc``
 takes a process whose start-up, tens of ms on a busy machine, would blur 1-second windows) are sampled every 0.1 s
-while the real ``tether pull`` / ``tether bound sync`` runs, and the rate is taken between the first and the last layer byte (process start-up and manifests left out).
+while the real ``tether pull`` / ``tether bound sync`` runs, and the rate is taken between the first and the last
+layer byte (process start-up and manifests left out).
 The link carries TCP/IP headers too (~3.5% on a 1500-byte MTU) and the kernel's receive buffers fill once at the
 start: both are within the 10% the issue allows.
 
