@@ -178,7 +178,9 @@ def prompt_short_names(names: Sequence[str], options: CommonOptions, *,
             parsed = parse_image_name(name)
             if isinstance(parsed, DockerName) and parsed.reference is None:
                 if conf is None:
-                    conf = load_registries_conf(path=options.registries_conf, environ=options.environ)
+                    conf = load_registries_conf(path=options.registries_conf, environ=options.environ,
+                                                dropin_dir=options.registries_conf_dir,
+                                                aliases_path=options.short_name_alias_conf)
                 resolved = resolve_short_name_detailed(conf, parsed.name, tty=True, choose=choose)
                 if resolved.rationale == "selected":
                     name = str(resolved.candidates[0])

@@ -13,6 +13,7 @@ looked up by it). Signatures are read from the physical repository that served t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -84,11 +85,13 @@ def _physical_repository(image: SourceImage) -> Reference:
 
 async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, transport: str,
                          client: RegistryClient | None, registries_d: RegistriesD | None = None,
+                         registries_d_dir: Path | None = None, home: str | None = None,
                          http: httpx.AsyncClient | None = None) -> None:
     """Raise :class:`PolicyError` unless ``policy`` allows ``image`` (resolved from ``name``).
 
-    ``registries_d`` defaults to the host's registries.d (``$HOME/.config/containers/registries.d`` if it
-    exists, else ``/etc/containers/registries.d``). Signatures are fetched only when a requirement
+    ``registries_d`` defaults to the registries.d directory ``registries_d_dir`` (``--registries.d``), else the
+    host's (``$HOME/.config/containers/registries.d`` if it exists, else ``/etc/containers/registries.d``),
+    read only when signatures are needed. Signatures are fetched only when a requirement
     that reads them applies. The error names the image, the policy file, the rule (scope and
     requirement index) and the reason.
     """
@@ -99,7 +102,8 @@ async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, trans
         if transport == "docker":
             if registries_d is None:
                 try:
-                    registries_d = await trio.to_thread.run_sync(load_registries_d)
+                    registries_d = await trio.to_thread.run_sync(
+                        lambda: load_registries_d(registries_d_dir, home=home))
                 except ConfigError as exc:
                     raise PolicyError(f"{pimage.description}: {exc}") from None
             try:
@@ -122,7 +126,8 @@ def _evaluate(policy: Policy, image: PolicyImage, signatures: tuple[Signature, .
 
 class PolicyCheck:
     """The signature policy of one copy: loaded once (``--signature-policy``, else
-    ``$HOME/.config/containers/policy.json``, else ``/etc/containers/policy.json``), enforced per image."""
+    ``$HOME/.config/containers/policy.json``, else ``/etc/containers/policy.json``), enforced per image with
+    the signatures registries.d (``--registries.d``) locates."""
 
     def __init__(self, options: CommonOptions) -> None:
         self.options = options
@@ -142,7 +147,8 @@ class PolicyCheck:
         try:
             policy = await self._load()
             await enforce_policy(policy=policy, image=image, name=name, transport=image.transport,
-                                 client=source.client if isinstance(source, RegistrySource) else None)
+                                 client=source.client if isinstance(source, RegistrySource) else None,
+                                 registries_d_dir=self.options.registries_d, home=self.options.environ.get("HOME"))
         except (PolicyError, ConfigError):
             raise
         except Exception as exc:  # fail closed: an evaluation that breaks never lets an image through
