@@ -6,12 +6,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
 from tests.harness.terminal import ANSI, run_on_terminal
@@ -33,9 +33,9 @@ def write_conf(path: Path, registries: list[str], mode: str = "enforcing") -> Pa
 def tether_pull(tmp: Path, conf: Path, *names: str) -> list[str]:
     auth = tmp / "auth.json"
     auth.write_text('{"auths": {}}')
-    return [sys.executable, "-m", "tether", "pull", "--root", str(tmp / "store"), "--runroot", str(tmp / "run"),
-            "--storage-driver", "vfs", "--registries-conf", str(conf), "--authfile", str(auth), "--tls-verify=false",
-            *names]
+    return tether_argv("pull", "--root", str(tmp / "store"), "--runroot", str(tmp / "run"), "--storage-driver",
+                       "vfs", "--registries-conf", str(conf), "--authfile", str(auth), "--tls-verify=false", *names,
+                       home=tmp)
 
 
 def environment(tmp: Path) -> dict[str, str]:
