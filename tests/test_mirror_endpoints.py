@@ -130,7 +130,8 @@ def mirrors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirrors]:
     tmp = tmp_path_factory.mktemp("mirror-endpoints")
     registries: dict[str, RunningRegistry] = {}
     proxies: dict[str, FaultyProxy] = {}
-    counter, order = itertools.count(), {}
+    counter = itertools.count()
+    order: dict[int, tuple[int, str]] = {}
     try:
         for endpoint in ENDPOINTS:
             registries[endpoint] = start_registry(tmp / endpoint)
