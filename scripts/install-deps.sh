@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(docker-registry podman skopeo buildah ostree fuse-overlayfs uidmap apache2-utils openssl gnupg gpgv
-      runc busybox-static tar gzip zstd python3 python3-venv python3-pip curl ca-certificates procps)
+      runc busybox-static tar gzip zstd python3 python3-venv python3-pip curl ca-certificates procps
+      pigz iproute2)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

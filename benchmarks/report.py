@@ -1,0 +1,117 @@
+"""Print benchmark results as one Markdown table (the README's current table is pasted from it).
+
+    python -m benchmarks.report benchmarks/results/A.json [B-wan.json ...]
+
+One row per case and results file: medians of the runs (min-max), tether's ratio to ``podman pull`` and to the
+download floor (``skopeo copy`` to an OCI layout over the same link), tether's peak RSS (whole process tree),
+and tether/baseline when a file timed a baseline.  Ratios are computed from the medians here, so files of
+every format version print alike (before the WAN profile, files had no ``network`` and called the GNU tar
+extraction floor ``floor``; this table's floor is always skopeo's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["case", "network", "tether", "podman", "tether/podman", "floor", "tether/floor", "tether peak RSS"]
+
+
+class ReportError(ValueError):
+    """A results file that cannot be read as benchmark results."""
+
+
+def _seconds(tool: dict[str, Any] | None, *, spread: bool) -> str:
+    if tool is None:
+        return ""
+    text = f"{tool['median']:.2f} s"
+    if spread and tool["min"] != tool["max"]:
+        text += f" ({tool['min']:.2f}-{tool['max']:.2f})"
+    if tool.get("failed_runs"):
+        text += f", {tool['failed_runs']} of {len(tool['runs_s'])} failed"
+    return text
+
+
+def _ratio(tools: dict[str, Any], other: str) -> str:
+    mine, theirs = tools.get("tether"), tools.get(other)
+    if mine is None or theirs is None or theirs["median"] <= 0:
+        return ""
+    return f"{mine['median'] / theirs['median']:.3f}"
+
+
+def network_label(doc: dict[str, Any]) -> str:
+    """``loopback``, or ``wan 200 Mbit/s 40 ms`` with the measured check when the file has one."""
+    network = str(doc.get("network", "loopback"))
+    link = doc.get("link") or {}
+    if network == "loopback":
+        return network
+    label = network
+    if "rate_mbit" in link and "rtt_ms" in link:
+        label += f" {link['rate_mbit']:g} Mbit/s {link['rtt_ms']:g} ms"
+    check = link.get("calibration") or {}
+    if "transfer_bytes_per_s" in check and "request_rtt_ms" in check:
+        label += f" (measured {check['transfer_bytes_per_s'] / 1e6:.1f} MB/s, {check['request_rtt_ms']:g} ms)"
+    return label
+
+
+def rows(doc: dict[str, Any], *, run: str | None = None) -> list[list[str]]:
+    """The table rows of one results file (``run`` names the file when several are printed)."""
+    try:
+        cases: dict[str, Any] = doc["cases"]
+    except (KeyError, TypeError):
+        raise ReportError("no 'cases': not a benchmark results file") from None
+    out = []
+    network = network_label(doc)
+    for case, result in cases.items():
+        tools = result["tools"]
+        if "tether" not in tools:
+            raise ReportError(f"case {case} has no tether figures")
+        rss = tools["tether"].get("peak_rss_mb")
+        row = [case if run is None else f"{case} ({run})", network,
+               _seconds(tools["tether"], spread=True), _seconds(tools.get("podman"), spread=True),
+               _ratio(tools, "podman"), _seconds(tools.get("skopeo"), spread=False), _ratio(tools, "skopeo"),
+               "" if rss is None else f"{rss:.0f} MB"]
+        if "baseline" in tools:
+            row.append(_ratio(tools, "baseline"))
+        out.append(row)
+    return out
+
+
+def table(docs: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """One Markdown table of every file's cases, in the order given; the run's start time follows the case
+    name when more than one file is printed."""
+    body: list[list[str]] = []
+    for name, doc in docs:
+        body += rows(doc, run=(doc.get("started") or name) if len(docs) > 1 else None)
+    header = list(COLUMNS)
+    if any(len(row) > len(COLUMNS) for row in body):
+        header.append("tether/baseline")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row + [""] * (len(header) - len(row))) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.report RESULTS.json [...]``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json")
+    args = parser.parse_args(argv)
+    docs = []
+    for path in args.results:
+        try:
+            docs.append((path.stem, json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:
+            parser.error(f"reading {path}: {exc}")
+    try:
+        print(table(docs))
+    except ReportError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
