@@ -102,6 +102,7 @@ class CongestionWindow:
                     idle -= rto
                     self.cwnd >>= 1
                 self.cwnd = max(self.cwnd, restart)
+                self._last_send = now  # restarted once: asking again before sending must not halve again
         return max(0, self.cwnd - self._inflight_bytes)
 
     def sent(self, now: float, size: int) -> None:
