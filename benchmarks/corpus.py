@@ -136,6 +136,7 @@ def _build_layer(spec: LayerSpec, blobs: Path, work: Path) -> BuiltBlob:
             diff.update(chunk)
             gz.stdin.write(chunk)
         gz.stdin.close()
+        tar.stdout.close()
         if gz.wait() != 0 or tar.wait() not in (0, 1):  # tar: 1 = some files changed while read
             raise RuntimeError(f"building layer {spec.name} failed")
     digest = _file_digest(tmp)
