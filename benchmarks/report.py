@@ -4,9 +4,10 @@
 
 One row per case and results file: medians of the runs (min-max), tether's ratio to ``podman pull`` and to the
 download floor (``skopeo copy`` to an OCI layout over the same link), tether's peak RSS (whole process tree),
-and tether/baseline when a file timed a baseline.  Ratios are computed from the medians here, so files of
-every format version print alike (before the WAN profile, files had no ``network`` and called the GNU tar
-extraction floor ``floor``; this table's floor is always skopeo's).
+tether/baseline when a file timed a baseline, and the CPU the rest of the machine used during the case's
+timed runs (median, in cores) when a file recorded it: a shared machine's noise.  Ratios are computed from the
+medians here, so files of every format version print alike (before the WAN profile, files had no ``network``
+and called the GNU tar extraction floor ``floor``; this table's floor is always skopeo's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ["case", "network", "tether", "podman", "tether/podman", "floor", "tether/floor", "tether peak RSS"]
+#: Printed when some row has them, in this order.
+OPTIONAL_COLUMNS = ["tether/baseline", "others' load"]
 
 
 class ReportError(ValueError):
@@ -58,8 +61,20 @@ def network_label(doc: dict[str, Any]) -> str:
     return label
 
 
-def rows(doc: dict[str, Any], *, run: str | None = None) -> list[list[str]]:
-    """The table rows of one results file (``run`` names the file when several are printed)."""
+def others_load(tools: dict[str, Any]) -> str:
+    """The median over every timed run of the case of the CPU the rest of the machine used, per second."""
+    shares = [others / seconds for tool in tools.values()
+              for others, seconds in zip(tool.get("others_cpu_s", []), tool["runs_s"], strict=False) if seconds > 0]
+    if not shares:
+        return ""
+    shares.sort()
+    middle = len(shares) // 2
+    median = shares[middle] if len(shares) % 2 else (shares[middle - 1] + shares[middle]) / 2
+    return f"{median:.2f} cores"
+
+
+def rows(doc: dict[str, Any], *, run: str | None = None) -> list[dict[str, str]]:
+    """The table rows of one results file, by column (``run`` names the file when several are printed)."""
     try:
         cases: dict[str, Any] = doc["cases"]
     except (KeyError, TypeError):
@@ -71,12 +86,15 @@ def rows(doc: dict[str, Any], *, run: str | None = None) -> list[list[str]]:
         if "tether" not in tools:
             raise ReportError(f"case {case} has no tether figures")
         rss = tools["tether"].get("peak_rss_mb")
-        row = [case if run is None else f"{case} ({run})", network,
-               _seconds(tools["tether"], spread=True), _seconds(tools.get("podman"), spread=True),
-               _ratio(tools, "podman"), _seconds(tools.get("skopeo"), spread=False), _ratio(tools, "skopeo"),
-               "" if rss is None else f"{rss:.0f} MB"]
+        cells = [case if run is None else f"{case} ({run})", network,
+                 _seconds(tools["tether"], spread=True), _seconds(tools.get("podman"), spread=True),
+                 _ratio(tools, "podman"), _seconds(tools.get("skopeo"), spread=False), _ratio(tools, "skopeo"),
+                 "" if rss is None else f"{rss:.0f} MB"]
+        row = dict(zip(COLUMNS, cells, strict=True))
         if "baseline" in tools:
-            row.append(_ratio(tools, "baseline"))
+            row["tether/baseline"] = _ratio(tools, "baseline")
+        if load := others_load(tools):
+            row["others' load"] = load
         out.append(row)
     return out
 
@@ -84,14 +102,12 @@ def rows(doc: dict[str, Any], *, run: str | None = None) -> list[list[str]]:
 def table(docs: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """One Markdown table of every file's cases, in the order given; the run's start time follows the case
     name when more than one file is printed."""
-    body: list[list[str]] = []
+    body: list[dict[str, str]] = []
     for name, doc in docs:
         body += rows(doc, run=(doc.get("started") or name) if len(docs) > 1 else None)
-    header = list(COLUMNS)
-    if any(len(row) > len(COLUMNS) for row in body):
-        header.append("tether/baseline")
+    header = COLUMNS + [column for column in OPTIONAL_COLUMNS if any(column in row for row in body)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row + [""] * (len(header) - len(row))) + " |" for row in body]
+    lines += ["| " + " | ".join(row.get(column, "") for column in header) + " |" for row in body]
     return "\n".join(lines)
 
 

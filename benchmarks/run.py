@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -117,10 +118,33 @@ class Measurement:
     returncode: int
     #: Bytes the registry side of the WAN link sent during the run (None on loopback).
     registry_sent: int | None = None
+    #: CPU-seconds of the command's process tree, and of everything else on the machine meanwhile (the
+    #: registry, the delay proxy and this process's RSS sampler included: about 0.1 core on an idle machine).
+    cpu_seconds: float | None = None
+    others_cpu_seconds: float | None = None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy since boot, all cores (/proc/stat: every state but idle and
+    iowait)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU-seconds of this process's waited-for descendants, their own descendants included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_measured(argv: Sequence[str], *, env: dict[str, str] | None = None, shell: bool = False) -> Measurement:
-    """Run a command, timing it and sampling its process tree's RSS."""
+    """Run a command, timing it and sampling its process tree's RSS; also the CPU it used and the CPU the rest
+    of the machine used meanwhile (other engineers' work on a shared VM shows there, as noise to discount)."""
+    busy_before, children_before = busy_cpu_seconds(), children_cpu_seconds()
     start = time.perf_counter()
     proc = subprocess.Popen(argv if not shell else argv[0], shell=shell, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -142,10 +166,12 @@ def run_measured(argv: Sequence[str], *, env: dict[str, str] | None = None, shel
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
+    cpu = children_cpu_seconds() - children_before
+    others = max(0.0, busy_cpu_seconds() - busy_before - cpu)
     if proc.returncode != 0:
         print(f"  ! {' '.join(argv)[:200]} exited {proc.returncode}: {stderr.decode(errors='replace')[-800:]}",
               file=sys.stderr)
-    return Measurement(seconds, peak, proc.returncode)
+    return Measurement(seconds, peak, proc.returncode, cpu_seconds=cpu, others_cpu_seconds=others)
 
 
 @dataclass
@@ -364,6 +390,9 @@ def summarize_case(runs: dict[str, list[Measurement]]) -> dict[str, Any]:
         }
         if any(m.registry_sent is not None for m in ms):
             summary[tool]["registry_sent_bytes"] = [m.registry_sent for m in ms]
+        if all(m.cpu_seconds is not None and m.others_cpu_seconds is not None for m in ms):
+            summary[tool]["cpu_s"] = [round(m.cpu_seconds or 0.0, 3) for m in ms]
+            summary[tool]["others_cpu_s"] = [round(m.others_cpu_seconds or 0.0, 3) for m in ms]
     ratios = {}
     t = summary["tether"]["median"]
     for other in ("podman", "skopeo", "tar-floor", "baseline"):
@@ -394,7 +423,8 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
                 m = tools[tool](env, rep)
                 runs[tool].append(m)
                 sent = "" if m.registry_sent is None else f"  registry sent {m.registry_sent / 1e6:8.1f} MB"
-                print(f"  {tool:9s} run {rep + 1}: {m.seconds:7.2f} s  peak RSS {m.peak_rss / 1e6:7.1f} MB{sent}"
+                load = f"  others {(m.others_cpu_seconds or 0.0) / max(m.seconds, 1e-3):4.2f} cores"
+                print(f"  {tool:9s} run {rep + 1}: {m.seconds:7.2f} s  peak RSS {m.peak_rss / 1e6:7.1f} MB{sent}{load}"
                       f"{'' if m.returncode == 0 else '  FAILED'}", file=sys.stderr)
         results[case] = summarize_case(runs)
         print(f"  -> {json.dumps(results[case]['ratios'])}", file=sys.stderr)

@@ -13,10 +13,13 @@ from benchmarks.report import ReportError, main, rows, table
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
-def _tool(*runs: float, rss: float = 40.0, failed: int = 0) -> dict[str, Any]:
+def _tool(*runs: float, rss: float = 40.0, failed: int = 0, others: float | None = None) -> dict[str, Any]:
     ordered = sorted(runs)
-    return {"runs_s": list(runs), "failed_runs": failed, "median": ordered[len(ordered) // 2], "min": ordered[0],
+    tool = {"runs_s": list(runs), "failed_runs": failed, "median": ordered[len(ordered) // 2], "min": ordered[0],
             "max": ordered[-1], "peak_rss_mb": rss}
+    if others is not None:  # the rest of the machine kept ``others`` cores busy
+        tool["others_cpu_s"] = [others * seconds for seconds in runs]
+    return tool
 
 
 def _cells(line: str) -> list[str]:
@@ -56,10 +59,10 @@ def test_a_wan_run_shows_the_link_its_check_failures_and_the_baseline() -> None:
     doc = {"started": "2026-12-08T00:00:00Z", "network": "wan",
            "link": {"network": "wan", "rate_mbit": 200.0, "rtt_ms": 40.0,
                     "calibration": {"transfer_bytes_per_s": 23_170_000, "request_rtt_ms": 42.8}},
-           "cases": {"five-tiny": {"tools": {"tether": _tool(1.1, 1.2, 1.3, rss=41.4),
-                                             "podman": _tool(2.4, 2.5, 2.6, failed=1),
-                                             "skopeo": _tool(2.0, 2.0, 2.0),
-                                             "baseline": _tool(1.0, 1.2, 1.5)},
+           "cases": {"five-tiny": {"tools": {"tether": _tool(1.1, 1.2, 1.3, rss=41.4, others=0.1),
+                                             "podman": _tool(2.4, 2.5, 2.6, failed=1, others=1.5),
+                                             "skopeo": _tool(2.0, 2.0, 2.0, others=0.2),
+                                             "baseline": _tool(1.0, 1.2, 1.5, others=0.3)},
                                    "ratios": {}}}}
     header, _, row = table([("x", doc)]).splitlines()
     cells = dict(zip(_cells(header), _cells(row), strict=True))
@@ -70,6 +73,7 @@ def test_a_wan_run_shows_the_link_its_check_failures_and_the_baseline() -> None:
     assert cells["floor"] == "2.00 s" and cells["tether/floor"] == "0.600"
     assert cells["tether/baseline"] == "1.000"
     assert cells["tether peak RSS"] == "41 MB"
+    assert cells["others' load"] == "0.25 cores"  # the median of the twelve runs' shares
 
 
 def test_several_files_name_their_runs_and_share_one_header() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,16 +26,27 @@ def test_a_case_summary_has_medians_failures_bytes_and_ratios() -> None:
                    Measurement(2.0, 45_000_000, 0, 1000)],
         "podman": [Measurement(4.0, 90_000_000, 0, 2000), Measurement(9.0, 90_000_000, 1, 0),
                    Measurement(5.0, 90_000_000, 0, 2000)],
-        "skopeo": [Measurement(1.0, 20_000_000, 0, 1000)] * 3,
+        "skopeo": [Measurement(1.0, 20_000_000, 0, 1000, cpu_seconds=0.5, others_cpu_seconds=0.25)] * 3,
     })
     tether, podman = summary["tools"]["tether"], summary["tools"]["podman"]
     assert (tether["median"], tether["min"], tether["max"], tether["peak_rss_mb"]) == (2.0, 1.0, 3.0, 50.0)
     assert tether["registry_sent_bytes"] == [1000, 1000, 1000]
     assert podman["failed_runs"] == 1 and podman["median"] == 4.5  # the failed run is left out
     assert summary["ratios"] == {"tether/podman": 0.444, "tether/skopeo": 2.0}
+    assert summary["tools"]["skopeo"]["cpu_s"] == [0.5] * 3 and summary["tools"]["skopeo"]["others_cpu_s"] == [0.25] * 3
+    assert "cpu_s" not in tether
     loopback = summarize_case({"tether": [Measurement(1.0, 1, 0)], "tar-floor": [Measurement(0.5, 1, 0)]})
     assert "registry_sent_bytes" not in loopback["tools"]["tether"]
     assert loopback["ratios"] == {"tether/tar-floor": 2.0}
+
+
+def test_a_run_counts_its_own_cpu_apart_from_the_machines() -> None:
+    spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    measured = run.run_measured([sys.executable, "-c", spin])
+    assert measured.returncode == 0
+    assert measured.cpu_seconds is not None and measured.cpu_seconds >= 0.3
+    assert measured.others_cpu_seconds is not None and measured.others_cpu_seconds >= 0.0
+    assert measured.peak_rss > 0
 
 
 def test_the_wan_option_reads_rate_and_rtt() -> None:
