@@ -101,10 +101,16 @@ def rows(doc: dict[str, Any], *, run: str | None = None) -> list[dict[str, str]]
 
 def table(docs: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """One Markdown table of every file's cases, in the order given; the run's start time follows the case
-    name when more than one file is printed."""
+    name when several files have the same case on the same network (a loopback and a WAN run print plainly)."""
+    seen: set[tuple[str, str]] = set()
+    repeated = False
+    for _, doc in docs:
+        for row in rows(doc):
+            repeated = repeated or (row["case"], row["network"]) in seen
+            seen.add((row["case"], row["network"]))
     body: list[dict[str, str]] = []
     for name, doc in docs:
-        body += rows(doc, run=(doc.get("started") or name) if len(docs) > 1 else None)
+        body += rows(doc, run=(doc.get("started") or name) if repeated else None)
     header = COLUMNS + [column for column in OPTIONAL_COLUMNS if any(column in row for row in body)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row.get(column, "") for column in header) + " |" for row in body]

@@ -86,6 +86,15 @@ def test_several_files_name_their_runs_and_share_one_header() -> None:
     assert _cells(lines[3])[0] == "new-tag (T2)" and _cells(lines[3])[-1] == "0.800"
 
 
+def test_a_loopback_and_a_wan_run_print_without_run_names() -> None:
+    case = {"cases": {"five-tiny": {"tools": {"tether": _tool(1.0), "podman": _tool(2.0)}, "ratios": {}}}}
+    lines = table([("a", {**case, "started": "T1"}),
+                   ("b", {**case, "started": "T2", "network": "wan", "link": {"rate_mbit": 200, "rtt_ms": 40}})]
+                  ).splitlines()
+    assert [_cells(line)[:2] for line in lines[2:]] == [["five-tiny", "loopback"],
+                                                         ["five-tiny", "wan 200 Mbit/s 40 ms"]]
+
+
 def test_a_file_that_is_not_results_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ReportError):
         rows({"something": "else"})
