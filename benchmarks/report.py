@@ -47,7 +47,8 @@ def _ratio(tools: dict[str, Any], other: str) -> str:
 
 
 def network_label(doc: dict[str, Any]) -> str:
-    """``loopback``, or ``wan 200 Mbit/s 40 ms`` with the measured check when the file has one."""
+    """``loopback``, or ``wan 200 Mbit/s 40 ms`` (``plain delay`` when the proxy modelled neither handshake nor
+    slow start) with the measured check when the file has one."""
     network = str(doc.get("network", "loopback"))
     link = doc.get("link") or {}
     if network == "loopback":
@@ -55,6 +56,8 @@ def network_label(doc: dict[str, Any]) -> str:
     label = network
     if "rate_mbit" in link and "rtt_ms" in link:
         label += f" {link['rate_mbit']:g} Mbit/s {link['rtt_ms']:g} ms"
+    if link.get("connect_rtt") is False and link.get("slow_start") is False:
+        label += " plain delay"  # --wan-plain-delay: no handshake round trip, no slow start
     check = link.get("calibration") or {}
     if "transfer_bytes_per_s" in check and "request_rtt_ms" in check:
         label += f" (measured {check['transfer_bytes_per_s'] / 1e6:.1f} MB/s, {check['request_rtt_ms']:g} ms)"

@@ -93,6 +93,9 @@ def test_a_loopback_and_a_wan_run_print_without_run_names() -> None:
                   ).splitlines()
     assert [_cells(line)[:2] for line in lines[2:]] == [["five-tiny", "loopback"],
                                                          ["five-tiny", "wan 200 Mbit/s 40 ms"]]
+    plain = {**case, "network": "wan",
+             "link": {"rate_mbit": 200, "rtt_ms": 40, "connect_rtt": False, "slow_start": False}}
+    assert _cells(table([("c", plain)]).splitlines()[2])[1] == "wan 200 Mbit/s 40 ms plain delay"
 
 
 def test_a_file_that_is_not_results_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
