@@ -79,9 +79,9 @@ class RegistryClient:
 
     # ---- manifests
 
-    async def prepare(self, refs: Sequence[Reference]) -> None:
-        """Announce the references about to be read and ping their first endpoint now; never raises (the
-        requests that follow report what fails).
+    async def prepare(self, refs: Sequence[Reference], *, ping: bool = True) -> None:
+        """Announce the references about to be read and (``ping``) ping their first endpoint now; never raises
+        (the requests that follow report what fails).
 
         Announced repositories of one registry share its token requests: the first carries every
         repository's ``scope`` (c/image asks one token per repository). Pinging ahead lets a caller's local
@@ -97,7 +97,7 @@ class RegistryClient:
             ordered = self._connections.by_reachability(sources)
             if ordered:
                 first.append(ordered[0])
-        for source in first:
+        for source in first if ping else ():
             with contextlib.suppress(RegistryError):
                 await self._connections.ping(self._connections.source_endpoint(source), retry=False)
 

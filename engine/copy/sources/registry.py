@@ -72,8 +72,8 @@ class RegistrySource:
 
     async def prepare(self) -> None:
         """Announce the candidates to the client (one token for every repository of a registry) and ping
-        their registry while the caller does local work."""
-        await self.client.prepare(self.candidates)
+        their registry while the caller does local work (not for a digest: the store may answer alone)."""
+        await self.client.prepare(self.candidates, ping=any(ref.digest is None for ref in self.candidates))
 
     async def top_digest(self) -> str | None:
         """What the name points at, by digest: the reference's own digest (no request), else a ``HEAD`` of the
