@@ -73,3 +73,21 @@ def test_a_closed_output_pipe_ends_the_program_quietly(tmp_path: Path) -> None:
     finally:
         os.close(writer)
     assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_importing_trio_after_dispatch_runs_no_ldconfig() -> None:
+    # trio's import asks ctypes.util.find_library("pthread"), which on Linux runs `/sbin/ldconfig -p`: a process
+    # on every command. Once main() dispatched, the answer comes without one, and trio still names its threads.
+    code = (
+        "import sys, tempfile\n"
+        "from tether.engine.cli.main import main\n"
+        "d = tempfile.mkdtemp()\n"
+        "main(['images', '--root', d, '--runroot', d + '/run', '--storage-driver', 'vfs'])\n"
+        "spawned = []\n"
+        "sys.addaudithook(lambda event, args: spawned.append(args) if event == 'subprocess.Popen' else None)\n"
+        "import trio\n"
+        "naming = sys.modules['trio._core._thread_cache'].set_os_thread_name is not None\n"
+        "print(spawned, naming)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[] True", out
