@@ -216,10 +216,10 @@ class LayerWriting(StoreBase):
         is never committed (kill -9, failure), :meth:`delete_dangling_layers` can tell it from podman's."""
         if self._session is None:
             self._session = StagingDir(self._sessions_dir)  # a flock'd "<name>.lock" + a dir for the list
+        # Not fdatasynced: a kill leaves the line in the page cache; a power cut may lose it, and then the
+        # layer (published, complete) is reused by the next pull or removed by podman's prune, not by tether's GC.
         with open(self._session.path / "layers", "a", encoding="ascii") as handle:
             handle.write(layer_id + "\n")
-            handle.flush()
-            os.fdatasync(handle.fileno())
 
 
 class LayerWriter:
