@@ -12,6 +12,7 @@ server's), so that a regression in round trips fails here.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import pytest
 
 from tests.harness import images as factory
 from tests.harness.cli import StoreArgs, tether
-from tests.harness.client_env import client_for, insecure_conf
+from tests.harness.client_env import client_for, insecure_conf, read_blob
 from tests.harness.registry import RunningRegistry
 from tests.harness.token_server import TokenServer
 from tether.registry.reference import parse_reference
@@ -239,3 +240,59 @@ async def test_an_insecure_registry_is_pinged_over_https_and_http_at_once(tmp_pa
         server.close()
     # the TLS attempt was still open when the plain ping arrived: they ran at once, https was not waited for
     assert server.tls_waited == [True]
+
+
+class _CountingForwarder:
+    """A TCP forwarder to ``target`` (host:port) that counts the connections it accepted."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self.connections = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._forward, args=(conn,), daemon=True).start()
+
+    def _forward(self, conn: socket.socket) -> None:
+        with conn, socket.create_connection(self._target) as upstream:
+            peer = {conn: upstream, upstream: conn}
+            while True:
+                ready, _, _ = select.select(list(peer), [], [])
+                for sock in ready:
+                    try:
+                        data = sock.recv(65536)
+                        if data:
+                            peer[sock].sendall(data)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+async def test_a_plain_http_registry_serves_manifests_configs_and_blobs_on_one_connection(
+        tmp_path: Path, registry: RunningRegistry) -> None:
+    image = app_image(1471)
+    factory.push_image(registry.host, "trips/oneconn:1", image)
+    forwarder = _CountingForwarder(registry.host)
+    try:
+        async with client_for(insecure_conf(tmp_path, forwarder.host)) as client:
+            resolved = await client.resolve_image(parse_reference(f"{forwarder.host}/trips/oneconn:1"))
+            for descriptor, layer in zip(resolved.parsed.layers, image.layers, strict=True):
+                assert await read_blob(client, resolved.sources, descriptor) == layer.blob
+    finally:
+        forwarder.close()
+    # the https attempt of the ping, then one keep-alive connection for the ping, manifest, config and both
+    # blobs (HTTP/2 and separate blob connections are for TLS: plain HTTP gains nothing from a second pool)
+    assert forwarder.connections == 2

@@ -240,7 +240,7 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
             async with trio.open_nursery() as nursery:
                 executor: Executor[SourceImage, StagedLayer, ImageRecord] = Executor(
                     nursery=nursery, destination=destination, labels=[r.name for r in reqs], jobs=limit,
-                    progress=progress, on_commit=committed)
+                    progress=progress, on_commit=committed, small_blobs_free=limit != jobs)
                 nursery.start_soon(list_store)
                 for run, request in zip(executor.runs, reqs, strict=True):
                     nursery.start_soon(resolve_one, run, request)

@@ -144,7 +144,14 @@ class Connections:
         Measured on loopback TLS (2 cores): a blob GET over h2 (pure-Python framing, 16 KiB DATA
         frames, per-stream window updates) ran at 44 MB/s where HTTP/1.1 ran at 120-200 MB/s; API
         requests (ping, tokens, manifests, HEADs) keep h2's single multiplexed connection.
+
+        An endpoint the ping found on plain HTTP speaks HTTP/1.1 either way: there both kinds share one
+        pool (twice the connections), so a config or layer GET reuses the connection a manifest GET left
+        open instead of paying a new connection's round trip.
         """
+        endpoint = self._endpoints.get((host, insecure))
+        if bulk and endpoint is not None and endpoint.base is not None and endpoint.base.startswith("http://"):
+            bulk = False
         key = (host, insecure, bulk)
         client = self._clients.get(key)
         if client is None:
@@ -158,7 +165,8 @@ class Connections:
                 http2=not bulk,
                 verify=context,
                 limits=httpx.Limits(
-                    max_connections=self._max_connections, max_keepalive_connections=self._max_connections
+                    max_connections=self._max_connections * (1 if bulk else 2),
+                    max_keepalive_connections=self._max_connections * (1 if bulk else 2),
                 ),
                 # pool=None: tasks beyond the connection limit wait for a connection, they do not fail.
                 timeout=httpx.Timeout(
