@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from tether.engine.arguments import LOG_LEVELS
+from tether.engine.cli import readahead
 from tether.engine.cli.parser import build_parser
 from tether.engine.errors import EngineError
 from tether.registry.errors import RegistryError
@@ -142,13 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:  # `tether` or `tether bound`: no command to run, its choices are the answer
         args.command_parser.print_help(sys.stderr)
         return 2
+    # Read ahead, while the verb's modules import, what its last run loaded (a cold page cache: an upgrade).
+    listed = readahead.start(args.verb)
     level = LOG_LEVELS[getattr(args, "log_level", None) or "warning"]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # httpx/httpcore log every URL at INFO/DEBUG; registry.http logs the exchanges with secrets redacted.
     for noisy in ("httpx", "httpcore", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return dispatch(args)
+        code = dispatch(args)
+        readahead.record(args.verb, listed)
+        return code
     except (RegistryError, StoreError, EngineError) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 1
