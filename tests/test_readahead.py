@@ -7,7 +7,6 @@ regular files; never a source's content, a large shared object, a FIFO or a miss
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,8 @@ def test_the_list_is_rewritten_only_for_files_it_lacks(tmp_path: Path) -> None:
     path = readahead.list_path("pull", env)
     readahead.record("pull", [], env)
     first = path.read_text().splitlines()
-    assert readahead.read_list(path) == first and sys.modules["tether.engine.cli.readahead"].__spec__.origin in first
+    spec = readahead.__spec__
+    assert readahead.read_list(path) == first and spec is not None and spec.origin in first
     inode = path.stat().st_ino  # a rewrite replaces the file (a new inode)
     readahead.record("pull", [*first, "/usr/lib/extra.so"], env)  # loaded less than listed: kept as it is
     assert path.stat().st_ino == inode

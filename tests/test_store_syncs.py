@@ -24,6 +24,7 @@ from tests.harness.registry import RunningRegistry
 from tests.test_pull_registry import make_options, open_store
 from tether.engine.bound.deployments import Deployment
 from tether.engine.copy.pull import pull
+from tether.store.containers_storage import atomic_write
 
 SyncLog = list[tuple[str, str]]
 
@@ -85,7 +86,7 @@ def test_a_readiness_record_is_written_once_the_store_is_synced(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     order: list[str] = []
     monkeypatch.setattr(records_module, "sync_filesystem", lambda path: order.append(f"syncfs {path}"))
-    real_write = records_module.atomic_write
+    real_write = atomic_write
 
     def write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False) -> None:
         order.append(f"write {path.name} durable={durable}")
