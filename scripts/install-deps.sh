@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(docker-registry podman skopeo buildah ostree fuse-overlayfs uidmap apache2-utils openssl gnupg gpgv
       runc busybox-static tar gzip zstd python3 python3-venv python3-pip curl ca-certificates procps
-      rpm man-db systemd pigz python3-gi gir1.2-glib-2.0)
-# rpm/man-db: packaging and man-page tests; systemd-analyze: tests/test_bound_systemd.py; pigz: benchmarks;
+      rpm man-db systemd pigz iproute2 python3-gi gir1.2-glib-2.0)
+# rpm/man-db: packaging and man-page tests; systemd-analyze: tests/test_bound_systemd.py; pigz, iproute2: benchmarks;
 # python3-gi: tests/test_gvariant.py checks the staged-deployment parser against GLib
 missing=()
 for p in "${PKGS[@]}"; do

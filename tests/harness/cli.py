@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -18,10 +19,19 @@ def tether(*args: str, timeout: float = 120, env: Mapping[str, str] | None = Non
                           cwd=REPO, env=None if env is None else dict(env), stdin=stdin)
 
 
+def default_sigint() -> None:
+    """In a child before exec: SIGINT back to its default. A shell starts background jobs (a CI runner's, or
+    ``nohup ... &``) with SIGINT ignored, the children inherit that, and Python then installs no
+    KeyboardInterrupt handler: a test of Ctrl-C must give tether what a terminal's foreground job has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen_tether(*args: str, new_session: bool = True) -> subprocess.Popen[str]:
-    """``tether ARGS`` started in a session of its own (a terminal's Ctrl-C reaches its whole process group)."""
+    """``tether ARGS`` started in a session of its own (a terminal's Ctrl-C reaches its whole process group), with
+    SIGINT at its default (:func:`default_sigint`)."""
     return subprocess.Popen([sys.executable, "-m", "tether", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO, start_new_session=new_session, stdin=subprocess.DEVNULL)
+                            text=True, cwd=REPO, start_new_session=new_session, stdin=subprocess.DEVNULL,
+                            preexec_fn=default_sigint)
 
 
 @dataclass(frozen=True)
