@@ -197,7 +197,7 @@ def add_pull_options(parser: argparse.ArgumentParser) -> None:
     sync`` (the verb parses ``--disk-reserve``: its type is the store's)."""
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                         help="layers fetched and extracted at once, across all images (default: sized for the "
-                             "machine)")
+                             "machine, layers of 1 MiB or less not counted)")
     parser.add_argument("--progress", choices=("auto", "bar", "plain", "json", "none"), default="auto",
                         help="progress display on stderr: live on a TTY (auto), plain lines, none; json: bootc's "
                              "JSON lines on stdout, which then carries nothing else (see --progress-fd)")

@@ -32,8 +32,10 @@ from tether.engine.copy.progress import Progress
 from tether.engine.copy.sources import open_image_source
 from tether.engine.copy.verify import PolicyCheck
 from tether.engine.errors import EngineError
-from tether.registry.manifest import host_platform
-from tether.registry.resolve import choose_instance
+from tether.registry.errors import ManifestError, PlatformError
+from tether.registry.manifest import compute_digest, host_platform
+from tether.registry.resolve import RawManifest, choose_instance
+from tether.store.errors import StoreError
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -46,6 +48,9 @@ if TYPE_CHECKING:
     StorageRun: TypeAlias = ImageRun[SourceImage, ImageRecord]
 
 PullPolicy = Literal["always", "missing", "newer", "never"]
+
+#: c/image storage_dest.go: each manifest is the big data item ``manifest-<digest>``.
+MANIFEST_BIG_DATA = "manifest"
 
 
 class PullPolicyError(EngineError):
@@ -194,6 +199,20 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
                         if policy == "never":
                             raise PullPolicyError(f"not in the store {store.root} (pull policy never: no "
                                                   "registry is asked)")
+                    nursery.start_soon(source.prepare)  # the ping overlaps the store listing
+                    if policy != "always":
+                        await listed.wait()
+                        # podman asks what the name points at with a GET (c/common libimage
+                        # hasDifferentDigest); a HEAD says as much for an unchanged tag when the store holds
+                        # the bytes it names, and moves no manifest (nor, on Docker Hub, a rate-limit token).
+                        if any(set(source.local_names) & set(r.names) for r in records):
+                            digest = await source.top_digest()
+                            if digest is not None:
+                                found = await trio.to_thread.run_sync(lambda: stored_up_to_date(
+                                    store, records, names=source.local_names, digest=digest, platform=wanted))
+                                if found is not None:
+                                    finish_present(run, found)
+                                    return
                     top = await source.read_top()
                     if policy != "always":
                         # Up to date only when the store has, under the name, the manifest this platform gets
@@ -221,7 +240,7 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
             async with trio.open_nursery() as nursery:
                 executor: Executor[SourceImage, StagedLayer, ImageRecord] = Executor(
                     nursery=nursery, destination=destination, labels=[r.name for r in reqs], jobs=limit,
-                    progress=progress, on_commit=committed)
+                    progress=progress, on_commit=committed, small_blobs_free=limit != jobs)
                 nursery.start_soon(list_store)
                 for run, request in zip(executor.runs, reqs, strict=True):
                     nursery.start_soon(resolve_one, run, request)
@@ -230,6 +249,33 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
     return PullReport(results=tuple(
         replace(_result(request, run, present.get(run.key)), warning=warnings.get(run.key))
         for request, run in zip(reqs, executor.runs, strict=True)))
+
+
+def stored_up_to_date(store: Store, records: Sequence[ImageRecord], *, names: Sequence[str], digest: str,
+                      platform: Platform | None) -> ImageRecord | None:
+    """The stored image that makes a ``newer`` pull unnecessary, knowing only the ``digest`` the name points at:
+    the store's own copy of that manifest (big data ``manifest-DIGEST``, checked against the digest) decides
+    as the registry's bytes would (an index's entry for ``platform``, :func:`choose_instance`); ``None`` when
+    the store does not hold it (then the registry is asked). Blocking: reads big data.
+    """
+    key = f"{MANIFEST_BIG_DATA}-{digest}"
+    for record in records:
+        if not set(names) & set(record.names) or key not in record.big_data_names:
+            continue
+        try:
+            raw = store.image_big_data(record.id, key)
+        except StoreError:
+            continue
+        if compute_digest(raw, digest.split(":", 1)[0]) != digest:
+            continue
+        try:
+            instance = choose_instance(RawManifest(raw, "", digest), platform)
+        except PlatformError:
+            raise
+        except ManifestError:
+            continue
+        return image_up_to_date(records, names=names, digest=instance.digest if instance is not None else digest)
+    return None
 
 
 def platform_mismatch(config: ImageConfig, wanted: Platform | None) -> str | None:
@@ -248,4 +294,4 @@ def platform_mismatch(config: ImageConfig, wanted: Platform | None) -> str | Non
 
 
 __all__ = ["ImageResult", "PullPolicy", "PullPolicyError", "PullReport", "PullRequest", "SourceOpener",
-           "copy_into_store", "platform_mismatch", "pull"]
+           "copy_into_store", "platform_mismatch", "pull", "stored_up_to_date"]

@@ -30,9 +30,7 @@ from tether.registry.trust.config import (
     requirements_for,
 )
 from tether.registry.trust.evaluate import evaluate_policy, needs_signatures, needs_sigstore_signatures
-from tether.registry.trust.fetch import fetch_signatures
 from tether.registry.trust.image import PolicyImage
-from tether.registry.trust.registries_d import RegistriesD, load_registries_d
 from tether.registry.trust.signature import Signature
 
 if TYPE_CHECKING:
@@ -41,6 +39,7 @@ if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage
     from tether.engine.options import CommonOptions
     from tether.registry.client import RegistryClient
+    from tether.registry.trust.registries_d import RegistriesD
 
 
 def _docker_reference(ref: Reference) -> Reference:
@@ -100,6 +99,11 @@ async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, trans
     signatures: tuple[Signature, ...] | None = None
     if needs_signatures(match.requirements):
         if transport == "docker":
+            # Imported here: registries.d (YAML) and the signature fetcher cost ~13 ms of start-up that the
+            # default policy (insecureAcceptAnything) never needs (python -X importtime, a no-op pull).
+            from tether.registry.trust.fetch import fetch_signatures
+            from tether.registry.trust.registries_d import load_registries_d
+
             if registries_d is None:
                 try:
                     registries_d = await trio.to_thread.run_sync(

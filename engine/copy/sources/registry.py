@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from tether.engine.copy.image import SourceError, SourceImage, Transport
-from tether.registry.errors import RegistryError
+from tether.registry.errors import RegistryError, TransportError
 from tether.registry.resolve import RawManifest
 
 if TYPE_CHECKING:
@@ -69,6 +69,28 @@ class RegistrySource:
             return self._top
         assert last is not None
         raise last
+
+    async def prepare(self) -> None:
+        """Announce the candidates to the client (one token for every repository of a registry) and ping
+        their registry while the caller does local work (not for a digest: the store may answer alone)."""
+        await self.client.prepare(self.candidates, ping=any(ref.digest is None for ref in self.candidates))
+
+    async def top_digest(self) -> str | None:
+        """What the name points at, by digest: the reference's own digest (no request), else a ``HEAD`` of the
+        first candidate that answers; ``None`` when none says (then :meth:`read_top` asks, and reports errors)."""
+        if self._top is not None:
+            return self._top[1].digest
+        for ref in self.candidates:
+            if ref.digest is not None:
+                return ref.digest
+            try:
+                return await self.client.manifest_digest(ref)
+            except TransportError:
+                if len(self.candidates) == 1:  # waited out already: asking again with a GET would wait twice
+                    raise
+            except RegistryError:  # read_top asks again and names the error in its own words
+                continue
+        return None
 
     async def read_top(self) -> RawManifest:
         _, fetched = await self._fetch_top()
