@@ -14,7 +14,7 @@ import sys
 import trio
 
 from tether.engine.arguments import check_output_streams, check_pull_options, progress_on_stdout
-from tether.engine.cli.prompt import prompt_short_names
+from tether.engine.cli.prompt import prompt_short_names, record_selections
 from tether.engine.copy.image import PullRequest
 from tether.engine.copy.progress import ProgressMode, make_progress
 from tether.engine.copy.pull import pull
@@ -40,7 +40,7 @@ def run_pull(args: argparse.Namespace) -> int:
     if args.retry is not None and args.retry < 0:
         raise UsageError("--retry must be 0 or more")
     options = common_options_from_args(args)
-    names = prompt_short_names(args.images, options)  # before the live display takes the terminal
+    selections = prompt_short_names(args.images, options)  # before the live display takes the terminal
     mode: ProgressMode = "none" if args.quiet else args.progress
     quiet_stdout = progress_on_stdout(args) and not args.quiet
     require_writable_store(options.root, verb="pull")
@@ -48,7 +48,7 @@ def run_pull(args: argparse.Namespace) -> int:
     store = Store.open(options.root, runroot=options.runroot, driver=options.storage_driver,
                        crash_at=os.environ.get(CRASH_ENV),  # the kill -9 tests' hook (tests/test_gc.py)
                        disk_reserve=disk_reserve_from_args(args))
-    requests = [PullRequest(name=name, retries=args.retry, retry_delay=args.retry_delay) for name in names]
+    requests = [PullRequest(name=s.name, retries=args.retry, retry_delay=args.retry_delay) for s in selections]
     # Shared: several pulls may add to the store at once, but a gc or bound sync (exclusive) never runs
     # while this one has reused a layer it has not yet committed an image on.
     with hold_store(store.root, shared=True):
@@ -57,6 +57,8 @@ def run_pull(args: argparse.Namespace) -> int:
     for r in report.results:
         if r.warning:
             print(f"tether: warning: {r.request.name}: {r.warning}", file=sys.stderr)
+    for warning in record_selections(selections, {r.request.name for r in report.results if r.ok}, options):
+        print(f"tether: warning: {warning}", file=sys.stderr)
     if options.format == "json":
         out = [
             {"name": r.request.name, "reference": r.reference, "id": r.image_id, "digest": r.manifest_digest,

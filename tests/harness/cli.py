@@ -71,8 +71,9 @@ def hermetic_options(args: Sequence[str], *, home: Path) -> tuple[list[str], lis
     given = {arg.split("=", 1)[0] for arg in args}
     empty = _empty_config()
     own_home = home != _REAL_HOME
-    before = ["--registries-conf-dir", str(empty / "registries.conf.d"),
-              "--short-name-alias-conf", str(empty / "short-name-aliases.conf")]
+    before = ["--registries-conf-dir", str(empty / "registries.conf.d")]
+    if "--short-name-alias-conf" not in given:  # a test of the prompt writes its own
+        before += ["--short-name-alias-conf", str(empty / "short-name-aliases.conf")]
     if "--registries.d" not in given and not (own_home and (home / ".config/containers/registries.d").exists()):
         before += ["--registries.d", str(empty / "registries.d")]
     verb, _ = _verb_end(args)
