@@ -10,7 +10,9 @@ Images (tags of ``bench/...`` on the registry):
 * ``bench/big:v1``: 4 layers, about 1.1 GB / 60k files unpacked (the "one large image" case);
 * ``bench/big:v2``: the same with only the top layer changed (the "new tag" case);
 * ``bench/five-{0..4}:v1``: five images sharing a 350 MB base, each with its own top layer;
-* ``bench/ten-{0..9}:v1``: ten names for the warm no-op case (the five images, twice, under other names).
+* ``bench/ten-{0..9}:v1``: ten names for the warm no-op case (the five images, twice, under other names);
+* ``bench/tiny-{0..4}:v1``: five tiny images (about 80 KB each: a shared 60 KB base and a 20 KB top), the
+  everyday case of small bound images where fixed costs and round trips dominate.
 """
 
 from __future__ import annotations
@@ -58,12 +60,17 @@ TOPS = [
     LayerSpec("top-git", _existing(["usr/lib/git-core", "usr/lib/podman"])),
 ]
 
+TINY_BASE = LayerSpec("tiny-base", generated="tiny-base")
+TINY_TOPS = [LayerSpec(f"tiny-top-{n}", generated=f"tiny-top-{n}") for n in range(5)]
+
 IMAGES: dict[str, tuple[LayerSpec, ...]] = {
     "bench/big:v1": (BASE, SHARE, PYTHON, APP_V1),
     "bench/big:v2": (BASE, SHARE, PYTHON, APP_V2),
     **{f"bench/five-{n}:v1": (BASE, TOPS[n]) for n in range(5)},
+    **{f"bench/tiny-{n}:v1": (TINY_BASE, TINY_TOPS[n]) for n in range(5)},
 }
 TEN = {f"bench/ten-{n}:v1": f"bench/five-{n % 5}:v1" for n in range(10)}
+TINY = [f"bench/tiny-{n}:v1" for n in range(5)]
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,24 @@ class BuiltBlob:
     diff_id: str
 
 
+def _generate_tiny(root: Path, name: str) -> None:
+    """A tiny layer: 2 KiB files of incompressible bytes derived from ``name``, 30 of them in the base (about
+    60 KB compressed), 10 in a top layer (about 20 KB)."""
+    base = name == "tiny-base"
+    where = root / ("usr/lib/tiny" if base else f"opt/{name}")
+    where.mkdir(parents=True)
+    for n in range(30 if base else 10):
+        seed = f"{name}/{n}".encode()
+        data = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(64))
+        (where / f"f{n:02d}.bin").write_bytes(data)
+
+
 def _generate_tree(root: Path, version: str) -> None:
-    """A small application layer (a few hundred files) whose content depends on ``version``."""
+    """A small application layer (a few hundred files) whose content depends on ``version``; the tiny
+    layers for ``tiny-*``."""
+    if version.startswith("tiny-"):
+        _generate_tiny(root, version)
+        return
     app = root / "opt" / "app"
     for n in range(300):
         d = app / f"mod{n % 20:02d}"
@@ -99,7 +122,7 @@ def _build_layer(spec: LayerSpec, blobs: Path, work: Path) -> BuiltBlob:
             shutil.rmtree(tree)
         _generate_tree(tree, spec.generated)
         tar_cmd = ["tar", "--numeric-owner", "--sort=name", "--mtime=@1700000000", "-C", str(tree), "-cf", "-",
-                   "opt"]
+                   *sorted(entry.name for entry in tree.iterdir())]
     else:
         tar_cmd = ["tar", "--numeric-owner", "--sort=name", "--ignore-failed-read", "-C", "/", "-cf", "-",
                    *spec.paths]
@@ -113,6 +136,7 @@ def _build_layer(spec: LayerSpec, blobs: Path, work: Path) -> BuiltBlob:
             diff.update(chunk)
             gz.stdin.write(chunk)
         gz.stdin.close()
+        tar.stdout.close()
         if gz.wait() != 0 or tar.wait() not in (0, 1):  # tar: 1 = some files changed while read
             raise RuntimeError(f"building layer {spec.name} failed")
     digest = _file_digest(tmp)
@@ -136,14 +160,15 @@ def _put(blobs: Path, data: bytes) -> tuple[str, int]:
     return digest, len(data)
 
 
-def build_layout(work: Path) -> Path:
-    """Build (or reuse) the OCI layout holding every corpus image; returns its directory."""
+def build_layout(work: Path, images: dict[str, tuple[LayerSpec, ...]] | None = None) -> Path:
+    """Build (or reuse) the OCI layout holding every corpus image (or only ``images``); returns its directory."""
+    images = IMAGES if images is None else images
     layout = work / "layout"
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     built: dict[str, BuiltBlob] = {}
-    specs = {spec.name: spec for layers in IMAGES.values() for spec in layers}
+    specs = {spec.name: spec for layers in images.values() for spec in layers}
     lock = threading.Lock()
     errors: list[BaseException] = []
 
@@ -165,7 +190,7 @@ def build_layout(work: Path) -> Path:
     if errors:
         raise errors[0]
     manifests = []
-    for ref, layers in IMAGES.items():
+    for ref, layers in images.items():
         config = {
             "created": CREATED, "architecture": "amd64", "os": "linux",
             "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
@@ -198,8 +223,9 @@ def layer_blobs(layout: Path, ref: str) -> list[Path]:
     return [blobs / layer["digest"].split(":")[1] for layer in manifest["layers"]]
 
 
-def push_corpus(layout: Path, host: str, *, env: dict[str, str]) -> None:
-    """Push every image (and the ten warm names) with skopeo; skipped when the registry has it already."""
+def push_corpus(layout: Path, host: str, *, env: dict[str, str], refs: Sequence[str] | None = None) -> None:
+    """Push every image (and the ten warm names), or only ``refs``, with skopeo; skipped when the registry has
+    it already."""
     import httpx
 
     def present(ref: str) -> bool:
@@ -208,7 +234,7 @@ def push_corpus(layout: Path, host: str, *, env: dict[str, str]) -> None:
                           headers={"Accept": OCI_MANIFEST})
         return resp.status_code == 200
 
-    for ref in [*IMAGES, *TEN]:
+    for ref in [*IMAGES, *TEN] if refs is None else refs:
         if present(ref):
             continue
         src = TEN.get(ref, ref)

@@ -1,18 +1,22 @@
-"""Run the benchmark cases: tether vs podman pull vs skopeo copy vs the GNU tar extraction floor.
+"""Run the benchmark cases: tether vs podman pull vs skopeo copy (the download floor) vs GNU tar extraction.
 
 Every timed run starts from a cold store (except the warm and new-tag cases, whose stores are prepared
 untimed by the same tool), after ``sync; echo 3 > /proc/sys/vm/drop_caches`` (root; see the README: on these
 VMs file creation right after a mass delete is several times slower until the cache is dropped), and the
-tools alternate run by run. Wall time and the peak RSS of the whole process tree (sampled from /proc every
-20 ms) are recorded; medians, min/max and ratios go to ``benchmarks/results/<time>.json``.
+tools alternate run by run.  The registry is reached over loopback or over an emulated WAN
+(``--network wan``: benchmarks/wan.py), the same link for every tool.  Wall time and the peak RSS of the whole
+process tree (sampled from /proc every 20 ms) are recorded; medians, min/max and ratios go to
+``benchmarks/results/<time>.json`` (``<time>-wan.json``), with the link's parameters and measured check.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import corpus
+from benchmarks import corpus, wan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -112,10 +116,36 @@ class Measurement:
     seconds: float
     peak_rss: int
     returncode: int
+    #: Bytes the registry side of the WAN link sent during the run (None on loopback).
+    registry_sent: int | None = None
+    #: CPU-seconds of the command's process tree, and of everything else on the machine meanwhile (the
+    #: registry, the delay proxy, this process's RSS sampler and the kernel's writeback of the tool's files
+    #: included: at the WAN's full rate the proxy takes 3% of a core, the registry 2%, the sampler about 6%).
+    cpu_seconds: float | None = None
+    others_cpu_seconds: float | None = None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy since boot, all cores (/proc/stat: every state but idle and
+    iowait)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU-seconds of this process's waited-for descendants, their own descendants included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_measured(argv: Sequence[str], *, env: dict[str, str] | None = None, shell: bool = False) -> Measurement:
-    """Run a command, timing it and sampling its process tree's RSS."""
+    """Run a command, timing it and sampling its process tree's RSS; also the CPU it used and the CPU the rest
+    of the machine used meanwhile (other engineers' work on a shared VM shows there, as noise to discount)."""
+    busy_before, children_before = busy_cpu_seconds(), children_cpu_seconds()
     start = time.perf_counter()
     proc = subprocess.Popen(argv if not shell else argv[0], shell=shell, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -137,25 +167,46 @@ def run_measured(argv: Sequence[str], *, env: dict[str, str] | None = None, shel
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
+    cpu = children_cpu_seconds() - children_before
+    others = max(0.0, busy_cpu_seconds() - busy_before - cpu)
     if proc.returncode != 0:
         print(f"  ! {' '.join(argv)[:200]} exited {proc.returncode}: {stderr.decode(errors='replace')[-800:]}",
               file=sys.stderr)
-    return Measurement(seconds, peak, proc.returncode)
+    return Measurement(seconds, peak, proc.returncode, cpu_seconds=cpu, others_cpu_seconds=others)
 
 
 @dataclass
 class Env:
     work: Path
-    host: str
+    link: wan.Link
     layout: Path
     registries_conf: Path
     env: dict[str, str]
     driver: str = "overlay"
+    #: Drop the page cache before every timed run (the benchmark always does; its tests do not).
+    drop_page_cache: bool = True
     tether: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tether"])
     case: str = ""
     #: Another build of tether timed beside this one (``--baseline``): its command and environment.
     baseline: list[str] | None = None
     baseline_env: dict[str, str] | None = None
+
+    @property
+    def host(self) -> str:
+        """The registry as every tool names it: through the link."""
+        return self.link.host
+
+    def timed(self, argv: Sequence[str], *, env: dict[str, str], shell: bool = False) -> Measurement:
+        """One timed run: drop the page cache first (start-up with a cold cache is what an upgrade sees), and
+        count the bytes the registry sent over the link meanwhile."""
+        if self.drop_page_cache:
+            drop_caches()
+        before = self.link.registry_sent_bytes()
+        measured = run_measured(argv, env=env, shell=shell)
+        after = self.link.registry_sent_bytes()
+        if before is not None and after is not None:
+            measured.registry_sent = after - before
+        return measured
 
     def tether_builds(self) -> dict[str, tuple[list[str], dict[str, str]]]:
         """The tether builds to time: this checkout, and the baseline checkout when one is given."""
@@ -177,14 +228,16 @@ class Env:
         15.1, 13.9, 12.6, 12.9).  So nothing is deleted while the benchmark runs: each run writes a store of
         its own, kept until the end (about 45 GB for all cases at 5 runs), unless the disk runs short.
         """
-        stores = self.work / "stores"
+        stores, runroots = self.work / "stores", self.runroots()
         stamp = self.work / "stores-removed-at"
-        old = [*(stores.iterdir() if stores.is_dir() else ()), *Path("/tmp").glob("tbr-*")]
+        old = [*(stores.iterdir() if stores.is_dir() else ()), *(runroots.iterdir() if runroots.is_dir() else ())]
         for path in old:
             # podman may leave its store's overlay directory bind-mounted on itself
             subprocess.run(["umount", str(path / "overlay")], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)
             subprocess.run(["rm", "-rf", str(path)], check=True)
+        with contextlib.suppress(OSError):
+            runroots.rmdir()
         if old:
             os.sync()
             stamp.write_text(f"{time.time()}\n")
@@ -198,10 +251,16 @@ class Env:
                       file=sys.stderr)
                 time.sleep(SETTLE_SECONDS - since)
 
+    def runroots(self) -> Path:
+        """Where this work directory's run roots go: podman refuses a run root longer than 50 characters, so
+        under /tmp, in a directory named after the work directory (runs with another --work keep theirs)."""
+        tag = hashlib.sha256(str(self.work.resolve()).encode()).hexdigest()[:8]
+        return Path("/tmp") / f"tbench-{tag}"
+
     def fresh(self, name: str) -> tuple[Path, Path]:
         """A new empty store root + run root for one run of the current case (``name`` unique within it)."""
         root = self.work / "stores" / f"{self.case}-{name}"
-        runroot = Path("/tmp") / f"tbr-{self.case[:8]}-{name}"
+        runroot = self.runroots() / f"{self.case[:8]}-{name}"
         root.mkdir(parents=True)  # new: removing an old one here would be the delete clear_stores avoids
         runroot.mkdir(parents=True)
         return root, runroot
@@ -218,6 +277,12 @@ class Env:
     def podman_pulls(self, root: Path, runroot: Path, refs: Sequence[str]) -> str:
         base = " ".join(self.podman(root, runroot))
         return " && ".join(f"{base} pull -q --tls-verify=false {self.host}/{r}" for r in refs)
+
+    def skopeo_copies(self, layout: Path, refs: Sequence[str]) -> str:
+        """skopeo copies of ``refs`` one after another into one OCI layout (blobs it holds are not fetched
+        again: containers/image's OCI destination reuses a blob whose file exists)."""
+        return " && ".join(f"skopeo copy -q --src-tls-verify=false docker://{self.host}/{r} "
+                           f"oci:{layout}:{r.replace('/', '-').replace(':', '-')}" for r in refs)
 
 
 Runner = Callable[[Env, int], Measurement]
@@ -237,28 +302,22 @@ def tether_runner(build: str, run: TetherRun) -> Runner:
 
 
 def case_cold(refs: Sequence[str]) -> dict[str, Runner]:
-    """Cold store: tether (all at once), podman (one after another), skopeo, extraction floor."""
+    """Cold store: tether (all at once), podman and skopeo (one after another), GNU tar extraction."""
 
     def tether(env: Env, rep: int, build: str, command: list[str], environ: dict[str, str]) -> Measurement:
         root, runroot = env.fresh(f"{build}-{rep}")
-        drop_caches()
-        return run_measured(env.tether_pull(root, runroot, refs, command=command), env=environ)
+        return env.timed(env.tether_pull(root, runroot, refs, command=command), env=environ)
 
     def podman(env: Env, rep: int) -> Measurement:
         root, runroot = env.fresh(f"podman-{rep}")
-        drop_caches()
-        return run_measured([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
+        return env.timed([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
 
     def skopeo(env: Env, rep: int) -> Measurement:
         root, _ = env.fresh(f"skopeo-{rep}")
-        drop_caches()
-        cmds = " && ".join(
-            f"skopeo copy -q --src-tls-verify=false docker://{env.host}/{r} oci:{root}/layout:{n}"
-            for n, r in enumerate(refs))
-        return run_measured([cmds], env=env.env, shell=True)
+        return env.timed([env.skopeo_copies(root / "layout", refs)], env=env.env, shell=True)
 
-    def floor(env: Env, rep: int) -> Measurement:
-        root, _ = env.fresh(f"floor-{rep}")
+    def tar_floor(env: Env, rep: int) -> Measurement:
+        root, _ = env.fresh(f"tar-floor-{rep}")
         blobs: list[Path] = []
         for ref in refs:
             for blob in corpus.layer_blobs(env.layout, ref):
@@ -270,32 +329,37 @@ def case_cold(refs: Sequence[str]) -> dict[str, Runner]:
             target.mkdir()
             script.append(f"({sys.executable} -m isal.igzip -d -c {blob} | tar -x --numeric-owner -C {target}) &")
         script.append("wait")
-        drop_caches()
-        return run_measured(["\n".join(script)], env=env.env, shell=True)
+        return env.timed(["\n".join(script)], env=env.env, shell=True)
 
     return {"tether": tether_runner("tether", tether), "baseline": tether_runner("baseline", tether),
-            "podman": podman, "skopeo": skopeo, "floor": floor}
+            "podman": podman, "skopeo": skopeo, "tar-floor": tar_floor}
 
 
 def case_prepared(prepare_refs: Sequence[str], refs: Sequence[str], *, tether_extra: Sequence[str] = ()
                   ) -> dict[str, Runner]:
-    """The store already holds ``prepare_refs`` (pulled untimed by the same tool); time pulling ``refs``."""
+    """The store already holds ``prepare_refs`` (pulled untimed by the same tool, over the same link); time
+    pulling ``refs``.  skopeo's floor: an OCI layout that holds ``prepare_refs``, copied into again."""
 
     def tether(env: Env, rep: int, build: str, command: list[str], environ: dict[str, str]) -> Measurement:
         root, runroot = env.fresh(f"{build}-{rep}")
         prep = run_measured(env.tether_pull(root, runroot, prepare_refs, command=command), env=environ)
         assert prep.returncode == 0, "preparing the tether store failed"
-        drop_caches()
-        return run_measured(env.tether_pull(root, runroot, refs, *tether_extra, command=command), env=environ)
+        return env.timed(env.tether_pull(root, runroot, refs, *tether_extra, command=command), env=environ)
 
     def podman(env: Env, rep: int) -> Measurement:
         root, runroot = env.fresh(f"podman-{rep}")
-        run_measured([env.podman_pulls(root, runroot, prepare_refs)], env=env.env, shell=True)
-        drop_caches()
-        return run_measured([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
+        prep = run_measured([env.podman_pulls(root, runroot, prepare_refs)], env=env.env, shell=True)
+        assert prep.returncode == 0, "preparing the podman store failed"
+        return env.timed([env.podman_pulls(root, runroot, refs)], env=env.env, shell=True)
+
+    def skopeo(env: Env, rep: int) -> Measurement:
+        root, _ = env.fresh(f"skopeo-{rep}")
+        prep = run_measured([env.skopeo_copies(root / "layout", prepare_refs)], env=env.env, shell=True)
+        assert prep.returncode == 0, "preparing the skopeo layout failed"
+        return env.timed([env.skopeo_copies(root / "layout", refs)], env=env.env, shell=True)
 
     return {"tether": tether_runner("tether", tether), "baseline": tether_runner("baseline", tether),
-            "podman": podman}
+            "podman": podman, "skopeo": skopeo}
 
 
 CASES: dict[str, Callable[[], dict[str, Runner]]] = {
@@ -303,11 +367,39 @@ CASES: dict[str, Callable[[], dict[str, Runner]]] = {
     "cold-five": lambda: case_cold([f"bench/five-{n}:v1" for n in range(5)]),
     "warm-ten": lambda: case_prepared(list(corpus.TEN), list(corpus.TEN)),
     "new-tag": lambda: case_prepared(["bench/big:v1"], ["bench/big:v2"]),
+    "five-tiny": lambda: case_cold(corpus.TINY),
 }
+#: Tools that do not use the network: timed on loopback only (their figure is the same over any link).
+LOCAL_TOOLS = ("tar-floor",)
 
 
 def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize_case(runs: dict[str, list[Measurement]]) -> dict[str, Any]:
+    """A case's results entry: per tool the run times, failures, median/min/max of the successful runs, peak
+    RSS (and on a WAN the bytes the registry sent per run); ratios of tether's median to the others'."""
+    summary: dict[str, Any] = {}
+    for tool, ms in runs.items():
+        ok = [m for m in ms if m.returncode == 0]
+        summary[tool] = {
+            "runs_s": [round(m.seconds, 3) for m in ms],
+            "failed_runs": len(ms) - len(ok),
+            **{k: round(v, 3) for k, v in summarize([m.seconds for m in (ok or ms)]).items()},
+            "peak_rss_mb": round(max(m.peak_rss for m in ms) / 1e6, 1),
+        }
+        if any(m.registry_sent is not None for m in ms):
+            summary[tool]["registry_sent_bytes"] = [m.registry_sent for m in ms]
+        if all(m.cpu_seconds is not None and m.others_cpu_seconds is not None for m in ms):
+            summary[tool]["cpu_s"] = [round(m.cpu_seconds or 0.0, 3) for m in ms]
+            summary[tool]["others_cpu_s"] = [round(m.others_cpu_seconds or 0.0, 3) for m in ms]
+    ratios = {}
+    t = summary["tether"]["median"]
+    for other in ("podman", "skopeo", "tar-floor", "baseline"):
+        if other in summary and summary[other]["median"] > 0:
+            ratios[f"tether/{other}"] = round(t / summary[other]["median"], 3)
+    return {"tools": summary, "ratios": ratios}
 
 
 def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
@@ -316,8 +408,11 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
         tools = CASES[case]()
         if env.baseline is None:
             tools.pop("baseline", None)
+        if env.link.network != "loopback":
+            for tool in LOCAL_TOOLS:
+                tools.pop(tool, None)
         runs: dict[str, list[Measurement]] = {tool: [] for tool in tools}
-        print(f"== {case}", file=sys.stderr)
+        print(f"== {case} ({env.link.network})", file=sys.stderr)
         env.case = case
         if shutil.disk_usage(env.work).free < MIN_FREE_BYTES:
             env.clear_stores()
@@ -328,24 +423,12 @@ def run_cases(env: Env, cases: Sequence[str], reps: int) -> dict[str, Any]:
             for tool in order:
                 m = tools[tool](env, rep)
                 runs[tool].append(m)
-                print(f"  {tool:7s} run {rep + 1}: {m.seconds:7.2f} s  peak RSS {m.peak_rss / 1e6:7.1f} MB"
+                sent = "" if m.registry_sent is None else f"  registry sent {m.registry_sent / 1e6:8.1f} MB"
+                load = f"  others {(m.others_cpu_seconds or 0.0) / max(m.seconds, 1e-3):4.2f} cores"
+                print(f"  {tool:9s} run {rep + 1}: {m.seconds:7.2f} s  peak RSS {m.peak_rss / 1e6:7.1f} MB{sent}{load}"
                       f"{'' if m.returncode == 0 else '  FAILED'}", file=sys.stderr)
-        summary: dict[str, Any] = {}
-        for tool, ms in runs.items():
-            ok = [m for m in ms if m.returncode == 0]
-            summary[tool] = {
-                "runs_s": [round(m.seconds, 3) for m in ms],
-                "failed_runs": len(ms) - len(ok),
-                **{k: round(v, 3) for k, v in summarize([m.seconds for m in (ok or ms)]).items()},
-                "peak_rss_mb": round(max(m.peak_rss for m in ms) / 1e6, 1),
-            }
-        ratios = {}
-        t = summary["tether"]["median"]
-        for other in ("podman", "skopeo", "floor", "baseline"):
-            if other in summary and summary[other]["median"] > 0:
-                ratios[f"tether/{other}"] = round(t / summary[other]["median"], 3)
-        results[case] = {"tools": summary, "ratios": ratios}
-        print(f"  -> {json.dumps(ratios)}", file=sys.stderr)
+        results[case] = summarize_case(runs)
+        print(f"  -> {json.dumps(results[case]['ratios'])}", file=sys.stderr)
     return results
 
 
@@ -367,17 +450,54 @@ def baseline_build(checkout: Path, environ: dict[str, str]) -> tuple[list[str], 
     return [sys.executable, "-m", "engine"], env
 
 
+def tool_environment(work: Path, registries_conf: Path) -> dict[str, str]:
+    """The environment of every timed tool: registries.conf and an empty auth file of the work directory, and
+    this checkout's tether with its bytecode cached."""
+    (work / "auth.json").write_text('{"auths": {}}')
+    env_vars = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(registries_conf),
+                "REGISTRY_AUTH_FILE": str(work / "auth.json"), "PYTHONPATH": str(REPO_ROOT),
+                # An installed tether has its bytecode compiled; a checkout run with
+                # PYTHONDONTWRITEBYTECODE=1 would recompile every module on every run.
+                "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+    env_vars.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env_vars
+
+
+def write_registries_conf(path: Path, host: str) -> None:
+    """The registry over plain HTTP, as every tool reaches it."""
+    path.write_text(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
+
+
+def _wan_spec(text: str) -> tuple[float, float]:
+    rate, _, rtt = text.partition(",")
+    try:
+        values = float(rate), float(rtt)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RATE_MBIT,RTT_MS (e.g. 200,40), got {text!r}") from None
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"rate and RTT must be positive, got {text!r}")
+    return values
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
-                                     description="tether vs podman pull vs skopeo on a local docker-registry")
+                                     description="tether vs podman pull vs skopeo on a local docker-registry, "
+                                                 "over loopback or an emulated WAN")
     parser.add_argument("cases", nargs="*", metavar="CASE",
                         help=f"cases to run (default: all of {', '.join(CASES)})")
     parser.add_argument("--reps", type=int, default=5, help="runs per tool and case (default 5: runs vary by ±10%%)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/tether-bench"),
                         help="corpus, registry data and stores (default /var/tmp/tether-bench)")
     parser.add_argument("--driver", choices=("overlay", "vfs"), default="overlay")
+    parser.add_argument("--network", choices=("loopback", "wan"), default="loopback",
+                        help="reach the registry over loopback, or over an emulated WAN (root: a network namespace "
+                             "behind tbf and a delay proxy; see benchmarks/README.md)")
+    parser.add_argument("--wan", type=_wan_spec, default=(200.0, 40.0), metavar="RATE_MBIT,RTT_MS",
+                        help="the WAN's rate (each direction) and round-trip time (default 200,40)")
+    parser.add_argument("--wan-plain-delay", action="store_true",
+                        help="the delay proxy only delays bytes: no handshake round trip, no slow start")
     parser.add_argument("--output", type=Path, default=None,
-                        help="results file (default benchmarks/results/<time>.json)")
+                        help="results file (default benchmarks/results/<time>.json, <time>-wan.json)")
     parser.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
                         help="also time the tether of another checkout (a git worktree of an earlier commit, run "
                              "with this interpreter): ratios tether/baseline in the same run")
@@ -386,29 +506,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     args.cases = args.cases or list(CASES)
+    if args.network == "wan" and os.geteuid() != 0:
+        parser.error("--network wan needs root (network namespace, veth pair, tc)")
 
     sys.path.insert(0, str(REPO_ROOT))
     from tests.harness.registry import start_registry
 
+    wan.exit_on_sigterm()
     work = corpus.ensure_dir(args.work)
     if not drop_caches():
         print("warning: cannot drop the page cache (not root): figures will be noisy", file=sys.stderr)
     print("building the corpus (cached after the first run)...", file=sys.stderr)
     layout = corpus.build_layout(work)
-    registry = start_registry(work / "registry")
-    try:
+    with contextlib.ExitStack() as stack:
+        registry = start_registry(work / "registry")
+        stack.callback(registry.stop)
         conf = work / "registries.conf"
-        conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-        env_vars = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf),
-                    "REGISTRY_AUTH_FILE": str(work / "auth.json"), "PYTHONPATH": str(REPO_ROOT),
-                    # An installed tether has its bytecode compiled; a checkout run with
-                    # PYTHONDONTWRITEBYTECODE=1 would recompile every module on every run.
-                    "PYTHONPYCACHEPREFIX": str(work / "pycache")}
-        env_vars.pop("PYTHONDONTWRITEBYTECODE", None)
-        (work / "auth.json").write_text('{"auths": {}}')
+        env_vars = tool_environment(work, conf)
         corpus.push_corpus(layout, registry.host, env=env_vars)
-        env = Env(work=work, host=registry.host, layout=layout, registries_conf=conf, env=env_vars,
-                  driver=args.driver)
+        if args.network == "wan":
+            registry.stop()  # pushed over loopback; the tools reach the same data through the link
+            spec = wan.WanSpec(rate_mbit=args.wan[0], rtt_ms=args.wan[1], connect_rtt=not args.wan_plain_delay,
+                               slow_start=not args.wan_plain_delay)
+            print(f"setting up the WAN link ({spec.rate_mbit:g} Mbit/s, {spec.rtt_ms:g} ms RTT)...", file=sys.stderr)
+            link = stack.enter_context(wan.wan_link(spec, workdir=work / "registry-wan",
+                                                    registry_data=registry.data_dir))
+        else:
+            link = wan.Link("loopback", registry.host)
+        write_registries_conf(conf, link.host)
+        blob = max(corpus.layer_blobs(layout, "bench/big:v1"), key=lambda b: b.stat().st_size)
+        link.calibration = wan.calibrate(link.host, "bench/big", blob)
+        print(f"link check: {json.dumps(link.calibration)}", file=sys.stderr)
+        env = Env(work=work, link=link, layout=layout, registries_conf=conf, env=env_vars, driver=args.driver)
         if args.baseline is not None:
             env.baseline, env.baseline_env = baseline_build(args.baseline.resolve(), env_vars)
         env.clear_stores()  # leftovers of an interrupted run
@@ -416,8 +545,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = describe_code()
         results = run_cases(env, args.cases, args.reps)
         env.clear_stores(settle=False)
-    finally:
-        registry.stop()
     doc = {
         "started": started,
         "code": code,
@@ -425,14 +552,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "mem_gb": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)},
         "driver": args.driver,
         "reps": args.reps,
+        "network": link.network,
+        "link": link.describe(),
         "corpus": corpus.corpus_summary(layout),
         "cases": results,
         "baseline": describe_code(args.baseline) if args.baseline is not None else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = args.output or RESULTS / f"{started.replace(':', '')}.json"
+    suffix = "" if link.network == "loopback" else f"-{link.network}"
+    out = args.output or RESULTS / f"{started.replace(':', '')}{suffix}.json"
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"results written to {out}", file=sys.stderr)
     print(json.dumps({case: r["ratios"] for case, r in results.items()}, indent=2))
     return 0
-

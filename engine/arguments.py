@@ -7,7 +7,8 @@ because it resolves values through :mod:`tether.registry` (platforms, auth files
 reason this module imports nothing beyond argparse, os, re and pathlib (no dataclasses, no typing).
 
 *Global* options (podman's persistent flags: ``--root``, ``--runroot``, ``--storage-driver``, ``--log-level``,
-``--registries-conf``) are accepted before the verb (``tether --root DIR images``) and after it. A verb's parser
+``--registries-conf``; buildah's ``--registries-conf-dir`` and ``--short-name-alias-conf``; skopeo's
+``--registries.d``) are accepted before the verb (``tether --root DIR images``) and after it. A verb's parser
 adds them with ``nested=True``: their default is then ``argparse.SUPPRESS``, so that a value given before the
 verb is not overwritten by the verb's default (argparse copies every attribute of the subcommand's namespace
 onto the top-level one); the top-level parser holds the defaults.
@@ -35,7 +36,8 @@ BOOL_FLAGS = ("--tls-verify", "--dest-tls-verify")
 #: Pull policies, as podman spells them (``--pull`` / ``--policy``).
 PULL_POLICIES = ("always", "missing", "never", "newer")
 #: The destinations of the global options (see the module docstring).
-GLOBAL_DESTS = ("root", "runroot", "storage_driver", "log_level", "registries_conf")
+GLOBAL_DESTS = ("root", "runroot", "storage_driver", "log_level", "registries_conf", "registries_conf_dir",
+                "short_name_alias_conf", "registries_d")
 
 
 def parse_bool(text: str) -> bool:
@@ -117,6 +119,30 @@ def add_verb_globals(parser: argparse.ArgumentParser) -> None:
     add_log_level(group, nested=True)
     group.add_argument("--registries-conf", type=Path, default=argparse.SUPPRESS, metavar="FILE",
                        help=argparse.SUPPRESS)
+    add_config_locations(group, nested=True, hidden=True)
+
+
+def add_config_locations(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, nested: bool = False,
+                         hidden: bool = False) -> None:
+    """Where the host's container configuration is read from, for the files no other option names:
+    buildah's global ``--registries-conf-dir`` and ``--short-name-alias-conf`` (c/image
+    ``SystemContext.SystemRegistriesConfDirPath`` and ``UserShortNameAliasConfPath``) and skopeo's global
+    ``--registries.d`` (``RegistriesDirPath``). A test tree, or an image build, points them away from /etc and
+    /var/cache. ``hidden``: after a verb that does not read them (accepted, as podman accepts persistent flags)."""
+    def shown(text: str) -> str:
+        return argparse.SUPPRESS if hidden else text
+
+    parser.add_argument("--registries-conf-dir", type=Path, default=_default(None, nested), metavar="DIR",
+                        help=shown("registries.conf drop-in directory, read instead of "
+                                   "/etc/containers/registries.conf.d and the user's"))
+    parser.add_argument("--short-name-alias-conf", type=Path, default=_default(None, nested), metavar="FILE",
+                        help=shown("short-name alias cache (default: /var/cache/containers/short-name-aliases.conf "
+                                   "for root, else ~/.cache/containers/short-name-aliases.conf)"))
+    parser.add_argument("--registries.d", dest="registries_d", type=Path, default=_default(None, nested),
+                        metavar="DIR",
+                        help=shown("registries.d directory: where signatures are looked up (default: "
+                                   "~/.config/containers/registries.d if it exists, else "
+                                   "/etc/containers/registries.d)"))
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +152,7 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     add_log_level(group)
     group.add_argument("--registries-conf", type=Path, default=None, metavar="FILE",
                        help="registries.conf (default: $CONTAINERS_REGISTRIES_CONF, else the system file)")
+    add_config_locations(group)
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, store: bool = True, nested: bool = False,
@@ -138,7 +165,10 @@ def add_common_options(parser: argparse.ArgumentParser, *, store: bool = True, n
                        help="credentials file (default: $REGISTRY_AUTH_FILE, else bootc's ostree auth.json lookup)")
     group.add_argument("--registries-conf", type=Path, default=_default(None, nested), metavar="FILE",
                        help="registries.conf (default: $CONTAINERS_REGISTRIES_CONF, else the system file)")
-    group.add_argument("--cert-dir", type=Path, default=None, help="directory of *.crt, *.cert and *.key files")
+    add_config_locations(group, nested=nested)
+    group.add_argument("--cert-dir", type=Path, default=None,
+                       help="directory of *.crt, *.cert and *.key files, used instead of /etc/containers/certs.d "
+                            "and /etc/docker/certs.d")
     group.add_argument("--tls-verify", type=parse_bool, nargs="?", const=True, default=None, metavar="BOOL",
                        help="require HTTPS and verify certificates (alone: true; --tls-verify=false turns it off; "
                             "default: as registries.conf says)")
@@ -168,7 +198,7 @@ def add_pull_options(parser: argparse.ArgumentParser) -> None:
     ``--limit-rate``: their types are the store's and the registry client's)."""
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                         help="layers fetched and extracted at once, across all images (default: sized for the "
-                             "machine)")
+                             "machine, layers of 1 MiB or less not counted)")
     parser.add_argument("--progress", choices=("auto", "bar", "plain", "json", "none"), default="auto",
                         help="progress display on stderr: live on a TTY (auto), plain lines, none; json: bootc's "
                              "JSON lines on stdout, which then carries nothing else (see --progress-fd)")

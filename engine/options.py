@@ -35,6 +35,12 @@ class CommonOptions:
     storage_driver: str | None = None
     authfile: Path | None = None
     registries_conf: Path | None = None
+    #: ``--registries-conf-dir``: the only registries.conf drop-in directory read (buildah's option)
+    registries_conf_dir: Path | None = None
+    #: ``--short-name-alias-conf``: the short-name alias cache (buildah's option)
+    short_name_alias_conf: Path | None = None
+    #: ``--registries.d``: the registries.d directory (skopeo's option)
+    registries_d: Path | None = None
     cert_dir: Path | None = None
     tls_verify: bool | None = None
     signature_policy: Path | None = None
@@ -87,6 +93,9 @@ def common_options_from_args(args: argparse.Namespace, *, environ: Mapping[str, 
         storage_driver=getattr(args, "storage_driver", None),
         authfile=getattr(args, "authfile", None),
         registries_conf=getattr(args, "registries_conf", None),
+        registries_conf_dir=getattr(args, "registries_conf_dir", None),
+        short_name_alias_conf=getattr(args, "short_name_alias_conf", None),
+        registries_d=getattr(args, "registries_d", None),
         cert_dir=getattr(args, "cert_dir", None),
         tls_verify=getattr(args, "tls_verify", None),
         signature_policy=getattr(args, "signature_policy", None),

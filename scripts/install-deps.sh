@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 PKGS=(docker-registry podman skopeo buildah ostree fuse-overlayfs uidmap apache2-utils openssl gnupg gpgv
       runc busybox-static tar gzip zstd python3 python3-venv python3-pip curl ca-certificates procps
-      rpm man-db systemd pigz python3-gi gir1.2-glib-2.0)
-# rpm/man-db: packaging and man-page tests; systemd-analyze: tests/test_bound_systemd.py; pigz: benchmarks;
-# python3-gi: tests/test_gvariant.py checks the staged-deployment parser against GLib
+      rpm man-db systemd pigz iproute2 python3-gi gir1.2-glib-2.0 strace)
+# rpm/man-db: packaging and man-page tests; systemd-analyze: tests/test_bound_systemd.py; pigz, iproute2: benchmarks;
+# python3-gi: tests/test_gvariant.py checks the staged-deployment parser against GLib; strace:
+# tests/test_hermetic_subprocess.py traces tether children for reads of the host's configuration
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

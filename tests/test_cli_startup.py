@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.harness import images as factory
+from tests.harness.cli import StoreArgs, tether
+from tests.harness.registry import RunningRegistry
+
 
 def test_every_command_skips_the_httpx_command_line() -> None:
     # `tether images` on an empty store goes through tether.engine.cli.main.main; httpx imported afterwards (as any
@@ -73,3 +77,41 @@ def test_a_closed_output_pipe_ends_the_program_quietly(tmp_path: Path) -> None:
     finally:
         os.close(writer)
     assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_importing_trio_after_dispatch_runs_no_ldconfig() -> None:
+    # trio's import asks ctypes.util.find_library("pthread"), which on Linux runs `/sbin/ldconfig -p`: a process
+    # on every command. Once main() dispatched, the answer comes without one, and trio still names its threads.
+    code = (
+        "import sys, tempfile\n"
+        "from tether.engine.cli.main import main\n"
+        "d = tempfile.mkdtemp()\n"
+        "main(['images', '--root', d, '--runroot', d + '/run', '--storage-driver', 'vfs'])\n"
+        "spawned = []\n"
+        "sys.addaudithook(lambda event, args: spawned.append(args) if event == 'subprocess.Popen' else None)\n"
+        "import trio\n"
+        "naming = sys.modules['trio._core._thread_cache'].set_os_thread_name is not None\n"
+        "print(spawned, naming)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[] True", out
+
+
+def test_a_pull_of_stored_images_loads_no_layer_writer_layout_or_signature_reader(
+        tmp_path: Path, registry: RunningRegistry) -> None:
+    # issue 14: what a no-op pull does not need is not imported (each is loaded where it is first used)
+    factory.push_image(registry.host, "startup/noop:1", factory.simple_image(1470))
+    args = StoreArgs.make(tmp_path, registry.host)
+    pull = ["pull", *args.pull, "--progress", "none", "--quiet", f"{registry.host}/startup/noop:1"]
+    assert tether(*pull).returncode == 0
+    heavy = ("yaml", "tether.registry.trust.fetch", "tether.registry.trust.registries_d",
+             "tether.engine.copy.sources.layout", "tether.store.oci", "tether.store.tar.workers",
+             "tether.store.tar.apply")
+    code = (
+        "import sys\n"
+        "from tether.engine.cli.main import main\n"
+        f"rc = main({pull!r})\n"
+        f"print(rc, sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 []", out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from tests.harness import images as factory
 from tests.harness.bound import make_root
-from tests.harness.cli import REPO, StoreArgs, tether
+from tests.harness.cli import REPO, StoreArgs, tether, tether_argv
 from tests.harness.registry import RunningRegistry
 from tests.test_progress import validate_line
 
@@ -70,8 +69,8 @@ def test_format_json_is_refused_on_the_progress_stream_and_kept_with_progress_fd
     # the document on stdout, the progress on fd 3: each stream one kind of JSON
     reader, writer = os.pipe()
     try:
-        proc = subprocess.run([sys.executable, "-m", "tether", "pull", *args.pull, "--format", "json",
-                               "--progress", "none", "--progress-fd", str(writer), refs[0]],
+        proc = subprocess.run(tether_argv("pull", *args.pull, "--format", "json",
+                                          "--progress", "none", "--progress-fd", str(writer), refs[0]),
                               capture_output=True, text=True, cwd=REPO, pass_fds=(writer,), timeout=120)
         os.close(writer)
         writer = -1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.client_env import FAST_RETRIES, client_for, insecure_conf, read_blob
 from tests.harness.faulty_proxy import Fault, FaultyProxy
 from tests.harness.podman import Podman, short_runroot
@@ -136,8 +136,8 @@ def test_pull_survives_a_registry_restart(
         conf.write_text(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
         store = tmp_path / "store"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", "pull", "--root", str(store), "--runroot", str(tmp_path / "run"),
-             "--registries-conf", str(conf), "--progress", "none", f"{host}/outage/pull:1"],
+            tether_argv("pull", "--root", str(store), "--runroot", str(tmp_path / "run"),
+                        "--registries-conf", str(conf), "--progress", "none", f"{host}/outage/pull:1"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         try:
             deadline = time.monotonic() + 60
@@ -161,8 +161,8 @@ def test_pull_survives_a_registry_restart(
     resumed = [r for r in proxy.requests if big.digest in r.path and r.status == 206]
     assert resumed, [(r.method, r.path[-20:], r.range, r.fault, r.status, r.body_bytes) for r in proxy.requests]
     assert all(r.range and int(r.range[6:].rstrip("-")) >= 2_000_000 for r in resumed)
-    check = subprocess.run([sys.executable, "-m", "tether", "check", "--root", str(store), "--runroot",
-                            str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO)
+    check = subprocess.run(tether_argv("check", "--root", str(store), "--runroot",
+                                       str(tmp_path / "run")), capture_output=True, text=True, cwd=REPO)
     assert check.returncode == 0, check.stdout + check.stderr
     assert Store.open(store).find_image(f"{host}/outage/pull:1").id == image.config_digest.split(":")[1]
     podman = Podman(root=store, runroot=short_runroot())

@@ -442,3 +442,32 @@ async def test_resolve_starts_with_the_endpoint_that_served_the_top() -> None:
         resolved = await client.resolve_image(ref, platform=Platform("linux", "amd64"), top=top)
     assert resolved.top is top and [s.reference.domain for s in resolved.sources] == [HOST, "mirror.test"]
     assert {host for host, _ in seen} == {HOST}
+
+
+@pytest.mark.parametrize("served", [None, "md5:abc", "sha256:NOTHEX"])
+async def test_a_head_without_a_usable_digest_says_nothing(served: str | None) -> None:
+    # c/image's GetDigest fails without Docker-Content-Digest; tether's up-to-date check then asks a GET
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(200)
+        assert (request.method, request.url.path) == ("HEAD", "/v2/app/manifests/1")
+        assert OCI_INDEX in request.headers["accept"]  # the digest of what a GET with this Accept serves
+        return httpx.Response(200, headers={"Docker-Content-Digest": served} if served else {})
+
+    async with await _client(handler) as client:  # type: ignore[attr-defined]
+        assert await client.manifest_digest(parse_reference(f"{HOST}/app:1")) is None
+
+
+async def test_a_head_goes_to_the_mirror_first() -> None:
+    digest = "sha256:" + "ab" * 32
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return httpx.Response(200)
+        asked.append(f"{request.method} {request.url.host}")
+        return httpx.Response(200, headers={"Docker-Content-Digest": digest})
+
+    async with _mirrored(handler) as client:  # type: ignore[attr-defined]
+        assert await client.manifest_digest(parse_reference(f"{HOST}/app:1")) == digest
+    assert asked == ["HEAD mirror.test"]

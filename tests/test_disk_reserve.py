@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from tests.harness import hostile
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import release_podman
@@ -124,9 +124,9 @@ def pull_cli(tmp: Path, registry: RunningRegistry, root: Path, names: list[str],
     conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
     (tmp / "auth.json").write_text('{"auths": {}}')
     proc = subprocess.run(
-        [sys.executable, "-m", "tether", "pull", "--root", str(root), "--runroot", str(tmp / "run"),
-         "--storage-driver", driver, "--registries-conf", str(conf), "--authfile", str(tmp / "auth.json"),
-         "--tls-verify=false", "--progress", "none", "--format", "json", "--disk-reserve", reserve, *names],
+        tether_argv("pull", "--root", str(root), "--runroot", str(tmp / "run"),
+                    "--storage-driver", driver, "--registries-conf", str(conf), "--authfile", str(tmp / "auth.json"),
+                    "--tls-verify=false", "--progress", "none", "--format", "json", "--disk-reserve", reserve, *names),
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     results = {r["name"]: r["error"] for r in json.loads(proc.stdout)} if proc.stdout.strip() else {}
     return proc.returncode, results, proc.stderr

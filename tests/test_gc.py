@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.bound import make_root
+from tests.harness.cli import tether_argv
 from tests.harness.images import build_image, build_layer, directory, file, push_image, simple_image
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
@@ -174,14 +175,13 @@ def test_gc_removes_layers_a_killed_pull_published_without_an_image(
     tmp_path: Path, registry: RunningRegistry
 ) -> None:
     import os
-    import sys
 
     image = simple_image(951, files=2, layers=2)
     push_image(registry.host, "gc-killed/app:1", image)
     store_root = tmp_path / "store"
     killed = subprocess.run(
-        [sys.executable, "-m", "tether", "pull", "--root", str(store_root), "--tls-verify=false",
-         "--progress", "none", f"{registry.host}/gc-killed/app:1"],
+        tether_argv("pull", "--root", str(store_root), "--tls-verify=false",
+                    "--progress", "none", f"{registry.host}/gc-killed/app:1"),
         env={**os.environ, "TETHER_STORE_CRASH_AT": "image-before-record"}, capture_output=True, text=True,
     )
     assert killed.returncode == -9, killed.stderr

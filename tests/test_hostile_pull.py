@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from tests.harness import hostile
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman, podman_for, short_runroot
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import release_podman
@@ -35,7 +35,7 @@ def registries_conf(tmp: Path, registry: RunningRegistry) -> Path:
 
 
 def tether(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True, cwd=REPO_ROOT,
+    return subprocess.run(tether_argv(*args), capture_output=True, text=True, cwd=REPO_ROOT,
                           timeout=timeout)
 
 

@@ -202,11 +202,15 @@ LAZY_IMPORTS = {
     ("engine/api/__init__.py", "__getattr__"): "import tether must not load the pull engine (~0.4 s)",
     ("engine/cli/main.py", "dispatch"): "each verb pays only for its own imports",
     ("engine/copy/progress.py", "make_progress"): "rich (~55 ms) only for a terminal display",
+    ("engine/copy/sources/__init__.py", "open_image_source"): "layouts (store.oci, tarfile: ~7 ms) only for oci: names",
+    ("engine/copy/verify.py", "enforce_policy"): "registries.d (YAML) and the signature fetcher (~13 ms) only for "
+                                                 "policies that read signatures",
     ("engine/copy/progress.py", "__init__"): "rich (~55 ms) only for a terminal display",
     ("registry/trust/evaluate.py", "_evaluate_requirement"): "cryptography (50-70 ms) only for sigstore policies",
     ("store/containers_storage/export.py", "export_layer"): "tar-split only when a layer is exported (~4 ms)",
     ("store/containers_storage/export.py", "check"): "the tree check (tar reader, tar-split: ~14 ms) only for check",
     ("store/containers_storage/layers.py", "process_extractor"): "the worker pool only when a layer is staged",
+    ("store/containers_storage/layers.py", "prewarm_extractors"): "the worker pool only when a layer is staged",
     ("store/tar/decompress.py", "__init__"): "zstandard only for zstd layers (~2 ms per extraction child)",
 }
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.harness import images as factory
-from tether.engine.copy.execute import LargestFirst
+from tether.engine.copy.execute import SLOTLESS_BLOB, LargestFirst
 from tether.engine.copy.image import SourceImage
 from tether.engine.copy.plan import PlanError, image_up_to_date, is_background_layer, layer_ids, plan_pull
 from tether.registry.manifest import ImageManifest, parse_image_config, parse_manifest
@@ -145,6 +145,10 @@ def test_source_image_ids_and_digests() -> None:
     assert isinstance(src.config.created, datetime)
 
 
+#: A blob size that takes a slot.
+BIG = SLOTLESS_BLOB + 1
+
+
 async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
     import trio
 
@@ -164,10 +168,34 @@ async def test_layer_slots_go_to_the_largest_waiting_blob_first() -> None:
 
     async with trio.open_nursery() as nursery:
         for size in (5, 50, 1, 500, 20, 7):
-            nursery.start_soon(job, size)
+            nursery.start_soon(job, BIG + size)
     # granted two at a time, largest first (the two granted together may start in either order)
-    assert [set(order[i:i + 2]) for i in (0, 2, 4)] == [{500, 50}, {20, 7}, {5, 1}]
+    assert [{size - BIG for size in order[i:i + 2]} for i in (0, 2, 4)] == [{500, 50}, {20, 7}, {5, 1}]
     assert most == 2 and slots.free == 2
+
+
+async def test_small_blobs_take_no_slot_when_the_job_count_is_the_machines() -> None:
+    import trio
+
+    slots = LargestFirst(1, slotless=SLOTLESS_BLOB)
+    inside = trio.Event()
+    small_done = trio.Event()
+
+    async def big() -> None:
+        async with slots.slot(BIG):
+            inside.set()
+            await small_done.wait()  # a small blob must not wait for this slot
+
+    async def small() -> None:
+        await inside.wait()
+        async with slots.slot(SLOTLESS_BLOB):
+            small_done.set()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(big)
+            nursery.start_soon(small)
+    assert slots.free == 1
 
 
 async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
@@ -184,12 +212,12 @@ async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
 
     cancelled = trio.CancelScope()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(job, 100)
-        nursery.start_soon(job, 50, cancelled)
-        nursery.start_soon(job, 10)
+        nursery.start_soon(job, BIG + 100)
+        nursery.start_soon(job, BIG + 50, cancelled)
+        nursery.start_soon(job, BIG + 10)
         await trio.sleep(0.001)
         cancelled.cancel()
-    assert got == [100, 10] and slots.free == 1
+    assert got == [BIG + 100, BIG + 10] and slots.free == 1
 
 
 def test_images_planned_later_share_the_jobs_already_scheduled() -> None:

@@ -9,13 +9,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman, short_runroot
 from tests.harness.registry import RunningRegistry
 from tests.test_progress import validate_line
@@ -438,10 +438,10 @@ def test_cli_pull_json_progress_fd_and_exit_status(tmp_path: Path, registry: Run
     factory.push_image(registry.host, "cli/app:1", factory.simple_image(951))
     options = make_options(tmp_path, registry)
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "tether", "pull", "--root", str(options.root), "--runroot", str(options.runroot),
-           "--storage-driver", "overlay", "--registries-conf", str(options.registries_conf), "--authfile",
-           str(options.authfile), "--tls-verify=false", "--progress", "plain", "--progress-fd", str(write_fd),
-           f"{registry.host}/cli/app:1", f"{registry.host}/cli/missing:1"]
+    cmd = tether_argv("pull", "--root", str(options.root), "--runroot", str(options.runroot),
+                      "--storage-driver", "overlay", "--registries-conf", str(options.registries_conf),
+                      "--authfile", str(options.authfile), "--tls-verify=false", "--progress", "plain",
+                      "--progress-fd", str(write_fd), f"{registry.host}/cli/app:1", f"{registry.host}/cli/missing:1")
     proc = subprocess.Popen(cmd, pass_fds=(write_fd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as reader:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 from tests.harness import images as factory
 from tests.harness.bound import make_root
-from tests.harness.cli import REPO, StoreArgs, tether
+from tests.harness.cli import REPO, StoreArgs, tether, tether_argv
 from tests.harness.registry import RunningRegistry
 from tether.engine.writable import mount_of
 
@@ -83,8 +82,8 @@ def test_a_read_only_bind_mount_on_a_booted_ostree_host_is_remounted_for_tether_
     sysroot = tmp_path / "sysroot"
     sysroot.mkdir()
     store = sysroot / "ostree/bootc/storage"
-    pull = " ".join([sys.executable, "-m", "tether", "pull", "--root", str(store), "--runroot", str(args.runroot),
-                     "--registries-conf", str(args.registries_conf), "--progress", "none", "--disk-reserve", "0", ref])
+    pull = " ".join(tether_argv("pull", "--root", str(store), "--runroot", str(args.runroot), "--registries-conf",
+                                str(args.registries_conf), "--progress", "none", "--disk-reserve", "0", ref))
     # As on a bootc host: /sysroot a read-only bind mount of a writable file system, /run/ostree-booted present.
     script = f"""
 set -e

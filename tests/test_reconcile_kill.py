@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.bound import make_root
+from tests.harness.cli import tether_argv
 from tests.harness.faulty_proxy import Fault, FaultyProxy
 from tests.harness.images import push_image, simple_image
 from tests.harness.podman import Podman, short_runroot
@@ -38,7 +38,7 @@ def tether(*args: str, crash_at: str | None = None) -> subprocess.Popen[str]:
     if crash_at is not None:
         env[CRASH_ENV] = crash_at
     return subprocess.Popen(
-        [sys.executable, "-m", "tether", *args],
+        tether_argv(*args),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         cwd=Path(__file__).resolve().parent.parent,
     )
@@ -90,8 +90,8 @@ def test_killed_sync_leaves_not_ready_then_completes(
     (deployment,) = root_deployments([root])
     record = load_record(store, deployment)
     assert record is None or not record.ready
-    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--deployment-root", str(root),
-                             "--root", str(store), "--check", str(root)], capture_output=True, text=True,
+    status = subprocess.run(tether_argv("bound", "status", "--deployment-root", str(root),
+                                        "--root", str(store), "--check", str(root)), capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert status.returncode == 1
 
@@ -102,8 +102,9 @@ def test_killed_sync_leaves_not_ready_then_completes(
     rerun = tether(*args)
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
-    status = subprocess.run([sys.executable, "-m", "tether", "bound", "status", "--deployment-root", str(root),
-                             "--root", str(store), "--format", "json"], capture_output=True, text=True, check=True,
+    status = subprocess.run(tether_argv("bound", "status", "--deployment-root", str(root),
+                                        "--root", str(store), "--format", "json"), capture_output=True, text=True,
+                            check=True,
                             cwd=Path(__file__).resolve().parent.parent)
     (doc,) = json.loads(status.stdout)
     assert doc["ready"] is True

@@ -6,12 +6,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman
 from tests.harness.registry import RunningRegistry
 from tests.harness.terminal import ANSI, run_on_terminal
@@ -33,9 +34,9 @@ def write_conf(path: Path, registries: list[str], mode: str = "enforcing") -> Pa
 def tether_pull(tmp: Path, conf: Path, *names: str) -> list[str]:
     auth = tmp / "auth.json"
     auth.write_text('{"auths": {}}')
-    return [sys.executable, "-m", "tether", "pull", "--root", str(tmp / "store"), "--runroot", str(tmp / "run"),
-            "--storage-driver", "vfs", "--registries-conf", str(conf), "--authfile", str(auth), "--tls-verify=false",
-            *names]
+    return tether_argv("pull", "--root", str(tmp / "store"), "--runroot", str(tmp / "run"), "--storage-driver",
+                       "vfs", "--registries-conf", str(conf), "--authfile", str(auth), "--tls-verify=false",
+                       "--short-name-alias-conf", str(tmp / "cache" / "short-name-aliases.conf"), *names, home=tmp)
 
 
 def environment(tmp: Path) -> dict[str, str]:
@@ -71,6 +72,65 @@ def test_pull_of_a_short_name_on_a_terminal_asks_which_image_and_pulls_the_choic
     assert store.find_image(f"{other}/prompt15/app:1").id == image.image_id
     with pytest.raises(Exception, match="prompt15"):
         store.find_image(f"{registry.host}/prompt15/app:1")
+    # the choice is recorded as podman records it: the short name without its tag, the repository without
+    cache = tmp_path / "cache" / "short-name-aliases.conf"
+    assert tomllib.loads(cache.read_text()) == {"aliases": {"prompt15/app": f"{other}/prompt15/app"}}
+    assert cache.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_chosen_short_name_is_asked_once_and_buildah_reads_the_choice(
+        tmp_path: Path, registry: RunningRegistry) -> None:
+    image = factory.simple_image(1502)
+    factory.push_image(registry.host, "prompt15/once:1", image)
+    factory.push_image(registry.host, "prompt15/once:2", factory.simple_image(1503))
+    other = f"localhost:{registry.port}"
+    conf = write_conf(tmp_path / "registries.conf", [registry.host, other])
+    cache = tmp_path / "cache" / "short-name-aliases.conf"
+    cache.parent.mkdir()
+    cache.write_text('[aliases]\n  "kept" = "quay.io/kept/app"\n')
+    first = run_on_terminal(tether_pull(tmp_path, conf, "prompt15/once:1"),
+                            [(PROMPT, DOWN), (f"\x1b[4m{other}".encode(), ENTER)], env=environment(tmp_path))
+    assert first.status == 0, first.text()
+    assert tomllib.loads(cache.read_text())["aliases"] == {"kept": "quay.io/kept/app",
+                                                          "prompt15/once": f"{other}/prompt15/once"}
+    # another tag of the same name, on a terminal: no prompt, the alias answers
+    second = run_on_terminal(tether_pull(tmp_path, conf, "prompt15/once:2"), [], env=environment(tmp_path))
+    assert second.status == 0, second.text()
+    assert b"Please select" not in second.output
+    store = Store.open(tmp_path / "store", runroot=tmp_path / "run", driver="vfs")
+    assert store.find_image(f"{other}/prompt15/once:2")
+    # buildah (containers/image) reads the file tether wrote: off a terminal, enforcing mode, it resolves the
+    # short name through the alias instead of refusing to guess
+    buildah = subprocess.run(["buildah", "--root", str(tmp_path / "b-store"), "--runroot", str(tmp_path / "b-run"),
+                              "--storage-driver", "vfs", "--registries-conf", str(conf), "--short-name-alias-conf",
+                              str(cache), "pull", "-q", "--tls-verify=false", "prompt15/once:1"],
+                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                             env=environment(tmp_path))
+    assert buildah.returncode == 0, buildah.stderr
+    assert buildah.stdout.strip().endswith(image.image_id)
+
+
+def test_a_failed_pull_records_no_alias_and_an_unwritable_cache_only_warns(
+        tmp_path: Path, registry: RunningRegistry) -> None:
+    other = f"localhost:{registry.port}"
+    conf = write_conf(tmp_path / "registries.conf", [registry.host, other])
+    cache = tmp_path / "cache" / "short-name-aliases.conf"
+    # the chosen repository does not exist: the pull fails and nothing is recorded
+    missing = run_on_terminal(tether_pull(tmp_path, conf, "prompt15/absent:1"),
+                              [(PROMPT, DOWN), (f"\x1b[4m{other}".encode(), ENTER)], env=environment(tmp_path))
+    assert missing.status == 1, missing.text()
+    assert not cache.exists()
+    # a cache that cannot be written (its lock is a directory): the pull succeeds, a warning names the file, the
+    # cache is left as it was (podman logs the error and keeps the image)
+    factory.push_image(registry.host, "prompt15/warn:1", factory.simple_image(1504))
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text('[aliases]\n  "kept" = "quay.io/kept/app"\n')
+    Path(f"{cache}.lock").mkdir()
+    run = run_on_terminal(tether_pull(tmp_path, conf, "prompt15/warn:1"),
+                          [(PROMPT, DOWN), (f"\x1b[4m{other}".encode(), ENTER)], env=environment(tmp_path))
+    assert run.status == 0, run.text()
+    assert f"tether: warning: {cache}: recording short-name alias 'prompt15/warn'" in run.text().replace("\r\n", "")
+    assert cache.read_text() == '[aliases]\n  "kept" = "quay.io/kept/app"\n'
 
 
 def test_ctrl_c_at_the_prompt_ends_the_pull_and_restores_the_terminal(tmp_path: Path) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman, podman_for
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import release_podman
@@ -33,7 +33,7 @@ def rich(registry: RunningRegistry) -> factory.BuiltImage:
 
 
 def run_check(root: Path, driver: str) -> tuple[int, list[str]]:
-    proc = subprocess.run([sys.executable, "-m", "tether", "check", "--root", str(root), "--storage-driver", driver],
+    proc = subprocess.run(tether_argv("check", "--root", str(root), "--storage-driver", driver),
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     return proc.returncode, proc.stdout.splitlines()
 
@@ -52,9 +52,9 @@ def pulled(request: pytest.FixtureRequest, tmp_path: Path, registry: RunningRegi
         root = tmp_path / "store"
         conf = tmp_path / "registries.conf"
         conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-        proc = subprocess.run([sys.executable, "-m", "tether", "pull", "--root", str(root), "--storage-driver",
-                               driver, "--registries-conf", str(conf), "--tls-verify=false", "--progress", "none",
-                               name], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+        proc = subprocess.run(tether_argv("pull", "--root", str(root), "--storage-driver", driver,
+                                          "--registries-conf", str(conf), "--tls-verify=false", "--progress",
+                                          "none", name), capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
         assert proc.returncode == 0, proc.stderr
     try:
         store = Store.open(root, driver=driver)

@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman, container_env
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import pull_into_store
@@ -70,9 +70,9 @@ def test_podman_and_tether_contend_for_the_layers_lock(round_: int, registry: Ru
                                        stderr=subprocess.PIPE, text=True, env=container_env(podman.runroot))
         conf = tmp_path / "registries.conf"
         conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-        ours_proc = subprocess.Popen([sys.executable, "-m", "tether", "pull", "--root", str(podman.root),
-                                      "--registries-conf", str(conf), "--tls-verify=false", "--progress", "none",
-                                      f"{registry.host}/store/conc{round_}-a:v1"], stdout=subprocess.PIPE,
+        ours_proc = subprocess.Popen(tether_argv("pull", "--root", str(podman.root), "--registries-conf", str(conf),
+                                                 "--tls-verify=false", "--progress", "none",
+                                                 f"{registry.host}/store/conc{round_}-a:v1"), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
         deadline = time.monotonic() + 60
         while not {theirs_proc.pid, ours_proc.pid} <= blocked_on(inodes):
@@ -92,7 +92,7 @@ def test_podman_and_tether_contend_for_the_layers_lock(round_: int, registry: Ru
     assert {i.id for i in store.list_images()} == ids
     layers = json.loads((podman.root / "overlay-layers" / "layers.json").read_text())
     assert len(layers) == len({r["id"] for r in layers}) == 3  # the shared base exactly once
-    check = subprocess.run([sys.executable, "-m", "tether", "check", "--root", str(podman.root)],
+    check = subprocess.run(tether_argv("check", "--root", str(podman.root)),
                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert check.returncode == 0, check.stdout
     for image in (ours, theirs):

@@ -9,13 +9,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.harness import images as factory
+from tests.harness.cli import tether_argv
 from tests.harness.podman import Podman, podman_for, short_runroot
 from tests.harness.registry import RunningRegistry
 from tests.harness.store_pull import release_podman
@@ -47,7 +47,7 @@ def tether(*args: str, crash_at: str | None = None, timeout: float = 120) -> sub
     env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
     if crash_at is not None:
         env[CRASH_ENV] = crash_at
-    return subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True, env=env,
+    return subprocess.run(tether_argv(*args), capture_output=True, text=True, env=env,
                           cwd=REPO_ROOT, timeout=timeout)
 
 

@@ -24,7 +24,7 @@ from tether.engine.bound.discovery import (
 )
 from tether.engine.errors import BoundImageError
 from tether.engine.storelock import TETHER_DIR
-from tether.store.containers_storage import atomic_write, lookup_image
+from tether.store.containers_storage import atomic_write, lookup_image, sync_filesystem
 
 if TYPE_CHECKING:
     from tether.store.containers_storage import ImageRecord, Store
@@ -124,10 +124,13 @@ def load_record(store_root: Path, deployment: Deployment) -> ReadinessRecord | N
 
 
 def write_record(store_root: Path, deployment: Deployment, record: ReadinessRecord) -> Path:
-    """Write the record atomically (temp file, fsync, rename, fsync the directory)."""
+    """Write the record atomically (temp file, fsync, rename, fsync the directory), once the store's
+    filesystem is synced: a record that survives a power cut never claims images whose files did not (no
+    writer fsyncs the files of an extracted layer, as c/storage does not; one syncfs covers them all)."""
     path = record_path(store_root, deployment)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = json.dumps(record.to_json(), indent=2).encode() + b"\n"
+    sync_filesystem(path.parent)
     atomic_write(path, data, 0o600, durable=True)
     return path
 

@@ -16,10 +16,11 @@ import logging
 import os
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from tether.engine.arguments import LOG_LEVELS
+from tether.engine.cli import readahead
 from tether.engine.cli.parser import build_parser
 from tether.engine.errors import EngineError
 from tether.registry.errors import RegistryError
@@ -43,6 +44,35 @@ def skip_httpx_cli() -> None:
     sys.modules["httpx._main"] = stub
 
 
+#: What ``ctypes.util.find_library("pthread")`` answers on glibc (since 2.34 a stub, its symbols in libc.so.6).
+GLIBC_PTHREAD = "libpthread.so.0"
+
+
+def skip_ldconfig(util: types.ModuleType) -> None:
+    """Make ``util.find_library`` (``ctypes.util``'s) answer ``pthread`` on glibc without running ``ldconfig -p``.
+
+    trio looks up libpthread when it is imported (trio/_core/_thread_cache.py, to name its worker threads); on
+    Linux ``ctypes.util.find_library`` forks and executes ``/sbin/ldconfig -p`` for that (7-13 ms with a cold
+    page cache, a process for nothing: the soname is fixed on glibc, and dlopen finds a soname by itself).
+    Other names, and other C libraries (musl has no ``CS_GNU_LIBC_VERSION``), go to the original.
+    """
+    original: Callable[[str], str | None] = util.find_library
+    if getattr(original, "skips_ldconfig", False):
+        return
+    try:
+        glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc ")
+    except (ValueError, OSError):
+        glibc = False
+
+    def find_library(name: str) -> str | None:
+        if glibc and name == "pthread":
+            return GLIBC_PTHREAD
+        return original(name)
+
+    find_library.skips_ldconfig = True  # type: ignore[attr-defined]
+    util.find_library = find_library  # type: ignore[attr-defined]
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the verb the parser chose (``args.verb``, see :data:`tether.engine.cli.parser.VERBS`); its exit status.
 
@@ -51,6 +81,9 @@ def dispatch(args: argparse.Namespace) -> int:
     and ``--version`` or ``--help`` (~50 ms) load all of it. These are the only imports inside a function in
     tether.engine.cli.
     """
+    import ctypes.util  # ~0.3 ms over what every verb loads (ctypes, shutil, subprocess); before trio
+
+    skip_ldconfig(ctypes.util)
     match args.verb:
         case "pull":
             from tether.engine.cli.pull import run_pull
@@ -114,13 +147,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:  # `tether` or `tether bound`: no command to run, its choices are the answer
         args.command_parser.print_help(sys.stderr)
         return 2
+    # Read ahead, while the verb's modules import, what its last run loaded (a cold page cache: an upgrade).
+    listed = readahead.start(args.verb)
     level = LOG_LEVELS[getattr(args, "log_level", None) or "warning"]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # httpx/httpcore log every URL at INFO/DEBUG; registry.http logs the exchanges with secrets redacted.
     for noisy in ("httpx", "httpcore", "hpack"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return dispatch(args)
+        code = dispatch(args)
+        readahead.record(args.verb, listed)
+        return code
     except (RegistryError, StoreError, EngineError) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 1

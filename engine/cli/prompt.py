@@ -9,8 +9,9 @@ prompt, stdin for the keys), so that a podman user's fingers work here.
 
 :func:`prompt_short_names` asks before the pull starts, for every short name given, one after the other: the
 pull's live display (stderr) and concurrent resolution would otherwise draw over the prompt, and podman too
-asks before it pulls anything. The chosen reference replaces the short name; the choice is not recorded as an
-alias (podman records it in its short-name-aliases.conf cache, which tether leaves to podman).
+asks before it pulls anything. The chosen reference replaces the short name; once its pull succeeded,
+:func:`record_selections` records the choice in the short-name-aliases.conf cache as podman does
+(``PullCandidate.Record``), so the next pull of that name, by tether or podman, asks no more.
 """
 
 from __future__ import annotations
@@ -21,14 +22,21 @@ import shutil
 import sys
 import termios
 import tty
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO
 
 from tether.engine.errors import EngineError
 from tether.engine.options import CommonOptions
 from tether.registry.errors import RegistryError
-from tether.registry.reference import DockerName, Reference, parse_image_name
-from tether.registry.registries_conf import RegistriesConf, load_registries_conf, resolve_short_name_detailed
+from tether.registry.reference import DockerName, Reference, parse_image_name, parse_short_name
+from tether.registry.registries_conf import (
+    RegistriesConf,
+    default_aliases_path,
+    load_registries_conf,
+    record_short_name_alias,
+    resolve_short_name_detailed,
+)
 
 LABEL = "Please select an image"
 #: promptui's default Select.Size.
@@ -160,9 +168,19 @@ def terminal_chooser() -> Callable[[tuple[Reference, ...]], Reference] | None:
     return choose
 
 
+@dataclass(frozen=True)
+class Selection:
+    """One name to pull: ``name`` as the pull takes it; when the user chose it at the prompt, ``short_name`` is
+    what was typed without its tag and ``repository`` the chosen one (what a successful pull records)."""
+
+    name: str
+    short_name: str | None = None
+    repository: Reference | None = None
+
+
 def prompt_short_names(names: Sequence[str], options: CommonOptions, *,
-                       choose: Callable[[tuple[Reference, ...]], Reference] | None = None) -> list[str]:
-    """``names`` with each short name the user picked a candidate for replaced by that reference.
+                       choose: Callable[[tuple[Reference, ...]], Reference] | None = None) -> list[Selection]:
+    """``names``, each short name the user picked a candidate for replaced by that reference.
 
     Only when a prompt can be shown (``choose``, else :func:`terminal_chooser`); a name that resolves without
     one (an alias, one search registry, short-name-mode ``disabled``) or fails to resolve (a bad registries.conf,
@@ -170,22 +188,43 @@ def prompt_short_names(names: Sequence[str], options: CommonOptions, *,
     """
     choose = choose if choose is not None else terminal_chooser()
     if choose is None:
-        return list(names)
+        return [Selection(name) for name in names]
     conf: RegistriesConf | None = None
     out = []
     for name in names:
+        selection = Selection(name)
         try:
             parsed = parse_image_name(name)
             if isinstance(parsed, DockerName) and parsed.reference is None:
                 if conf is None:
-                    conf = load_registries_conf(path=options.registries_conf, environ=options.environ)
+                    conf = load_registries_conf(path=options.registries_conf, environ=options.environ,
+                                                dropin_dir=options.registries_conf_dir,
+                                                aliases_path=options.short_name_alias_conf)
                 resolved = resolve_short_name_detailed(conf, parsed.name, tty=True, choose=choose)
                 if resolved.rationale == "selected":
-                    name = str(resolved.candidates[0])
+                    chosen = resolved.candidates[0]
+                    selection = Selection(str(chosen), short_name=parse_short_name(parsed.name).path,
+                                          repository=chosen)
         except RegistryError:
             pass
-        out.append(name)
+        out.append(selection)
     return out
 
 
-__all__ = ["LABEL", "PromptAborted", "prompt_short_names", "select", "terminal_chooser"]
+def record_selections(selections: Iterable[Selection], pulled: set[str], options: CommonOptions) -> list[str]:
+    """Record every selection whose name is in ``pulled`` (pulled successfully) as a short-name alias; returns
+    one warning per failed write (a pull that succeeded does not fail for its cache, as in podman)."""
+    path = options.short_name_alias_conf or default_aliases_path(environ=options.environ)
+    warnings = []
+    for selection in selections:
+        if selection.short_name is None or selection.repository is None or selection.name not in pulled:
+            continue
+        try:
+            record_short_name_alias(path, selection.short_name, selection.repository)
+        except RegistryError as exc:
+            warnings.append(str(exc))
+    return warnings
+
+
+__all__ = ["LABEL", "PromptAborted", "Selection", "prompt_short_names", "record_selections", "select",
+           "terminal_chooser"]

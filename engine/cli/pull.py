@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from tether.engine.arguments import check_output_streams, check_pull_options, progress_on_stdout
-from tether.engine.cli.prompt import prompt_short_names
+from tether.engine.cli.prompt import prompt_short_names, record_selections
 from tether.engine.copy.image import PullRequest
 from tether.engine.copy.progress import ProgressMode, make_progress
 from tether.engine.copy.pull import ImageResult, PullMode, pull
@@ -77,12 +77,12 @@ def run_pull(args: argparse.Namespace) -> int:
     options = common_options_from_args(args)
     limit = rate_limit_from_args(args)
     pull_mode = pull_mode_from_args(args)
-    names = prompt_short_names(args.images, options)  # before the live display takes the terminal
+    selections = prompt_short_names(args.images, options)  # before the live display takes the terminal
     mode: ProgressMode = "none" if args.quiet or pull_mode == "preview" else args.progress
     quiet_stdout = progress_on_stdout(args) and not args.quiet
     store = open_store_for(args, options.root, verb="pull", runroot=options.runroot, driver=options.storage_driver)
     progress = make_progress(mode, progress_fd=args.progress_fd)
-    requests = [PullRequest(name=name, retries=args.retry, retry_delay=args.retry_delay) for name in names]
+    requests = [PullRequest(name=s.name, retries=args.retry, retry_delay=args.retry_delay) for s in selections]
     # Shared: several pulls may add to the store at once, but a gc or bound sync (exclusive) never runs
     # while this one has reused a layer it has not yet committed an image on. A dry run writes nothing, the
     # lock file included.
@@ -98,6 +98,10 @@ def run_pull(args: argparse.Namespace) -> int:
                              download_only=args.download_only)
     if pull_mode == "download":
         return print_downloads(report.results, json_format=options.format == "json", quiet=quiet_stdout)
+    # A choice at the prompt is remembered once its image is pulled (not by a dry run, which writes nothing,
+    # nor by a download, which pulls nothing yet).
+    for warning in record_selections(selections, {r.request.name for r in report.results if r.ok}, options):
+        print(f"tether: warning: {warning}", file=sys.stderr)
     if options.format == "json":
         out = [
             {"name": r.request.name, "reference": r.reference, "id": r.image_id, "digest": r.manifest_digest,

@@ -59,9 +59,14 @@ class RegistryClients:
         self._conf: RegistriesConf | None = None
 
     def registries(self) -> RegistriesConf:
-        """registries.conf and its drop-ins (``--registries-conf``, ``CONTAINERS_REGISTRIES_CONF``, the system's)."""
+        """registries.conf (``--registries-conf``, ``CONTAINERS_REGISTRIES_CONF``, the system's), its drop-ins
+        (``--registries-conf-dir``, else the system's and the user's) and the alias cache
+        (``--short-name-alias-conf``)."""
         if self._conf is None:
-            self._conf = load_registries_conf(path=self.options.registries_conf, environ=self.options.environ)
+            options = self.options
+            self._conf = load_registries_conf(path=options.registries_conf, environ=options.environ,
+                                              dropin_dir=options.registries_conf_dir,
+                                              aliases_path=options.short_name_alias_conf)
         return self._conf
 
     async def get(self, *, authfile: Path | None = None, cert_dir: Path | None = None,

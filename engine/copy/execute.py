@@ -44,6 +44,11 @@ WRITE_GROUP_BYTES = 1 << 20
 CHANNEL_GROUPS = 1
 #: Bytes of a kept blob prefix fed per thread hop (progress is reported between hops).
 FEED_GROUP = 8 << 20
+#: Blobs this small take no slot unless the job count was given (``--jobs``: a hard limit). A slot bounds the CPU
+#: and disk work of a layer, which such a blob hardly makes (applied in this process in a few ms); on a slow
+#: link its job mostly waits for round trips, and slots held for that made the last layers of five small
+#: images wait for a second wave of requests (40 ms RTT: ~1 RTT).
+SLOTLESS_BLOB = 1 << 20
 
 
 def default_jobs() -> int:
@@ -65,11 +70,13 @@ class LargestFirst:
 
     Largest-first (LPT scheduling) starts the longest layers at once and fills in small ones around them,
     so a copy ends close to when its largest layer does; trio's own limiter is FIFO in start order.
-    A job asks only once its dependencies are published, so waiting never holds a slot.
+    A job asks only once its dependencies are published, so waiting never holds a slot; a blob of at most
+    ``slotless`` bytes takes none.
     """
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, *, slotless: int = 0) -> None:
         self.free = slots
+        self.slotless = slotless
         self._waiting: list[tuple[int, int, trio.Event]] = []
         self._seq = 0
 
@@ -81,6 +88,9 @@ class LargestFirst:
 
     @asynccontextmanager
     async def slot(self, size: int) -> AsyncIterator[None]:
+        if size <= self.slotless:
+            yield
+            return
         event = trio.Event()
         self._seq += 1
         heapq.heappush(self._waiting, (-size, self._seq, event))
@@ -219,13 +229,16 @@ class Executor(Generic[ImageT, StagedT, CommitT]):
 
     def __init__(self, *, nursery: trio.Nursery, destination: Destination[ImageT, StagedT, CommitT],
                  labels: Sequence[str], jobs: int, progress: Progress,
-                 on_commit: Callable[[ImageRun[ImageT, CommitT]], None] | None = None) -> None:
+                 on_commit: Callable[[ImageRun[ImageT, CommitT]], None] | None = None,
+                 small_blobs_free: bool = False) -> None:
+        """``jobs`` layer jobs at once; ``small_blobs_free``: blobs of at most :data:`SLOTLESS_BLOB` bytes do not
+        count (the job count was sized for the machine, not given)."""
         self.nursery = nursery
         self.on_commit = on_commit
         self.destination = destination
         self.progress = progress
         self.runs: list[ImageRun[ImageT, CommitT]] = [ImageRun(key=i, label=label) for i, label in enumerate(labels)]
-        self.limiter = LargestFirst(jobs)
+        self.limiter = LargestFirst(jobs, slotless=SLOTLESS_BLOB if small_blobs_free else 0)
         self.jobs: dict[str, JobRun[StagedT]] = {}
         self.resolving = len(self.runs)
         self.largest_blob = 0

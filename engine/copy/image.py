@@ -153,6 +153,16 @@ class ImageSource(Protocol):
     @property
     def local_names(self) -> tuple[str, ...]: ...
 
+    async def prepare(self) -> None:
+        """Start what the first request will need (a registry's ping; its repository joins the registry's
+        first token request), so that it overlaps the store listing; never raises."""
+        ...
+
+    async def top_digest(self) -> str | None:
+        """The digest of what the name points at right now when it costs less than :meth:`read_top` (a
+        registry's ``HEAD``, a name that pins a digest: no request); ``None``: ask :meth:`read_top`."""
+        ...
+
     async def read_top(self) -> RawManifest:
         """What the name points at right now (an index or a manifest), with one request at most."""
         ...

@@ -261,7 +261,7 @@ async def _open_destination(dest: DestinationName, *, clients: RegistryClients, 
     client = await clients.get(tls_verify=dest_tls_verify if dest_tls_verify is not None else options.tls_verify)
     registries_d = None
     if not remove_signatures:
-        registries_d = load_registries_d(home=options.environ.get("HOME"))
+        registries_d = load_registries_d(options.registries_d, home=options.environ.get("HOME"))
     return RegistryDestination(dest, client, scoped=scoped, registries_d=registries_d)
 
 

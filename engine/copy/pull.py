@@ -51,8 +51,9 @@ from tether.engine.copy.sources.cached import CachedRegistrySource
 from tether.engine.copy.sources.registry import RegistrySource
 from tether.engine.copy.verify import PolicyCheck
 from tether.engine.errors import EngineError
-from tether.registry.manifest import host_platform
-from tether.registry.resolve import choose_instance
+from tether.registry.errors import ManifestError, PlatformError
+from tether.registry.manifest import compute_digest, host_platform
+from tether.registry.resolve import RawManifest, choose_instance
 from tether.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 PullPolicy = Literal["always", "missing", "newer", "never"]
 #: ``pull``: into the store; ``download``: into its download cache only; ``preview``: plan, write nothing.
 PullMode = Literal["pull", "download", "preview"]
+
+#: c/image storage_dest.go: each manifest is the big data item ``manifest-<digest>``.
+MANIFEST_BIG_DATA = "manifest"
 
 
 class PullPolicyError(EngineError):
@@ -256,6 +260,20 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
                         if policy == "never" and not isinstance(source, CachedRegistrySource):
                             raise PullPolicyError(f"not in the store {store.root} (pull policy never: no "
                                                   "registry is asked)")
+                    nursery.start_soon(source.prepare)  # the ping overlaps the store listing
+                    if policy != "always":
+                        await listed.wait()
+                        # podman asks what the name points at with a GET (c/common libimage
+                        # hasDifferentDigest); a HEAD says as much for an unchanged tag when the store holds
+                        # the bytes it names, and moves no manifest (nor, on Docker Hub, a rate-limit token).
+                        if any(set(source.local_names) & set(r.names) for r in records):
+                            digest = await source.top_digest()
+                            if digest is not None:
+                                found = await trio.to_thread.run_sync(lambda: stored_up_to_date(
+                                    store, records, names=source.local_names, digest=digest, platform=wanted))
+                                if found is not None:
+                                    finish_present(run, found)
+                                    return
                     top = await source.read_top()
                     if policy != "always":
                         # Up to date only when the store has, under the name, the manifest this platform gets
@@ -288,7 +306,7 @@ async def copy_into_store(requests: Sequence[PullRequest], open_source: SourceOp
             async with trio.open_nursery() as nursery:
                 executor: Executor[SourceImage, Any, Any] = Executor(
                     nursery=nursery, destination=destination, labels=[r.name for r in reqs], jobs=limit,
-                    progress=progress, on_commit=committed)
+                    progress=progress, on_commit=committed, small_blobs_free=limit != jobs)
                 nursery.start_soon(list_store)
                 for run, request in zip(executor.runs, reqs, strict=True):
                     nursery.start_soon(resolve_one, run, request)
@@ -326,6 +344,33 @@ async def _clean(cache: Any, runs: Sequence[StorageRun], platforms: dict[int, st
         log.info("download cache: %d record(s) and %d blob file(s) removed", len(report.records), len(report.blobs))
 
 
+def stored_up_to_date(store: Store, records: Sequence[ImageRecord], *, names: Sequence[str], digest: str,
+                      platform: Platform | None) -> ImageRecord | None:
+    """The stored image that makes a ``newer`` pull unnecessary, knowing only the ``digest`` the name points at:
+    the store's own copy of that manifest (big data ``manifest-DIGEST``, checked against the digest) decides
+    as the registry's bytes would (an index's entry for ``platform``, :func:`choose_instance`); ``None`` when
+    the store does not hold it (then the registry is asked). Blocking: reads big data.
+    """
+    key = f"{MANIFEST_BIG_DATA}-{digest}"
+    for record in records:
+        if not set(names) & set(record.names) or key not in record.big_data_names:
+            continue
+        try:
+            raw = store.image_big_data(record.id, key)
+        except StoreError:
+            continue
+        if compute_digest(raw, digest.split(":", 1)[0]) != digest:
+            continue
+        try:
+            instance = choose_instance(RawManifest(raw, "", digest), platform)
+        except PlatformError:
+            raise
+        except ManifestError:
+            continue
+        return image_up_to_date(records, names=names, digest=instance.digest if instance is not None else digest)
+    return None
+
+
 def platform_mismatch(config: ImageConfig, wanted: Platform | None) -> str | None:
     """podman's warning when the image pulled is not for the platform asked for (a single-platform image for
     another architecture, or an index entry without a platform): ``None`` when it matches.
@@ -342,4 +387,4 @@ def platform_mismatch(config: ImageConfig, wanted: Platform | None) -> str | Non
 
 
 __all__ = ["ImageResult", "PullMode", "PullPolicy", "PullPolicyError", "PullReport", "PullRequest", "SourceOpener",
-           "copy_into_store", "platform_mismatch", "pull"]
+           "copy_into_store", "platform_mismatch", "pull", "stored_up_to_date"]

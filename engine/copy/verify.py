@@ -13,6 +13,7 @@ looked up by it). Signatures are read from the physical repository that served t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -29,9 +30,7 @@ from tether.registry.trust.config import (
     requirements_for,
 )
 from tether.registry.trust.evaluate import evaluate_policy, needs_signatures, needs_sigstore_signatures
-from tether.registry.trust.fetch import fetch_signatures
 from tether.registry.trust.image import PolicyImage
-from tether.registry.trust.registries_d import RegistriesD, load_registries_d
 from tether.registry.trust.signature import Signature
 
 if TYPE_CHECKING:
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage
     from tether.engine.options import CommonOptions
     from tether.registry.client import RegistryClient
+    from tether.registry.trust.registries_d import RegistriesD
 
 
 def _docker_reference(ref: Reference) -> Reference:
@@ -84,11 +84,13 @@ def _physical_repository(image: SourceImage) -> Reference:
 
 async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, transport: str,
                          client: RegistryClient | None, registries_d: RegistriesD | None = None,
+                         registries_d_dir: Path | None = None, home: str | None = None,
                          http: httpx.AsyncClient | None = None) -> None:
     """Raise :class:`PolicyError` unless ``policy`` allows ``image`` (resolved from ``name``).
 
-    ``registries_d`` defaults to the host's registries.d (``$HOME/.config/containers/registries.d`` if it
-    exists, else ``/etc/containers/registries.d``). Signatures are fetched only when a requirement
+    ``registries_d`` defaults to the registries.d directory ``registries_d_dir`` (``--registries.d``), else the
+    host's (``$HOME/.config/containers/registries.d`` if it exists, else ``/etc/containers/registries.d``),
+    read only when signatures are needed. Signatures are fetched only when a requirement
     that reads them applies. The error names the image, the policy file, the rule (scope and
     requirement index) and the reason.
     """
@@ -97,9 +99,15 @@ async def enforce_policy(*, policy: Policy, image: SourceImage, name: str, trans
     signatures: tuple[Signature, ...] | None = None
     if needs_signatures(match.requirements):
         if transport == "docker":
+            # Imported here: registries.d (YAML) and the signature fetcher cost ~13 ms of start-up that the
+            # default policy (insecureAcceptAnything) never needs (python -X importtime, a no-op pull).
+            from tether.registry.trust.fetch import fetch_signatures
+            from tether.registry.trust.registries_d import load_registries_d
+
             if registries_d is None:
                 try:
-                    registries_d = await trio.to_thread.run_sync(load_registries_d)
+                    registries_d = await trio.to_thread.run_sync(
+                        lambda: load_registries_d(registries_d_dir, home=home))
                 except ConfigError as exc:
                     raise PolicyError(f"{pimage.description}: {exc}") from None
             try:
@@ -122,7 +130,8 @@ def _evaluate(policy: Policy, image: PolicyImage, signatures: tuple[Signature, .
 
 class PolicyCheck:
     """The signature policy of one copy: loaded once (``--signature-policy``, else
-    ``$HOME/.config/containers/policy.json``, else ``/etc/containers/policy.json``), enforced per image."""
+    ``$HOME/.config/containers/policy.json``, else ``/etc/containers/policy.json``), enforced per image with
+    the signatures registries.d (``--registries.d``) locates."""
 
     def __init__(self, options: CommonOptions) -> None:
         self.options = options
@@ -142,7 +151,8 @@ class PolicyCheck:
         try:
             policy = await self._load()
             await enforce_policy(policy=policy, image=image, name=name, transport=image.transport,
-                                 client=source.client if isinstance(source, RegistrySource) else None)
+                                 client=source.client if isinstance(source, RegistrySource) else None,
+                                 registries_d_dir=self.options.registries_d, home=self.options.environ.get("HOME"))
         except (PolicyError, ConfigError):
             raise
         except Exception as exc:  # fail closed: an evaluation that breaks never lets an image through

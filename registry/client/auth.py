@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Hashable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -24,17 +24,19 @@ import tether.registry.client._http as _http
 from tether.registry.auth import AuthFile, AuthFiles, Credentials, lookup_credentials
 from tether.registry.challenge import Challenge, parse_www_authenticate
 from tether.registry.client._tokens import BearerToken, TokenCache, parse_token_response
-from tether.registry.client.core import Connections, Endpoint
-from tether.registry.errors import AuthenticationError, RegistryError
-from tether.registry.registries_conf import AUTHENTICATION_FILE_HELPER, RegistriesConf
+from tether.registry.client.core import Connections, Endpoint, repository_scope
+from tether.registry.errors import AuthenticationError, HTTPStatusError, RegistryError
+from tether.registry.registries_conf import AUTHENTICATION_FILE_HELPER, PullSource, RegistriesConf
 
-__all__ = ["MAX_REDIRECTS", "REDIRECT_STATUSES", "Authenticator"]
+__all__ = ["MAX_BATCHED_SCOPES", "MAX_REDIRECTS", "REDIRECT_STATUSES", "Authenticator"]
 
 logger = logging.getLogger("tether.registry.client")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Hops followed for one request: Go's http.Client (c/image's) stops after 10.
 MAX_REDIRECTS = 10
+#: Other repositories' scopes one token request carries at most (the URL stays a few KiB).
+MAX_BATCHED_SCOPES = 50
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class Authenticator:
         self._credentials_cache: dict[str, _Credentials | None] = {}
         self._tokens = TokenCache(clock=trio.current_time)
         self._token_locks: dict[Hashable, trio.Lock] = {}
+        #: per endpoint (host, insecure): the repositories announced (``Reference.name`` -> pull scope)
+        self._announced: dict[tuple[str, bool], dict[str, str]] = {}
+        #: token servers that refused a token for several repositories at once (realm, service, identity)
+        self._unbatched: set[Hashable] = set()
         #: tokens fetched from token servers so far (for tests and diagnostics)
         self.tokens_fetched = 0
 
@@ -92,6 +98,34 @@ class Authenticator:
         self._credentials_cache[name] = creds
         return creds
 
+    def announce(self, sources: Sequence[PullSource]) -> None:
+        """Repositories about to be read: their pull scopes join the first token request to their endpoint."""
+        for source in sources:
+            endpoint = self._connections.source_endpoint(source)
+            ref = source.reference
+            self._announced.setdefault((endpoint.host, endpoint.insecure), {})[ref.name] = repository_scope(
+                ref.path, "pull")
+
+    async def _batched_scopes(self, endpoint: Endpoint, realm: str, service: str | None, scopes: tuple[str, ...],
+                              creds: _Credentials | None) -> tuple[str, ...]:
+        """The announced pull scopes of ``endpoint`` that one token request for ``scopes`` can also carry:
+        same credentials, no token cached yet, at most :data:`MAX_BATCHED_SCOPES`.
+
+        The token spec lets a client repeat ``scope`` (distribution docs/spec/auth/scope.md); c/image asks one
+        token per repository, so a pull of many images paid one token round trip each.
+        """
+        identity = creds.identity if creds else None
+        extra: list[str] = []
+        for name, scope in self._announced.get((endpoint.host, endpoint.insecure), {}).items():
+            if len(extra) >= MAX_BATCHED_SCOPES:
+                break
+            if scope in scopes or self._tokens.get((realm, service, (scope,), identity)) is not None:
+                continue
+            theirs = await self._credentials(name)
+            if (theirs.identity if theirs else None) == identity:
+                extra.append(scope)
+        return tuple(extra)
+
     def _hint(self, creds: _Credentials | None) -> str:
         """Why a 401 may have happened, naming where credentials were looked for."""
         auth = self._auth
@@ -109,18 +143,36 @@ class Authenticator:
         if not realm:
             raise AuthenticationError(f"{endpoint.host}: the Bearer challenge has no realm")
         service = challenge.get("service")
-        key: Hashable = (realm, service, scopes, creds.identity if creds else None)
+        identity = creds.identity if creds else None
+        key: Hashable = (realm, service, scopes, identity)
         cached = self._tokens.get(key)
         if cached is not None:
             return key, cached
-        lock = self._token_locks.setdefault(key, trio.Lock())
+        # One lock per token server and identity: the images of a pull ask at once, and the first request
+        # carries every announced repository's scope, so the others find their token cached.
+        server: Hashable = (realm, service, identity)
+        lock = self._token_locks.setdefault(server, trio.Lock())
         async with lock:
             cached = self._tokens.get(key)
             if cached is not None:
                 return key, cached
+            extra = () if server in self._unbatched else await self._batched_scopes(
+                endpoint, realm, service, scopes, creds)
             started = trio.current_time()
-            token = await self._fetch_token(endpoint, realm, service, scopes, creds)
+            try:
+                token = await self._fetch_token(endpoint, realm, service, (*scopes, *extra), creds)
+            except (AuthenticationError, HTTPStatusError):
+                if not extra:
+                    raise
+                # a token server that will not grant them all at once: one token per repository from now on
+                logger.info("%s: no token for several repositories at once; asking one at a time", endpoint.host)
+                self._unbatched.add(server)
+                extra = ()
+                started = trio.current_time()
+                token = await self._fetch_token(endpoint, realm, service, scopes, creds)
             self._tokens.put(key, token, received_at=started)
+            for scope in extra:
+                self._tokens.put((realm, service, (scope,), identity), token, received_at=started)
             self.tokens_fetched += 1
             return key, token.value
 

@@ -16,6 +16,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -57,8 +58,6 @@ class Endpoint:
         self.insecure = insecure
         self.base: str | None = None
         self.challenges: tuple[Challenge, ...] = ()
-        # OpenShift's registry announces its signature API in the ping (c/image: docker_client.go
-        # detectPropertiesHelper, "X-Registry-Supports-Signatures: 1").
         self.supports_signatures = False
         self.lock = trio.Lock()
 
@@ -149,7 +148,14 @@ class Connections:
         Measured on loopback TLS (2 cores): a blob GET over h2 (pure-Python framing, 16 KiB DATA
         frames, per-stream window updates) ran at 44 MB/s where HTTP/1.1 ran at 120-200 MB/s; API
         requests (ping, tokens, manifests, HEADs) keep h2's single multiplexed connection.
+
+        An endpoint the ping found on plain HTTP speaks HTTP/1.1 either way: there both kinds share one
+        pool (twice the connections), so a config or layer GET reuses the connection a manifest GET left
+        open instead of paying a new connection's round trip.
         """
+        endpoint = self._endpoints.get((host, insecure))
+        if bulk and endpoint is not None and endpoint.base is not None and endpoint.base.startswith("http://"):
+            bulk = False
         key = (host, insecure, bulk)
         client = self._clients.get(key)
         if client is None:
@@ -159,14 +165,16 @@ class Connections:
                 cert_host, cert_dir=self._cert_dir, verify=not insecure, search_dirs=self._cert_search_dirs
             )
             policy = self.retry_policy
-            connections = self._max_connections
+            connections = self._max_connections * (1 if bulk else 2)
             limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
             transport = self._transport
-            if transport is None and bulk and self.receive_buffer is not None:
+            if transport is None and self.receive_buffer is not None:
                 # A rate-limited reader leaves bytes in the kernel: a small receive buffer keeps the link from
                 # bursting ahead of the limit (Linux's autotuning would let each connection queue megabytes).
+                # Every pool, not only the bulk one: on plain HTTP the blobs share the API requests' pool, which
+                # may be made (by the ping) before the scheme is known; API answers are small either way.
                 transport = httpx.AsyncHTTPTransport(
-                    verify=context, http2=False, limits=limits, trust_env=not is_loopback(host),
+                    verify=context, http2=not bulk, limits=limits, trust_env=not is_loopback(host),
                     socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)])
             client = httpx.AsyncClient(
                 http2=not bulk,
@@ -255,40 +263,83 @@ class Connections:
             await _http.discard(response)
             await trio.sleep(policy.delay(failures, retry_after=retry_after))
 
-    async def ping(self, endpoint: Endpoint) -> str:
-        """``GET /v2/`` once per endpoint: the base URL and the challenges (c/image detectProperties)."""
+    async def ping(self, endpoint: Endpoint, *, retry: bool = True) -> str:
+        """``GET /v2/`` once per endpoint: the base URL and the challenges (c/image detectProperties).
+
+        An insecure endpoint may speak plain HTTP: c/image asks https, then http; here both are asked at once
+        and https still wins when it answers, so a plain HTTP registry no longer waits for the TLS attempt to
+        fail first (a connection and a handshake: two round trips). ``retry=False``: one try per scheme (a
+        ping ahead of time: the request that needs the endpoint retries).
+        """
         if endpoint.base is not None:
             return endpoint.base
         async with endpoint.lock:
             if endpoint.base is not None:
                 return endpoint.base
-            client = self.http_client(endpoint.host, endpoint.insecure)
-            schemes = ("https", "http") if endpoint.insecure else ("https",)
-            last_error: RegistryError | None = None
-            for scheme in schemes:
-                url = f"{scheme}://{endpoint.host}/v2/"
-                try:
+            if endpoint.insecure:
+                pinged = await self._ping_either(endpoint, retry=retry)
+            else:
+                pinged = await self._ping_scheme(endpoint, "https", retry=retry)
+            endpoint.challenges = pinged.challenges
+            endpoint.supports_signatures = pinged.supports_signatures
+            endpoint.base = f"{pinged.scheme}://{endpoint.host}"
+            return endpoint.base
 
-                    def attempt(url: str = url) -> Awaitable[httpx.Response]:
-                        return _http.send(client, client.build_request("GET", url))
+    async def _ping_scheme(self, endpoint: Endpoint, scheme: str, *, retry: bool) -> _Pinged:
+        client = self.http_client(endpoint.host, endpoint.insecure)
+        url = f"{scheme}://{endpoint.host}/v2/"
 
-                    if scheme == "https" and endpoint.insecure:
-                        # an insecure registry may speak plain HTTP: one try, then http://
-                        response = await attempt()
-                    else:
-                        response = await self.with_retries(attempt)
-                except TransportError as exc:
-                    last_error = exc
-                    continue
-                if response.status_code in (200, 401):
-                    endpoint.challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
-                    endpoint.supports_signatures = response.headers.get("x-registry-supports-signatures") == "1"
-                    await _http.discard(response)
-                    endpoint.base = f"{scheme}://{endpoint.host}"
-                    return endpoint.base
-                last_error = await _http.status_error(response, what=f"pinging container registry {endpoint.host}")
-            assert last_error is not None
-            raise last_error
+        def attempt() -> Awaitable[httpx.Response]:
+            return _http.send(client, client.build_request("GET", url))
+
+        response = await (self.with_retries(attempt) if retry else attempt())
+        try:
+            if response.status_code not in (200, 401):
+                raise await _http.status_error(response, what=f"pinging container registry {endpoint.host}")
+            pinged = _Pinged(
+                scheme=scheme,
+                challenges=parse_www_authenticate(response.headers.get_list("www-authenticate")),
+                # OpenShift's registry announces its signature API here (c/image: docker_client.go
+                # detectPropertiesHelper, "X-Registry-Supports-Signatures: 1").
+                supports_signatures=response.headers.get("x-registry-supports-signatures") == "1",
+            )
+            await _http.discard(response)
+            return pinged
+        finally:
+            with trio.CancelScope(shield=True):  # the plain-HTTP ping is cancelled when https answered
+                await response.aclose()
+
+    async def _ping_either(self, endpoint: Endpoint, *, retry: bool) -> _Pinged:
+        plain: list[_Pinged | RegistryError] = []
+
+        async def ask_plain() -> None:
+            try:
+                plain.append(await self._ping_scheme(endpoint, "http", retry=retry))
+            except RegistryError as exc:
+                plain.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask_plain)
+            try:
+                # one try: a registry that speaks plain HTTP fails the handshake at once
+                secure = await self._ping_scheme(endpoint, "https", retry=False)
+            except RegistryError:
+                pass
+            else:
+                nursery.cancel_scope.cancel()
+                return secure
+        if isinstance(plain[0], RegistryError):
+            raise plain[0]
+        return plain[0]
+
+
+@dataclass(frozen=True)
+class _Pinged:
+    """What a ping found at one scheme."""
+
+    scheme: str
+    challenges: tuple[Challenge, ...]
+    supports_signatures: bool
 
 
 def registry_endpoint(connections: Connections, registries: RegistriesConf, ref: Reference) -> Endpoint:

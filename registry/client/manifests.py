@@ -48,6 +48,7 @@ from tether.registry.manifest import (
     Descriptor,
     Platform,
     parse_manifest,
+    validate_digest,
 )
 from tether.registry.reference import Reference
 from tether.registry.registries_conf import PullSource, RegistriesConf, pull_sources
@@ -219,6 +220,32 @@ class Manifests:
         except ManifestError as exc:
             raise ManifestError(f"{where}: {exc}") from None
         return FetchedManifest(raw=raw, media_type=parsed.media_type, digest=digest, source=source)
+
+    async def digest_at(self, source: PullSource, ref: Reference) -> str | None:
+        """``HEAD`` of ``ref``'s manifest at the endpoint of ``source``: the ``Docker-Content-Digest`` it
+        answers with (the digest a GET would serve, same ``Accept``), or ``None`` when it sends none usable."""
+        endpoint = self._connections.endpoint(ref.registry_host, source.insecure)
+        scopes = (repository_scope(ref.path, "pull"),)
+        headers = {"Accept": ", ".join(ACCEPTED_MANIFEST_TYPES)}
+        response = await self._auth.request(
+            endpoint, "HEAD", f"/v2/{ref.path}/manifests/{ref.identifier}", repository=ref.name, scopes=scopes,
+            headers=headers,
+        )
+        response = await self._auth.follow_redirects(endpoint, response, repository=ref.name, scopes=scopes,
+                                                     headers=headers)
+        if response.status_code != 200:
+            raise await _http.status_error(response)
+        served = response.headers.get("docker-content-digest")
+        await response.aclose()
+        try:
+            return validate_digest(served)
+        except ManifestError:
+            return None
+
+    async def digest(self, ref: Reference) -> str | None:
+        """See :meth:`tether.registry.client.RegistryClient.manifest_digest`."""
+        sources = pull_sources(self._registries, ref)
+        return await first_success(self._connections, sources, lambda s: self.digest_at(s, s.reference))
 
     async def fetch(self, ref: Reference) -> FetchedManifest:
         """See :meth:`tether.registry.client.RegistryClient.fetch_manifest`."""

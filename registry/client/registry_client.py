@@ -9,6 +9,7 @@ retries), :class:`~tether.registry.client.auth.Authenticator` (credentials, toke
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -23,9 +24,10 @@ from tether.registry.client.blobs import Blobs, Hasher
 from tether.registry.client.core import Connections
 from tether.registry.client.manifests import FetchedManifest, Manifests, RegistryImage
 from tether.registry.client.push import Pusher
+from tether.registry.errors import RegistryError
 from tether.registry.manifest import Descriptor, Platform
 from tether.registry.reference import Reference
-from tether.registry.registries_conf import PullSource, RegistriesConf
+from tether.registry.registries_conf import PullSource, RegistriesConf, pull_sources
 
 __all__ = ["DEFAULT_RETRY_POLICY", "RegistryClient", "open_registry_client"]
 
@@ -62,6 +64,7 @@ class RegistryClient:
             transport=transport,
             receive_buffer=rate_limit.receive_buffer if rate_limit is not None else None,
         )
+        self._registries = registries
         self._auth = Authenticator(self._connections, registries=registries, auth=auth)
         self._blobs = Blobs(self._connections, self._auth, rate_limit=rate_limit)
         self._manifests = Manifests(self._connections, self._auth, self._blobs, registries)
@@ -79,6 +82,28 @@ class RegistryClient:
 
     # ---- manifests
 
+    async def prepare(self, refs: Sequence[Reference], *, ping: bool = True) -> None:
+        """Announce the references about to be read and (``ping``) ping their first endpoint now; never raises
+        (the requests that follow report what fails).
+
+        Announced repositories of one registry share its token requests: the first carries every
+        repository's ``scope`` (c/image asks one token per repository). Pinging ahead lets a caller's local
+        work (the store listing) overlap the ping's round trips; it tries once, the next request retries.
+        """
+        first: list[PullSource] = []
+        for ref in refs:
+            try:
+                sources = pull_sources(self._registries, ref)
+            except RegistryError:  # blocked: the request says so
+                continue
+            self._auth.announce(sources)
+            ordered = self._connections.by_reachability(sources)
+            if ordered:
+                first.append(ordered[0])
+        for source in first if ping else ():
+            with contextlib.suppress(RegistryError):
+                await self._connections.ping(self._connections.source_endpoint(source), retry=False)
+
     async def fetch_manifest(self, ref: Reference) -> FetchedManifest:
         """The manifest (or index) of ``ref`` from the first endpoint of ``pull_sources`` that serves it.
 
@@ -86,6 +111,16 @@ class RegistryClient:
         (c/image ``docker_image_src.go newImageSource``). ``BlockedRegistryError`` before any request.
         """
         return await self._manifests.fetch(ref)
+
+    async def manifest_digest(self, ref: Reference) -> str | None:
+        """The digest of what ``ref`` points at, from a ``HEAD`` of its manifest (endpoints as
+        :meth:`fetch_manifest` tries them); ``None`` when the registry answers without a usable
+        ``Docker-Content-Digest`` (then only :meth:`fetch_manifest` tells).
+
+        A HEAD moves no manifest and, on Docker Hub, does not count against the pull rate limit (c/image
+        ``docker.GetDigest``); an up-to-date check needs nothing more when the store has that digest.
+        """
+        return await self._manifests.digest(ref)
 
     async def resolve_image(self, ref: Reference, *, platform: Platform | None = None,
                             top: FetchedManifest | None = None) -> RegistryImage:

@@ -10,6 +10,7 @@ says which part. Where tether differs: invalid files name the file *and* the key
 says what was wrong); a blocked registry's error names the file that blocked it.
 """
 
+from tether.registry.registries_conf.alias_cache import record_short_name_alias
 from tether.registry.registries_conf.loading import default_aliases_path, load_registries_conf
 from tether.registry.registries_conf.model import (
     AUTHENTICATION_FILE_HELPER,
@@ -38,6 +39,7 @@ __all__ = [
     "default_aliases_path",
     "load_registries_conf",
     "pull_sources",
+    "record_short_name_alias",
     "ref_matching_prefix",
     "resolve_short_name",
     "resolve_short_name_detailed",

@@ -45,7 +45,7 @@ from tether.registry.registries_conf.model import (
     ShortNameMode,
 )
 
-__all__ = ["default_aliases_path", "load_alias_cache", "load_registries_conf", "merge_parsed"]
+__all__ = ["default_aliases_path", "load_alias_cache", "load_registries_conf", "merge_parsed", "validate_alias_name"]
 
 SYSTEM_REGISTRIES_CONF: Final = Path("etc/containers/registries.conf")
 SYSTEM_REGISTRIES_CONF_D: Final = Path("etc/containers/registries.conf.d")
@@ -140,7 +140,7 @@ def _parse_location(path: Path, key: str, value: str) -> str:
     return trimmed
 
 
-def _validate_alias_name(name: str) -> str | None:
+def validate_alias_name(name: str) -> str | None:
     """``validateShortName``: the error, or None."""
     if not is_short_name(name):
         try:
@@ -182,7 +182,7 @@ def _parse_aliases(path: Path, raw: object, where: str = "aliases") -> dict[str,
         if not isinstance(value, str):
             errors.append(f"{key}: expected a string, got {value!r}")
             continue
-        problem = _validate_alias_name(name)
+        problem = validate_alias_name(name)
         if problem is not None:
             errors.append(f"{key}: {problem}")
             continue

@@ -23,7 +23,8 @@ import httpx
 import trio
 
 from tether.registry.client import RegistryClient
-from tether.registry.errors import HTTPStatusError, InvalidSignatureError, PolicyError
+from tether.registry.client._http import read_capped
+from tether.registry.errors import HTTPStatusError, InvalidSignatureError, PolicyError, RegistryError
 from tether.registry.manifest import Descriptor, ImageManifest, parse_manifest
 from tether.registry.reference import Reference
 from tether.registry.registries_conf import PullSource
@@ -89,6 +90,35 @@ def _redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
+async def _read_http_signature(http: httpx.AsyncClient, url: str) -> bytes | None:
+    """One lookaside signature over HTTP (None: 404, the end of the list), read up to MAX_SIGNATURE_SIZE and no
+    further: a body over the cap, announced or not (one without Content-Length may never end), is refused as
+    c/image's ``iolimits.ReadAtMost(res.Body, iolimits.MaxSignatureBodySize)`` refuses it."""
+    where = f"reading signature from {_redact(url)}"
+    try:
+        async with http.stream("GET", url) as response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise PolicyError(f"{where}: status {response.status_code}")
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_SIGNATURE_SIZE:
+                raise PolicyError(f"{where}: signature is {declared} bytes, more than the {MAX_SIGNATURE_SIZE} "
+                                  "byte limit")
+            # the client's capped read: it also closes an abandoned body without leaving httpx's generators to
+            # the garbage collector
+            data, truncated = await read_capped(response, MAX_SIGNATURE_SIZE, what="signature")
+            if truncated:
+                raise PolicyError(f"{where}: signature is more than the {MAX_SIGNATURE_SIZE} byte limit")
+            return data
+    except PolicyError:
+        raise
+    except RegistryError as exc:  # read_capped's mapped transport errors
+        raise PolicyError(f"{where}: {exc}") from None
+    except Exception as exc:  # fail closed, whatever the HTTP stack raised
+        raise PolicyError(f"{where}: {exc}") from None
+
+
 async def read_lookaside_blobs(base: str, manifest_digest: str, *, http: httpx.AsyncClient | None = None
                                ) -> tuple[bytes, ...]:
     """The raw lookaside signature files of one manifest: ``signature-1``, ``-2``... up to the first missing.
@@ -108,18 +138,7 @@ async def read_lookaside_blobs(base: str, manifest_digest: str, *, http: httpx.A
             else:
                 if http is None:
                     own_client = http = httpx.AsyncClient(timeout=60, follow_redirects=True)
-                try:
-                    response = await http.get(url)
-                except Exception as exc:
-                    raise PolicyError(f"reading signature from {_redact(url)}: {exc}") from None
-                if response.status_code == 404:
-                    data = None
-                elif response.status_code != 200:
-                    raise PolicyError(f"reading signature from {_redact(url)}: status {response.status_code}")
-                else:
-                    data = response.content
-                    if len(data) > MAX_SIGNATURE_SIZE:
-                        raise PolicyError(f"reading signature from {_redact(url)}: too large")
+                data = await _read_http_signature(http, url)
             if data is None:
                 break
             blobs.append(data)

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from tether.store.containers_storage.base import CRASH_ENV, DRIVERS, STAGING_SUBDIR, Extractor, ExtractorFactory
 from tether.store.containers_storage.copy import copy_image
-from tether.store.containers_storage.files import atomic_write
-from tether.store.containers_storage.layers import LayerWriter
+from tether.store.containers_storage.files import atomic_write, sync_filesystem
+from tether.store.containers_storage.layers import LayerWriter, prewarm_extractors
 from tether.store.containers_storage.records import ImageRecord, LayerRecord, StagedLayer, chain_id, lookup_image
 from tether.store.containers_storage.store import Store, detect_driver
 from tether.store.diskspace import DEFAULT_DISK_RESERVE, DiskReserve, SpaceGuard
@@ -52,4 +52,6 @@ __all__ = [
     "copy_image",
     "detect_driver",
     "lookup_image",
+    "prewarm_extractors",
+    "sync_filesystem",
 ]

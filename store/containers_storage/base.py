@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tether.store.containers_storage.drivers import layer_tree, remove_layer_dirs, remove_tree
-from tether.store.containers_storage.files import atomic_write, fsync_dir_quietly, read_json_array
+from tether.store.containers_storage.files import atomic_write, read_json_array
 from tether.store.containers_storage.gojson import go_json_dumps
 from tether.store.containers_storage.lockfile import LockFile, get_lockfile
 from tether.store.containers_storage.records import (
@@ -161,10 +161,11 @@ class StoreBase:
         return Layers(records, volatile)
 
     def _save_layers(self, layers: Layers) -> None:
-        # layers.go saveLayers: AtomicWriteFile(layers.json, 0600) then Touch the lock.
+        # layers.go saveLayers: AtomicWriteFile(layers.json, 0600) then Touch the lock. As c/storage, the
+        # directory is not fsynced: a rename a power cut loses leaves the previous layers.json, a state every
+        # step of the write protocol passes through (what a kill leaves, which Store.open and podman clean).
         records = [ordered(r, LAYER_FIELD_ORDER) for r in layers.records]
         atomic_write(self.layers_dir / "layers.json", go_json_dumps(records))
-        fsync_dir_quietly(self.layers_dir)
         self._layers_lock.touch()
 
     def _tar_split_path(self, layer_id: str) -> Path:

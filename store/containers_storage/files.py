@@ -11,17 +11,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tether.store._fsync import fsync_dir
+from tether.store._fsync import fsync_dir, sync_filesystem
 from tether.store.errors import CorruptStoreError
 
-__all__ = ["atomic_write", "digest_hex", "fsync_dir_quietly", "move_file", "read_json_array"]
+__all__ = ["atomic_write", "digest_hex", "move_file", "read_json_array", "sync_filesystem"]
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False) -> None:
     """``ioutils.AtomicWriteFile``: temp ``.tmp-<name>*`` in the same dir, fdatasync, chmod, rename.
 
-    ``durable`` also fsyncs the directory, so the rename itself survives a power cut (c/storage does not
-    for its JSON; tether's own records and OCI layouts want it).
+    The fdatasync is c/storage's: after a power cut the file is the old one or the whole new one, never a
+    truncated one podman cannot parse. ``durable`` also fsyncs the directory, so the rename itself survives a
+    power cut (c/storage does not for its JSON; tether's readiness records want it).
     """
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}", dir=path.parent)
     try:
@@ -61,12 +62,6 @@ def move_file(src: Path, dst: Path) -> None:
             os.unlink(tmp)
         raise
     src.unlink(missing_ok=True)
-
-
-def fsync_dir_quietly(path: Path) -> None:
-    """:func:`~tether.store._fsync.fsync_dir`, errors ignored (c/storage does not fsync them at all)."""
-    with contextlib.suppress(OSError):
-        fsync_dir(path)
 
 
 def read_json_array(path: Path) -> list[dict[str, Any]]:

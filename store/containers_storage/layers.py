@@ -37,7 +37,7 @@ from tether.store.containers_storage.staging import StagingDir
 from tether.store.diskspace import SpaceGuard
 from tether.store.errors import DiffIDMismatchError, LayerUnknownError, StoreError
 
-__all__ = ["LayerWriter", "LayerWriting", "process_extractor"]
+__all__ = ["LayerWriter", "LayerWriting", "prewarm_extractors", "process_extractor"]
 
 
 def process_extractor(target: Path, mode: str, tar_split_path: Path, background: bool,
@@ -51,6 +51,16 @@ def process_extractor(target: Path, mode: str, tar_split_path: Path, background:
 
     return ProcessLayerExtractor(target, mode=mode,  # type: ignore[arg-type]
                                  tar_split_path=tar_split_path, background=background, space=space)
+
+
+def prewarm_extractors(count: int) -> None:
+    """Start ``count`` extraction children for the layers about to be staged (while their blobs' first bytes
+    are in flight), instead of when each layer's first bytes arrived."""
+    # Imported here for the reason process_extractor gives: a pull that stages nothing (every image up to date)
+    # does not load the applier and its pool either.
+    from tether.store.tar.workers import prewarm_workers
+
+    prewarm_workers(count)
 
 
 class LayerWriting(StoreBase):
@@ -206,10 +216,10 @@ class LayerWriting(StoreBase):
         is never committed (kill -9, failure), :meth:`delete_dangling_layers` can tell it from podman's."""
         if self._session is None:
             self._session = StagingDir(self._sessions_dir)  # a flock'd "<name>.lock" + a dir for the list
+        # Not fdatasynced: a kill leaves the line in the page cache; a power cut may lose it, and then the
+        # layer (published, complete) is reused by the next pull or removed by podman's prune, not by tether's GC.
         with open(self._session.path / "layers", "a", encoding="ascii") as handle:
             handle.write(layer_id + "\n")
-            handle.flush()
-            os.fdatasync(handle.fileno())
 
 
 class LayerWriter:

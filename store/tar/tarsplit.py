@@ -166,12 +166,12 @@ class TarSplitWriter:
             view = view[n:]
 
     def close(self) -> None:
-        """Finish the gzip stream, fsync and close the file."""
+        """Finish the gzip stream, fdatasync (as c/storage writes its tar-split) and close the file."""
         if self._closed:
             return
         self._flush()
         self._write(self._z.flush())
-        os.fsync(self._fd)
+        os.fdatasync(self._fd)
         os.close(self._fd)
         self._closed = True
 

@@ -144,7 +144,12 @@ class FaultyProxy(LoopbackServer):
                     self.end_headers()
                     record.status = fault.status
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                headers: dict[str, str] = {}
+                for key, value in self.headers.items():
+                    if key.lower() not in _HOP_BY_HOP:
+                        # c/image sends one Accept header per media type: a list-valued header may be joined
+                        # (RFC 9110 5.3), and keeping only the last would refuse OCI manifests to podman
+                        headers[key] = f"{headers[key]}, {value}" if key in headers else value
                 if fault is not None and fault.kind == "ignore_range":
                     headers = {k: v for k, v in headers.items() if k.lower() != "range"}
                 upstream = http.client.HTTPConnection(proxy.upstream, timeout=30)

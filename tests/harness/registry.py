@@ -7,6 +7,7 @@ htpasswd basic auth, bearer-token auth and TLS are built from the same config wr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -212,11 +213,23 @@ class RunningRegistry:
         return [line for line in self.log_path.read_text(errors="replace").splitlines() if '"GET ' in line
                 or '"HEAD ' in line or '"PUT ' in line or '"POST ' in line or '"PATCH ' in line]
 
+    def exchanges(self) -> list[str]:
+        """``METHOD PATH`` (query dropped) of every request logged so far, in order."""
+        return exchanges(self.access_log())
+
     def __enter__(self) -> RunningRegistry:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_REQUEST_LINE = re.compile(r'"([A-Z]+) ([^ ?"]+)[^ "]* HTTP/[0-9.]+"')
+
+
+def exchanges(lines: list[str]) -> list[str]:
+    """``METHOD PATH`` (query dropped) of each access-log line (:meth:`RunningRegistry.access_log`)."""
+    return [f"{m[1]} {m[2]}" for line in lines if (m := _REQUEST_LINE.search(line))]
 
 
 def start_registry(

@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import termios
 import time
@@ -37,6 +38,8 @@ def run_on_terminal(argv: Sequence[str], keys: Sequence[tuple[bytes, bytes]], *,
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec at once (nothing of the test process runs here)
         try:
+            # as a terminal's foreground job has it, whatever the test runner inherited (see cli.default_sigint)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execvpe(argv[0], list(argv), dict(env))
         finally:
             os._exit(127)

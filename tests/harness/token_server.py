@@ -68,6 +68,8 @@ class TokenServer(LoopbackServer):
     service: str = "tether-test-registry"
     issuer: str = "tether-test-token-server"
     lifetime: int = 300
+    #: refuse (400) a request asking for more scopes than this (a server that grants one repository at a time)
+    max_scopes: int | None = None
     requests: list[TokenRequest] = field(default_factory=list)
     issued: int = 0
     last_short_lived_exp: int = 0
@@ -208,6 +210,9 @@ class TokenServer(LoopbackServer):
                 )
                 if not ok or (user is None and not server.anonymous_pull):
                     self._reply(401, {"details": "authentication failed"})
+                    return
+                if server.max_scopes is not None and len(scopes) > server.max_scopes:
+                    self._reply(400, {"details": "too many scopes"})
                     return
                 if user is None:
                     scopes = [s for s in scopes if s.endswith(":pull")]

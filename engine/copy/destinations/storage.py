@@ -26,9 +26,8 @@ import trio
 from tether.engine.copy.execute import stream_blob, stream_cached
 from tether.engine.copy.plan import ImagePlan, LayerJob, PlanError, PullPlan, plan_pull
 from tether.registry.errors import DigestMismatchError, TransportError
-from tether.store.containers_storage import copy_image
+from tether.store.containers_storage import copy_image, prewarm_extractors
 from tether.store.errors import DiskReserveError, StoreError
-from tether.store.tar.workers import prewarm_workers
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage
@@ -135,7 +134,7 @@ class StorageDestination:
         big = sum(1 for job in jobs if job.copy_from is None and job.descriptor.size > PREWARM_ABOVE)
         if big:
             try:
-                await trio.to_thread.run_sync(prewarm_workers, big)
+                await trio.to_thread.run_sync(prewarm_extractors, big)
             except OSError as exc:  # the layer's own spawn reports a real problem
                 log.debug("prewarming extraction workers failed: %s", exc)
 

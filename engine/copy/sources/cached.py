@@ -46,6 +46,14 @@ class CachedRegistrySource(RegistrySource):
                               "pull with --policy always)")
         return data
 
+    async def prepare(self) -> None:
+        """Nothing to announce or ping: the download is applied without the network."""
+        return None
+
+    async def top_digest(self) -> str | None:
+        """What the name pointed at when it was downloaded (no request)."""
+        return self.record.top
+
     async def read_top(self) -> RawManifest:
         raw = await self._read(self.record.top, MAX_MANIFEST_SIZE)
         return RawManifest(raw=raw, media_type=self.record.top_media_type, digest=self.record.top)

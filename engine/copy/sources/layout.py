@@ -215,6 +215,13 @@ class LayoutSource:
         self.local_names = names
         self.transport: Transport = reader.transport
 
+    async def prepare(self) -> None:
+        """Nothing to start: the layout is open."""
+
+    async def top_digest(self) -> str | None:
+        """The entry's digest, from index.json (already read)."""
+        return self.entry.digest
+
     async def read_top(self) -> RawManifest:
         """The entry's manifest or index (index.json is already read: this is one file read)."""
         entry = self.entry

@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from tether.engine.copy.image import SourceError, SourceImage, Transport
-from tether.registry.errors import RegistryError
+from tether.registry.errors import RegistryError, TransportError
 from tether.registry.resolve import RawManifest
 
 if TYPE_CHECKING:
@@ -80,6 +80,32 @@ class RegistrySource:
 
     def _by_digest(self, ref: Reference) -> Reference:
         return ref.with_digest(self.pin) if self.pin is not None else ref
+
+    async def prepare(self) -> None:
+        """Announce the candidates to the client (one token for every repository of a registry) and ping
+        their registry while the caller does local work (not for a digest, nor a lock file's pin: the store
+        may answer alone)."""
+        await self.client.prepare(self.candidates, ping=self.pin is None and any(
+            ref.digest is None for ref in self.candidates))
+
+    async def top_digest(self) -> str | None:
+        """What the name points at, by digest: the reference's own digest (no request), else a ``HEAD`` of the
+        first candidate that answers; ``None`` when none says (then :meth:`read_top` asks, and reports errors)."""
+        if self._top is not None:
+            return self._top[1].digest
+        if self.pin is not None:
+            return self.pin
+        for ref in self.candidates:
+            if ref.digest is not None:
+                return ref.digest
+            try:
+                return await self.client.manifest_digest(ref)
+            except TransportError:
+                if len(self.candidates) == 1:  # waited out already: asking again with a GET would wait twice
+                    raise
+            except RegistryError:  # read_top asks again and names the error in its own words
+                continue
+        return None
 
     async def read_top(self) -> RawManifest:
         _, fetched = await self._fetch_top()

@@ -45,6 +45,13 @@ class StorageSource:
             raise SourceError(f"{self.description}: the image has no {key!r} big data item")
         return self.store.image_big_data(self.record.id, key)
 
+    async def prepare(self) -> None:
+        """Nothing to start: the store is local."""
+
+    async def top_digest(self) -> str | None:
+        """``None``: :meth:`read_top` is a local read already."""
+        return None
+
     async def read_top(self) -> RawManifest:
         """The image's manifest (a stored image is one platform's: its index, if any, is not what it runs)."""
         raw: bytes = await trio.to_thread.run_sync(self._big_data, MANIFEST_KEY)
