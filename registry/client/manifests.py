@@ -185,20 +185,26 @@ class Manifests:
         self._blobs = blobs
         self._registries = registries
 
-    async def fetch_at(self, source: PullSource, ref: Reference) -> FetchedManifest:
-        """``ref``'s manifest from the endpoint of ``source`` (``ref`` is a physical reference there)."""
+    async def _request(self, source: PullSource, ref: Reference, method: str) -> httpx.Response:
+        """``method`` of ``ref``'s manifest at the endpoint of ``source``, redirects followed; a status other
+        than 200 is raised as the registry's error."""
         endpoint = self._connections.endpoint(ref.registry_host, source.insecure)
         scopes = (repository_scope(ref.path, "pull"),)
         headers = {"Accept": ", ".join(ACCEPTED_MANIFEST_TYPES)}
         response = await self._auth.request(
-            endpoint, "GET", f"/v2/{ref.path}/manifests/{ref.identifier}", repository=ref.name, scopes=scopes,
+            endpoint, method, f"/v2/{ref.path}/manifests/{ref.identifier}", repository=ref.name, scopes=scopes,
             headers=headers,
         )
-        # podman follows a manifest GET's redirects (Go's http.Client); so does tether, as for blobs
+        # podman follows a manifest request's redirects (Go's http.Client); so does tether, as for blobs
         response = await self._auth.follow_redirects(endpoint, response, repository=ref.name, scopes=scopes,
                                                      headers=headers)
         if response.status_code != 200:
             raise await _http.status_error(response)
+        return response
+
+    async def fetch_at(self, source: PullSource, ref: Reference) -> FetchedManifest:
+        """``ref``'s manifest from the endpoint of ``source`` (``ref`` is a physical reference there)."""
+        response = await self._request(source, ref, "GET")
         where = f"GET {_http.display_url(response.request.url)}"
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
@@ -224,17 +230,7 @@ class Manifests:
     async def digest_at(self, source: PullSource, ref: Reference) -> str | None:
         """``HEAD`` of ``ref``'s manifest at the endpoint of ``source``: the ``Docker-Content-Digest`` it
         answers with (the digest a GET would serve, same ``Accept``), or ``None`` when it sends none usable."""
-        endpoint = self._connections.endpoint(ref.registry_host, source.insecure)
-        scopes = (repository_scope(ref.path, "pull"),)
-        headers = {"Accept": ", ".join(ACCEPTED_MANIFEST_TYPES)}
-        response = await self._auth.request(
-            endpoint, "HEAD", f"/v2/{ref.path}/manifests/{ref.identifier}", repository=ref.name, scopes=scopes,
-            headers=headers,
-        )
-        response = await self._auth.follow_redirects(endpoint, response, repository=ref.name, scopes=scopes,
-                                                     headers=headers)
-        if response.status_code != 200:
-            raise await _http.status_error(response)
+        response = await self._request(source, ref, "HEAD")
         served = response.headers.get("docker-content-digest")
         await response.aclose()
         try:
