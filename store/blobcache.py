@@ -28,13 +28,12 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from tether.store._fsync import fsync_dir
+from tether.store.containers_storage.files import atomic_write
 from tether.store.diskspace import DiskReserve, SpaceGuard, human_size
 from tether.store.errors import CorruptStoreError, StoreError
 
@@ -291,20 +290,7 @@ class BlobCache:
         path = self._record_path(key)
         self.records_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}", dir=self.records_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fdatasync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        if durable:
-            fsync_dir(self.records_dir)
+        atomic_write(path, data, durable=durable, sync=durable)
 
     def read_record(self, key: str) -> dict[str, Any] | None:
         """Record ``key``, or ``None`` when missing; :class:`CorruptStoreError` naming it when unreadable."""

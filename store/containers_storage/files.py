@@ -17,19 +17,21 @@ from tether.store.errors import CorruptStoreError
 __all__ = ["atomic_write", "digest_hex", "move_file", "read_json_array", "sync_filesystem"]
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False, sync: bool = True) -> None:
     """``ioutils.AtomicWriteFile``: temp ``.tmp-<name>*`` in the same dir, fdatasync, chmod, rename.
 
     The fdatasync is c/storage's: after a power cut the file is the old one or the whole new one, never a
     truncated one podman cannot parse. ``durable`` also fsyncs the directory, so the rename itself survives a
-    power cut (c/storage does not for its JSON; tether's readiness records want it).
+    power cut (c/storage does not for its JSON; tether's readiness records want it). ``sync=False`` skips the
+    fdatasync, for files a reader checks anyway (the download cache's records): a kill still sees old or new.
     """
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fdatasync(handle.fileno())
+            if sync or durable:
+                handle.flush()
+                os.fdatasync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
