@@ -15,12 +15,11 @@ import fcntl
 import json
 import os
 import tempfile
-import tomllib
 from pathlib import Path
 
 from tether.registry.errors import ConfigError
 from tether.registry.reference import Reference
-from tether.registry.registries_conf.loading import load_alias_cache, validate_alias_name
+from tether.registry.registries_conf.loading import read_alias_table, validate_alias_name
 
 __all__ = ["record_short_name_alias"]
 
@@ -37,23 +36,13 @@ def record_short_name_alias(path: Path, name: str, repository: Reference) -> Non
         lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.lockf(lock_fd, fcntl.LOCK_EX)
-            load_alias_cache(path)  # validates: a corrupt cache is reported, not replaced
-            aliases = _read_table(path)
+            aliases = read_alias_table(path)  # a corrupt cache is reported, not replaced
             aliases[name] = value
             _write_atomically(path, _render(aliases))
         finally:
             os.close(lock_fd)
     except OSError as exc:
         raise ConfigError(f"{path}: recording short-name alias {name!r}: {exc.strerror or exc}") from None
-
-
-def _read_table(path: Path) -> dict[str, str]:
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f).get("aliases", {})
-    except FileNotFoundError:
-        return {}
-    return {str(k): str(v) for k, v in raw.items()}
 
 
 def _render(aliases: dict[str, str]) -> str:

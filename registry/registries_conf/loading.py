@@ -45,7 +45,8 @@ from tether.registry.registries_conf.model import (
     ShortNameMode,
 )
 
-__all__ = ["default_aliases_path", "load_alias_cache", "load_registries_conf", "merge_parsed", "validate_alias_name"]
+__all__ = ["default_aliases_path", "load_alias_cache", "load_registries_conf", "merge_parsed", "read_alias_table",
+           "validate_alias_name"]
 
 SYSTEM_REGISTRIES_CONF: Final = Path("etc/containers/registries.conf")
 SYSTEM_REGISTRIES_CONF_D: Final = Path("etc/containers/registries.conf.d")
@@ -459,8 +460,8 @@ def default_aliases_path(*, root: Path | None = None, environ: Mapping[str, str]
     return Path(cache) / "containers/short-name-aliases.conf"
 
 
-def load_alias_cache(path: Path) -> dict[str, Alias]:
-    """``loadShortNameAliasConf``: a missing file is empty; a corrupt one is a :class:`ConfigError`."""
+def _read_alias_file(path: Path) -> object:
+    """The ``[aliases]`` table of the cache as written (``{}`` when the file is missing)."""
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -470,7 +471,20 @@ def load_alias_cache(path: Path) -> dict[str, Alias]:
         raise ConfigError(f"{path}: loading short-name aliases config file: invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: loading short-name aliases config file: {exc.strerror}") from None
-    return _parse_aliases(path, data.get("aliases", {}))
+    return data.get("aliases", {})
+
+
+def load_alias_cache(path: Path) -> dict[str, Alias]:
+    """``loadShortNameAliasConf``: a missing file is empty; a corrupt one is a :class:`ConfigError`."""
+    return _parse_aliases(path, _read_alias_file(path))
+
+
+def read_alias_table(path: Path) -> dict[str, str]:
+    """The cache's aliases as written (values not normalised, ``""`` kept), validated as
+    :func:`load_alias_cache` validates them: what a writer puts back beside its new entry."""
+    raw = _read_alias_file(path)
+    _parse_aliases(path, raw)  # refuses a table that is not one of strings
+    return dict(cast(dict[str, str], raw))
 
 
 def load_registries_conf(
