@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from tether.engine.copy.destinations.storage import blames_prefix, keeps_partial, preflight
+from tether.engine.copy.destinations.storage import fetch_resuming, preflight
 from tether.engine.copy.downloads import DownloadRecord
 from tether.engine.copy.execute import stream_cached
 from tether.engine.copy.plan import ImagePlan, LayerJob, PlanError, PullPlan, plan_pull
@@ -28,7 +28,7 @@ from tether.engine.errors import EngineError
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage
-    from tether.store.blobcache import BlobCache
+    from tether.store.blobcache import BlobCache, CachedBlob
     from tether.store.containers_storage import LayerRecord, Store
 
 log = logging.getLogger(__name__)
@@ -68,36 +68,15 @@ class DownloadDestination:
         if job.copy_from is not None:
             return False
         cache = self.cache
-        digest, size = job.descriptor.digest, job.descriptor.size
-        for attempt in (1, 2):
-            blob = await trio.to_thread.run_sync(lambda: cache.open_blob(digest, size=size))
+
+        async def fetch(blob: CachedBlob | None, count: Callable[[int], None]) -> bool:
             if blob is None:
-                raise DownloadBusyError(f"blob {digest} is being downloaded by another process into {cache.directory}")
-            resumed = blob.held
-            done = 0
-
-            def count(n: int) -> None:
-                nonlocal done
-                done += n
-                on_bytes(n)
-
-            try:
-                await stream_cached(source, job.descriptor, write=None, on_written=count, blob=blob)
-            except BaseException as exc:
-                retry = attempt == 1 and resumed > 0 and blames_prefix(exc)
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(
-                        blob.truncate if retry else blob.close if keeps_partial(exc) else blob.discard)
-                if not retry:
-                    raise
-                log.info("blob %s: the %d bytes kept from an earlier transfer are not its own; fetching it whole",
-                         digest, resumed)
-                on_bytes(-done)
-                await trio.to_thread.run_sync(blob.close)
-                continue
-            await trio.to_thread.run_sync(blob.close)
+                raise DownloadBusyError(f"blob {job.descriptor.digest} is being downloaded by another process into "
+                                        f"{cache.directory}")
+            await stream_cached(source, job.descriptor, write=None, on_written=count, blob=blob)
             return True
-        raise AssertionError("unreachable: the second attempt returns or raises")
+
+        return await fetch_resuming(cache, job.descriptor, on_bytes, fetch)
 
     async def publish(self, job: LayerJob, image: SourceImage, staged: bool) -> None:
         return None

@@ -15,11 +15,11 @@ store's filesystem cannot hold them above the disk reserve.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -31,10 +31,12 @@ from tether.store.errors import DiskReserveError, StoreError
 
 if TYPE_CHECKING:
     from tether.engine.copy.image import ImageSource, SourceImage
+    from tether.registry.manifest import Descriptor
     from tether.store.blobcache import BlobCache, CachedBlob
     from tether.store.containers_storage import ImageRecord, LayerRecord, StagedLayer, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Blobs above this size are extracted in a child process (``ProcessLayerExtractor``'s spawn_threshold);
 #: smaller ones in this process, so they need no prewarmed child.
@@ -82,6 +84,46 @@ def blames_prefix(exc: BaseException) -> bool:
     return any(isinstance(leaf, DigestMismatchError) or (isinstance(leaf, StoreError)
                                                          and not isinstance(leaf, DiskReserveError))
                for leaf in leaves) and not any(isinstance(leaf, KeyboardInterrupt | trio.Cancelled) for leaf in leaves)
+
+
+async def fetch_resuming(cache: BlobCache, descriptor: Descriptor, on_bytes: Callable[[int], None],
+                         transfer: Callable[[CachedBlob | None, Callable[[int], None]], Awaitable[T]]) -> T:
+    """Run ``transfer`` with the download cache's file for ``descriptor`` (``None`` while another process holds
+    it), counting its bytes through ``on_bytes``. The file is closed after success, kept after a failure that
+    leaves it good (:func:`keeps_partial`), else discarded; when the bytes an earlier run kept turn out not to
+    be the blob's own (:func:`blames_prefix`), they are dropped, their count taken back, and ``transfer`` runs
+    once more, from the first byte."""
+    digest, size = descriptor.digest, descriptor.size
+    for attempt in (1, 2):
+        blob: CachedBlob | None = await trio.to_thread.run_sync(lambda: cache.open_blob(digest, size=size))
+        resumed = blob.held if blob is not None else 0
+        done = 0
+
+        def count(n: int) -> None:
+            nonlocal done
+            done += n
+            on_bytes(n)
+
+        try:
+            result = await transfer(blob, count)
+        except BaseException as exc:
+            retry = attempt == 1 and resumed > 0 and blames_prefix(exc)
+            if blob is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(
+                        blob.truncate if retry else blob.close if keeps_partial(exc) else blob.discard)
+            if not retry:
+                raise
+            log.info("blob %s: the %d bytes kept from an earlier transfer are not its own (%s); fetching it whole",
+                     digest, resumed, exc)
+            on_bytes(-done)
+            if blob is not None:
+                await trio.to_thread.run_sync(blob.close)
+            continue
+        if blob is not None:
+            await trio.to_thread.run_sync(blob.close)
+        return result
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def preflight(store: Store, cache: BlobCache | None, *, label: str, jobs: Sequence[LayerJob],
@@ -152,38 +194,9 @@ class StorageDestination:
                 return await self._stage_export(job, exporter, background)
             if self.cache is None or source.transport != "docker":
                 return await self._stage_stream(job, source, on_bytes, background, None)
-            cache = self.cache
-            digest, size = job.descriptor.digest, job.descriptor.size
-            for attempt in (1, 2):
-                blob: CachedBlob | None = await trio.to_thread.run_sync(lambda: cache.open_blob(digest, size=size))
-                resumed = blob.held if blob is not None else 0
-                done = 0
-
-                def count(n: int) -> None:
-                    nonlocal done
-                    done += n
-                    on_bytes(n)
-
-                try:
-                    staged = await self._stage_stream(job, source, count, background, blob)
-                except BaseException as exc:
-                    retry = attempt == 1 and resumed > 0 and blames_prefix(exc)
-                    if blob is not None:
-                        with trio.CancelScope(shield=True):
-                            await trio.to_thread.run_sync(
-                                blob.truncate if retry else blob.close if keeps_partial(exc) else blob.discard)
-                    if not retry:
-                        raise
-                    log.info("layer %s: the %d bytes kept from an earlier transfer are not its own (%s); fetching "
-                             "it whole", digest, resumed, exc)
-                    on_bytes(-done)
-                    if blob is not None:
-                        await trio.to_thread.run_sync(blob.close)
-                    continue
-                if blob is not None:
-                    await trio.to_thread.run_sync(blob.close)
-                return staged
-            raise AssertionError("unreachable: the second attempt returns or raises")
+            return await fetch_resuming(
+                self.cache, job.descriptor, on_bytes,
+                lambda blob, count: self._stage_stream(job, source, count, background, blob))
         finally:
             self._downloading.pop(job.layer_id, None)
 
